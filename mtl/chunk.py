@@ -1,0 +1,224 @@
+"""NPZ chunk format (``format_version`` 1): K frames per ``.npz``, variable-length data concatenated with
+(K+1,) int64 offsets. See DESIGN.md "NPZ chunk format". Torch-free.
+
+Writers are atomic (temp file + rename). Readers never unpickle (``allow_pickle=False``) and validate
+keys, dtypes, shapes, offsets and finiteness, raising ``ChunkError(path, reason)`` with one line.
+
+One extension to the DESIGN table: an optional ``modality_mask`` uint8 (K,) with bits
+1=image, 2=semantic, 4=lidar, 8=boxes for frames converted with ``--partial`` (a missing image/semantic
+map is an empty byte range, missing LiDAR is 0 points, missing label3D is 0 boxes). Absent = all present.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import ChunkError
+from .io import atomic_path, decode_png
+
+FORMAT_VERSION = 1
+HAS_IMAGE, HAS_SEMANTIC, HAS_LIDAR, HAS_BOXES = 1, 2, 4, 8
+HAS_ALL = HAS_IMAGE | HAS_SEMANTIC | HAS_LIDAR | HAS_BOXES
+
+# key -> (dtype kind check, ndim); offsets are checked separately
+_REQUIRED = {
+    "frame_id": ("U", 1),
+    "image_png": (np.uint8, 1),
+    "image_offsets": (np.int64, 1),
+    "semantic_png": (np.uint8, 1),
+    "semantic_offsets": (np.int64, 1),
+    "points": (np.float32, 2),
+    "point_offsets": (np.int64, 1),
+    "boxes": (np.float32, 2),
+    "box_offsets": (np.int64, 1),
+    "box_class": (np.int16, 1),
+    "cam_matrix": (np.float32, 3),
+    "meta": ("U", 0),
+}
+
+
+@dataclass
+class Frame:
+    """One frame as stored in a chunk (images still PNG-encoded)."""
+
+    frame_id: str
+    image_png: bytes
+    semantic_png: bytes
+    points: np.ndarray            # (N, 4) float32 x, y, z, reflectance 0..1
+    boxes: np.ndarray             # (M, 7) float32 x, y, z, l, w, h, yaw
+    box_class: np.ndarray         # (M,) int16, -1 = ignore
+    cam_matrix: np.ndarray        # (3, 3) float32 intrinsics of the stored image
+    modality_mask: int = HAS_ALL
+    source: str = ""              # chunk path (for error messages)
+
+    def image(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        if not self.modality_mask & HAS_IMAGE:
+            raise ChunkError(self.source, f"frame {self.frame_id}: has no camera image")
+        return decode_png(self.image_png, f"{self.source}[{self.frame_id}]/image", "RGB")
+
+    def semantic(self) -> np.ndarray:
+        """(H, W) uint8 class ids (255 = ignore)."""
+        if not self.modality_mask & HAS_SEMANTIC:
+            raise ChunkError(self.source, f"frame {self.frame_id}: has no semantic map")
+        return decode_png(self.semantic_png, f"{self.source}[{self.frame_id}]/semantic", "L")
+
+
+@dataclass
+class Chunk:
+    path: str
+    frame_ids: np.ndarray
+    arrays: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def frame(self, i: int) -> Frame:
+        a = self.arrays
+
+        def sl(key: str, off: str) -> np.ndarray:
+            return a[key][a[off][i]: a[off][i + 1]]
+
+        mask = int(a["modality_mask"][i]) if "modality_mask" in a else HAS_ALL
+        return Frame(
+            frame_id=str(self.frame_ids[i]),
+            image_png=sl("image_png", "image_offsets").tobytes(),
+            semantic_png=sl("semantic_png", "semantic_offsets").tobytes(),
+            points=sl("points", "point_offsets"),
+            boxes=sl("boxes", "box_offsets"),
+            box_class=sl("box_class", "box_offsets"),
+            cam_matrix=a["cam_matrix"][i],
+            modality_mask=mask,
+            source=self.path,
+        )
+
+    def __iter__(self) -> Iterator[Frame]:
+        return (self.frame(i) for i in range(len(self)))
+
+
+def _concat(parts: Sequence[np.ndarray], dtype, width: int | None) -> tuple[np.ndarray, np.ndarray]:
+    sizes = [len(p) for p in parts]
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    shape = (0,) if width is None else (0, width)
+    data = np.concatenate([np.asarray(p, dtype) for p in parts]) if parts else np.zeros(shape, dtype)
+    if width is not None:
+        data = data.reshape(-1, width)
+    return data, offsets
+
+
+def write_chunk(path: str | Path, frames: Sequence[Frame], meta: dict) -> Path:
+    """Write frames to ``path`` atomically (np.savez, uncompressed: PNG payloads are already compressed)."""
+    path = Path(path)
+    if not frames:
+        raise ChunkError(path, "refusing to write an empty chunk")
+    arrays: dict[str, np.ndarray] = {}
+    arrays["frame_id"] = np.array([f.frame_id for f in frames], dtype="<U64")
+    img = [np.frombuffer(f.image_png, np.uint8) for f in frames]
+    sem = [np.frombuffer(f.semantic_png, np.uint8) for f in frames]
+    arrays["image_png"], arrays["image_offsets"] = _concat(img, np.uint8, None)
+    arrays["semantic_png"], arrays["semantic_offsets"] = _concat(sem, np.uint8, None)
+    arrays["points"], arrays["point_offsets"] = _concat([f.points.reshape(-1, 4) for f in frames], np.float32, 4)
+    arrays["boxes"], arrays["box_offsets"] = _concat([f.boxes.reshape(-1, 7) for f in frames], np.float32, 7)
+    arrays["box_class"], _ = _concat([f.box_class.reshape(-1) for f in frames], np.int16, None)
+    arrays["cam_matrix"] = np.stack([np.asarray(f.cam_matrix, np.float32) for f in frames])
+    masks = np.array([f.modality_mask for f in frames], np.uint8)
+    if (masks != HAS_ALL).any():
+        arrays["modality_mask"] = masks
+    full_meta = {"format_version": FORMAT_VERSION, **meta}
+    arrays["meta"] = np.array(json.dumps(full_meta))
+    for f in frames:
+        if len(f.boxes) != len(f.box_class):
+            raise ChunkError(path, f"frame {f.frame_id}: {len(f.boxes)} boxes but {len(f.box_class)} classes")
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def _check_offsets(path: str, name: str, off: np.ndarray, k: int, total: int) -> None:
+    if off.shape != (k + 1,):
+        raise ChunkError(path, f"{name} has shape {off.shape}, expected ({k + 1},)")
+    if off[0] != 0 or off[-1] != total:
+        raise ChunkError(path, f"{name} must start at 0 and end at {total}, got {off[0]}..{off[-1]}")
+    if (np.diff(off) < 0).any():
+        raise ChunkError(path, f"{name} is not monotonic")
+
+
+def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
+    """Load and validate a chunk. Raises ``ChunkError`` naming the file and the first problem found."""
+    path = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ChunkError(path, "file not found") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise ChunkError(path, "contains object arrays (pickle is never loaded)") from None
+        raise ChunkError(path, f"not a readable npz ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise ChunkError(path, f"corrupt or truncated npz ({type(e).__name__}: {e})") from None
+
+    missing = [k for k in _REQUIRED if k not in arrays]
+    if missing:
+        raise ChunkError(path, f"missing keys {missing}")
+    for key, (dtype, ndim) in _REQUIRED.items():
+        a = arrays[key]
+        if dtype == "U":
+            if a.dtype.kind != "U":
+                raise ChunkError(path, f"{key} has dtype {a.dtype}, expected a unicode string array")
+        elif a.dtype != np.dtype(dtype):
+            raise ChunkError(path, f"{key} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+        if a.ndim != ndim:
+            raise ChunkError(path, f"{key} has {a.ndim} dims, expected {ndim}")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError as e:
+        raise ChunkError(path, f"meta is not JSON ({e})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ChunkError(path, f"format_version {meta.get('format_version')!r}, this mtl reads {FORMAT_VERSION}")
+
+    k = len(arrays["frame_id"])
+    if k == 0:
+        raise ChunkError(path, "chunk holds no frames")
+    if arrays["points"].shape[1:] != (4,):
+        raise ChunkError(path, f"points has shape {arrays['points'].shape}, expected (N, 4)")
+    if arrays["boxes"].shape[1:] != (7,):
+        raise ChunkError(path, f"boxes has shape {arrays['boxes'].shape}, expected (M, 7)")
+    if arrays["cam_matrix"].shape != (k, 3, 3):
+        raise ChunkError(path, f"cam_matrix has shape {arrays['cam_matrix'].shape}, expected ({k}, 3, 3)")
+    if len(arrays["box_class"]) != len(arrays["boxes"]):
+        raise ChunkError(path, "box_class and boxes have different lengths")
+    _check_offsets(path, "image_offsets", arrays["image_offsets"], k, len(arrays["image_png"]))
+    _check_offsets(path, "semantic_offsets", arrays["semantic_offsets"], k, len(arrays["semantic_png"]))
+    _check_offsets(path, "point_offsets", arrays["point_offsets"], k, len(arrays["points"]))
+    _check_offsets(path, "box_offsets", arrays["box_offsets"], k, len(arrays["boxes"]))
+    if "modality_mask" in arrays:
+        m = arrays["modality_mask"]
+        if m.dtype != np.uint8 or m.shape != (k,):
+            raise ChunkError(path, f"modality_mask has dtype {m.dtype} shape {m.shape}, expected uint8 ({k},)")
+    if check_finite:
+        for key in ("points", "boxes", "cam_matrix"):
+            if not np.isfinite(arrays[key]).all():
+                raise ChunkError(path, f"{key} contains NaN or inf")
+        if (arrays["boxes"][:, 3:6] <= 0).any():
+            raise ChunkError(path, "boxes have non-positive length/width/height")
+    return Chunk(path=path, frame_ids=arrays["frame_id"], arrays=arrays, meta=meta)
+
+
+def list_chunks(directory: str | Path) -> list[Path]:
+    """Sorted chunk files of a directory (``*.npz``, temp files excluded)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ChunkError(d, "not a directory of chunks")
+    files = sorted(p for p in d.glob("*.npz") if not p.name.startswith("."))
+    if not files:
+        raise ChunkError(d, "no *.npz chunks found (run `mtl data convert` or `mtl data synth --chunks`)")
+    return files

@@ -1,0 +1,43 @@
+"""`mtl` command line. Each stage's commands live in its own torch-free-at-import module
+(cli_data, cli_train, cli_deploy); heavy imports happen inside the command bodies so `mtl --help` is fast.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import MtlError
+
+
+class _Group(click.Group):
+    """Turns mtl's own errors into one line on stderr and a documented exit code (README, Troubleshooting)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MtlError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mtl")
+def main() -> None:
+    """mtl: fused LiDAR + camera multi-task perception (train -> export -> torch-free runtime)."""
+
+
+def _register() -> None:
+    from . import cli_data, cli_deploy, cli_train
+
+    main.add_command(cli_data.data)
+    for mod in (cli_train, cli_deploy):
+        for cmd in mod.COMMANDS:
+            main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""`mtl train`, `mtl eval`, `mtl viz`."""
+from __future__ import annotations
+
+COMMANDS: list = []

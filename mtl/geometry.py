@@ -1,0 +1,395 @@
+"""Torch-free numpy geometry shared by training AND the runtime (one implementation, so the runtime
+matches training by construction).
+
+Conventions (used everywhere in mtl):
+- Frame: A2D2 cam_front_center view frame, metres, x forward, y left, z up; yaw about +z, CCW from +x.
+- BEV grid: row index follows x, column index follows y. Cell (r, c) covers
+  x in [x_min + r*cell, ...), y in [y_min + c*cell, ...). Row 0 is nearest the car, column 0 is the
+  rightmost (most negative y). Head maps use the same convention with cell * head_stride.
+- Image: OpenCV optical frame X = -y, Y = -z, Z = x; pixel u = fx*X/Z + cx (column), v = fy*Y/Z + cy (row).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import CameraConfig, GridConfig
+
+# ----------------------------------------------------------------------------------------- BEV raster
+
+BEV_CHANNEL_NAMES = ("occupancy", "max_height", "mean_height", "mean_reflectance", "log_density")
+
+
+def bev_channel_names(grid: GridConfig) -> tuple[str, ...]:
+    return BEV_CHANNEL_NAMES + tuple(f"slice_{i}" for i in range(grid.n_height_slices))
+
+
+def point_cells(points: np.ndarray, grid: GridConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Flat BEV cell index (row * W + col) of each point inside the grid, and the in-grid mask.
+
+    points: (N, >=3) float. Non-finite points are outside by construction (comparisons with NaN fail).
+    """
+    h, w = grid.shape
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    inside = (x >= grid.x_min) & (x < grid.x_max) & (y >= grid.y_min) & (y < grid.y_max)
+    inside &= (z >= grid.z_min) & (z <= grid.z_max)
+    r = ((x[inside] - grid.x_min) * (1.0 / grid.cell)).astype(np.int64)
+    c = ((y[inside] - grid.y_min) * (1.0 / grid.cell)).astype(np.int64)
+    # float rounding at the upper edge can give index == size
+    np.minimum(r, h - 1, out=r)
+    np.minimum(c, w - 1, out=c)
+    return r * w + c, inside
+
+
+def bev_raster(points: np.ndarray, grid: GridConfig) -> np.ndarray:
+    """Rasterise a point cloud into (C_bev, H, W) float32 features, all in [0, 1].
+
+    points: (N, 4) x, y, z, reflectance (0..1). Channels: occupancy, max height, mean height,
+    mean reflectance, log density, then ``n_height_slices`` slice occupancies (see bev_channel_names).
+    Vectorised (bincount / ufunc.at), no Python loop over points.
+    """
+    h, w = grid.shape
+    n_cells = h * w
+    out = np.zeros((grid.n_channels, n_cells), np.float32)
+    if len(points) == 0:
+        return out.reshape(grid.n_channels, h, w)
+    pts = np.asarray(points, np.float32)
+    idx, inside = point_cells(pts, grid)
+    if idx.size == 0:
+        return out.reshape(grid.n_channels, h, w)
+    z_span = grid.z_max - grid.z_min
+    zn = (pts[inside, 2] - grid.z_min) * (1.0 / z_span)          # (n,) in [0, 1]
+    refl = np.clip(pts[inside, 3], 0.0, 1.0)
+
+    count = np.bincount(idx, minlength=n_cells).astype(np.float32)
+    occupied = count > 0
+    safe = np.maximum(count, 1.0)
+    out[0] = occupied
+    zmax = np.zeros(n_cells, np.float32)
+    np.maximum.at(zmax, idx, zn.astype(np.float32))
+    out[1] = zmax
+    out[2] = np.bincount(idx, weights=zn, minlength=n_cells) / safe
+    out[3] = np.bincount(idx, weights=refl, minlength=n_cells) / safe
+    out[4] = np.minimum(np.log1p(count) / math.log1p(64.0), 1.0)
+    s = grid.n_height_slices
+    if s:
+        sl = np.minimum((zn * s).astype(np.int64), s - 1)
+        sc = np.bincount(sl * n_cells + idx, minlength=s * n_cells).reshape(s, n_cells)
+        out[5:] = sc > 0
+    return out.reshape(grid.n_channels, h, w)
+
+
+# ------------------------------------------------------------------------------- heatmap targets
+
+
+def gaussian_radius_centerpoint(height: float, width: float, min_overlap: float = 0.5) -> float:
+    """CenterPoint / CenterNet ``gaussian_radius`` reproduced *with its quirk*: every case uses the
+    larger root ``(b + sqrt(b^2 - 4ac)) / 2`` without dividing by 2a (see research/references.md (b);
+    CenterNet#273). Kept for parity with published BEV results. Sizes in heatmap cells."""
+    a1 = 1.0
+    b1 = height + width
+    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + math.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
+    a2 = 4.0
+    b2 = 2 * (height + width)
+    c2 = (1 - min_overlap) * width * height
+    r2 = (b2 + math.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
+    a3 = 4 * min_overlap
+    b3 = -2 * min_overlap * (height + width)
+    c3 = (min_overlap - 1) * width * height
+    r3 = (b3 + math.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
+    return min(r1, r2, r3)
+
+
+def gaussian_kernel(radius: int) -> np.ndarray:
+    """(2r+1, 2r+1) Gaussian with sigma = (2r+1)/6, peak exactly 1 (CenterNet ``gaussian2D``)."""
+    sigma = (2 * radius + 1) / 6.0
+    y, x = np.ogrid[-radius: radius + 1, -radius: radius + 1]
+    g = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    g[g < np.finfo(g.dtype).eps * g.max()] = 0
+    return g
+
+
+def draw_gaussian(heatmap: np.ndarray, row: int, col: int, radius: int) -> None:
+    """Max-merge a Gaussian of ``radius`` centred on integer (row, col) into ``heatmap`` (H, W), in place,
+    clipped at the borders (CenterNet ``draw_umich_gaussian``)."""
+    g = gaussian_kernel(radius)
+    h, w = heatmap.shape
+    top, bottom = min(row, radius), min(h - row, radius + 1)
+    left, right = min(col, radius), min(w - col, radius + 1)
+    if top + bottom <= 0 or left + right <= 0:
+        return
+    dst = heatmap[row - top: row + bottom, col - left: col + right]
+    src = g[radius - top: radius + bottom, radius - left: radius + right]
+    np.maximum(dst, src.astype(heatmap.dtype), out=dst)
+
+
+def limit_period(yaw: np.ndarray | float, offset: float = 0.5, period: float = 2 * math.pi):
+    """Wrap an angle to [-offset*period, (1-offset)*period), i.e. [-pi, pi) by default."""
+    return yaw - np.floor(np.asarray(yaw) / period + offset) * period
+
+
+# --------------------------------------------------------------------------------------- box codec
+
+REG_CHANNELS = ("dx", "dy", "z", "log_l", "log_w", "log_h", "sin_yaw", "cos_yaw")
+
+
+def box_centre_cells(boxes: np.ndarray, grid: GridConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Float (row, col) of box centres in head-map cells. boxes: (M, 7)."""
+    fr = (boxes[:, 0] - grid.x_min) / grid.head_cell
+    fc = (boxes[:, 1] - grid.y_min) / grid.head_cell
+    return fr, fc
+
+
+def encode_boxes(boxes: np.ndarray, grid: GridConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode (M, 7) boxes to integer head cells and the 8-channel regression target.
+
+    Returns rows (M,), cols (M,), reg (M, 8) = [row - floor(row), col - floor(col), z, ln l, ln w, ln h,
+    sin yaw, cos yaw]. Boxes whose centre cell is off the head map get row/col outside [0, size).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
+    fr, fc = box_centre_cells(boxes, grid)
+    rows, cols = np.floor(fr).astype(np.int64), np.floor(fc).astype(np.int64)
+    reg = np.stack([
+        fr - rows, fc - cols, boxes[:, 2],
+        np.log(boxes[:, 3]), np.log(boxes[:, 4]), np.log(boxes[:, 5]),
+        np.sin(boxes[:, 6]), np.cos(boxes[:, 6]),
+    ], axis=1).astype(np.float32)
+    return rows, cols, reg
+
+
+def decode_boxes(rows: np.ndarray, cols: np.ndarray, reg: np.ndarray, grid: GridConfig) -> np.ndarray:
+    """Inverse of ``encode_boxes``: integer head cells + (M, 8) regression -> (M, 7) boxes in metres."""
+    reg = np.asarray(reg, np.float64).reshape(-1, 8)
+    x = (rows + reg[:, 0]) * grid.head_cell + grid.x_min
+    y = (cols + reg[:, 1]) * grid.head_cell + grid.y_min
+    # clip log-sizes so an untrained head cannot overflow exp
+    lwh = np.exp(np.clip(reg[:, 3:6], -5.0, 5.0))
+    yaw = np.arctan2(reg[:, 6], reg[:, 7])
+    return np.column_stack([x, y, reg[:, 2], lwh, yaw]).astype(np.float32)
+
+
+def heatmap_targets(
+    boxes: np.ndarray, classes: np.ndarray, grid: GridConfig, n_classes: int,
+    gaussian_overlap: float = 0.1, min_radius: int = 2,
+) -> dict[str, np.ndarray]:
+    """CenterPoint-style dense targets for one frame.
+
+    Returns ``heatmap`` (n_classes, Hh, Ww) float32 Gaussians (peak 1 at each centre cell),
+    ``reg`` (8, Hh, Ww) float32 regression targets at centre cells, ``reg_mask`` (Hh, Ww) float32 1 at
+    centre cells. Boxes with class -1 (ignore) or centres off the map are skipped.
+    """
+    hh, ww = grid.head_shape
+    heat = np.zeros((n_classes, hh, ww), np.float32)
+    reg_map = np.zeros((8, hh, ww), np.float32)
+    mask = np.zeros((hh, ww), np.float32)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 7)
+    classes = np.asarray(classes).reshape(-1)
+    if len(boxes) == 0:
+        return {"heatmap": heat, "reg": reg_map, "reg_mask": mask}
+    rows, cols, reg = encode_boxes(boxes, grid)
+    for i in range(len(boxes)):  # loop over objects (tens), never over points
+        cls = int(classes[i])
+        r, c = int(rows[i]), int(cols[i])
+        if cls < 0 or cls >= n_classes or not (0 <= r < hh and 0 <= c < ww):
+            continue
+        length, width = boxes[i, 3] / grid.head_cell, boxes[i, 4] / grid.head_cell
+        radius = max(min_radius, int(gaussian_radius_centerpoint(length, width, gaussian_overlap)))
+        draw_gaussian(heat[cls], r, c, radius)
+        reg_map[:, r, c] = reg[i]
+        mask[r, c] = 1.0
+    return {"heatmap": heat, "reg": reg_map, "reg_mask": mask}
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+
+def max_pool3x3_peaks(heat: np.ndarray, kernel: int = 3) -> np.ndarray:
+    """Keep values equal to their k x k neighbourhood max (CenterNet ``_nms``); (C, H, W) -> same."""
+    pad = kernel // 2
+    c, h, w = heat.shape
+    padded = np.full((c, h + 2 * pad, w + 2 * pad), -np.inf, heat.dtype)
+    padded[:, pad: pad + h, pad: pad + w] = heat
+    hmax = heat.copy()
+    for dr in range(kernel):
+        for dc in range(kernel):
+            np.maximum(hmax, padded[:, dr: dr + h, dc: dc + w], out=hmax)
+    return np.where(hmax == heat, heat, 0).astype(heat.dtype)
+
+
+def topk_peaks(heat: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Top-k over the flattened (C, H, W) map, sorted by score descending (ties: lower flat index
+    first, like torch.topk on CPU is not guaranteed to be; callers compare sets). Returns scores,
+    labels, rows, cols."""
+    c, h, w = heat.shape
+    flat = heat.reshape(-1)
+    k = min(k, flat.size)
+    idx = np.argpartition(-flat, k - 1)[:k]
+    order = np.lexsort((idx, -flat[idx]))
+    idx = idx[order]
+    labels, rem = np.divmod(idx, h * w)
+    rows, cols = np.divmod(rem, w)
+    return flat[idx], labels, rows, cols
+
+
+def decode_detections(
+    heat_prob: np.ndarray, reg: np.ndarray, grid: GridConfig,
+    k: int = 100, score_threshold: float = 0.1, kernel: int = 3,
+) -> dict[str, np.ndarray]:
+    """Peak decode for one frame: heat_prob (C, Hh, Ww) probabilities, reg (8, Hh, Ww).
+
+    Returns ``boxes`` (n, 7) in metres, ``scores`` (n,), ``labels`` (n,) int64, score-sorted,
+    n <= k, scores > score_threshold.
+    """
+    peaks = max_pool3x3_peaks(np.asarray(heat_prob, np.float32), kernel)
+    scores, labels, rows, cols = topk_peaks(peaks, k)
+    keep = scores > score_threshold
+    scores, labels, rows, cols = scores[keep], labels[keep], rows[keep], cols[keep]
+    boxes = decode_boxes(rows, cols, reg[:, rows, cols].T, grid)
+    return {"boxes": boxes, "scores": scores.astype(np.float32), "labels": labels.astype(np.int64)}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, np.float32)))).astype(np.float32)
+
+
+def box_corners_bev(boxes: np.ndarray) -> np.ndarray:
+    """(M, 7) boxes -> (M, 4, 2) BEV corner (x, y) in order front-left, front-right, rear-right, rear-left."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
+    hl, hw = boxes[:, 3] / 2, boxes[:, 4] / 2
+    local = np.stack([np.stack([hl, hw], 1), np.stack([hl, -hw], 1),
+                      np.stack([-hl, -hw], 1), np.stack([-hl, hw], 1)], 1)          # (M, 4, 2)
+    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+    rot = np.stack([np.stack([c, -s], 1), np.stack([s, c], 1)], 1)                  # (M, 2, 2)
+    return np.einsum("mij,mkj->mki", rot, local) + boxes[:, None, :2]
+
+
+def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, >=3) points, (M, 7) boxes -> (M, N) bool: point inside the (yaw-rotated) 3D box."""
+    p = np.asarray(points, np.float64)[:, :3]
+    b = np.asarray(boxes, np.float64).reshape(-1, 7)
+    d = p[None, :, :] - b[:, None, :3]                                               # (M, N, 3)
+    c, s = np.cos(b[:, 6])[:, None], np.sin(b[:, 6])[:, None]
+    lx = d[..., 0] * c + d[..., 1] * s
+    ly = -d[..., 0] * s + d[..., 1] * c
+    return ((np.abs(lx) <= b[:, 3:4] / 2) & (np.abs(ly) <= b[:, 4:5] / 2)
+            & (np.abs(d[..., 2]) <= b[:, 5:6] / 2))
+
+
+# ------------------------------------------------------------------------------------------ camera
+
+
+def cam_matrix(camera: CameraConfig, original: bool = False) -> np.ndarray:
+    return np.asarray(camera.cam_matrix_original if original else camera.cam_matrix, np.float64)
+
+
+def scale_cam_matrix(k: np.ndarray, from_wh: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """Intrinsics of an image resized from (W, H) = from_wh to (H, W) = to_hw (pixel-centre convention)."""
+    sx, sy = to_hw[1] / from_wh[0], to_hw[0] / from_wh[1]
+    k = np.asarray(k, np.float64).copy()
+    k[0, 0] *= sx
+    k[0, 2] = (k[0, 2] + 0.5) * sx - 0.5
+    k[1, 1] *= sy
+    k[1, 2] = (k[1, 2] + 0.5) * sy - 0.5
+    return k
+
+
+def project_points(points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pinhole projection of camera-view-frame points (N, >=3). Returns u (col), v (row), depth (= x)."""
+    p = np.asarray(points, np.float64)
+    depth = p[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = k[0, 0] * (-p[:, 1]) / depth + k[0, 2]
+        v = k[1, 1] * (-p[:, 2]) / depth + k[1, 2]
+    return u, v, depth
+
+
+def distort_normalised(x: np.ndarray, y: np.ndarray, dist: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV radial-tangential distortion of normalised coords (k1, k2, p1, p2, k3)."""
+    k1, k2, p1, p2, k3 = (tuple(dist) + (0.0,) * 5)[:5]
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2 * r2 + k3 * r2 * r2 * r2
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return xd, yd
+
+
+def undistort_normalised(xd: np.ndarray, yd: np.ndarray, dist: tuple[float, ...], iters: int = 20):
+    """Inverse of ``distort_normalised`` by fixed-point iteration (OpenCV ``undistortPoints`` style)."""
+    x, y = xd.copy(), yd.copy()
+    for _ in range(iters):
+        dx, dy = distort_normalised(x, y, dist)
+        x, y = x - (dx - xd), y - (dy - yd)
+    return x, y
+
+
+def undistort_map(camera: CameraConfig, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each pixel of the undistorted image resized to ``out_hw``, the (col, row) float position in the
+    ORIGINAL distorted image. Equivalent of cv2.initUndistortRectifyMap(K_orig, D, newK=K) + resize."""
+    k_out = scale_cam_matrix(cam_matrix(camera), camera.resolution_wh, out_hw)
+    k_orig = cam_matrix(camera, original=True)
+    v, u = np.mgrid[0: out_hw[0], 0: out_hw[1]].astype(np.float64)
+    x = (u - k_out[0, 2]) / k_out[0, 0]
+    y = (v - k_out[1, 2]) / k_out[1, 1]
+    if camera.lens.lower() == "fisheye":
+        raise NotImplementedError("fisheye cameras are not supported yet (front_center is Telecam)")
+    xd, yd = distort_normalised(x, y, camera.distortion)
+    return (xd * k_orig[0, 0] + k_orig[0, 2]).astype(np.float32), (yd * k_orig[1, 1] + k_orig[1, 2]).astype(np.float32)
+
+
+def remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, nearest: bool = False,
+          fill: int | float = 0) -> np.ndarray:
+    """Sample ``image`` (H, W[, C]) at float positions (like cv2.remap). Bilinear, or nearest for label
+    maps; positions outside the image get ``fill``."""
+    h, w = image.shape[:2]
+    if nearest:
+        c = np.rint(map_x).astype(np.int64)
+        r = np.rint(map_y).astype(np.int64)
+        valid = (c >= 0) & (c < w) & (r >= 0) & (r < h)
+        out = image[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)]
+        out[~valid] = fill
+        return out
+    x0 = np.floor(map_x).astype(np.int64)
+    y0 = np.floor(map_y).astype(np.int64)
+    fx = (map_x - x0).astype(np.float32)
+    fy = (map_y - y0).astype(np.float32)
+    valid = (map_x >= -0.5) & (map_x <= w - 0.5) & (map_y >= -0.5) & (map_y <= h - 0.5)
+    x0c, x1c = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    y0c, y1c = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+    img = image.astype(np.float32)
+    if img.ndim == 3:
+        fx, fy, valid = fx[..., None], fy[..., None], valid[..., None]
+    top = img[y0c, x0c] * (1 - fx) + img[y0c, x1c] * fx
+    bot = img[y1c, x0c] * (1 - fx) + img[y1c, x1c] * fx
+    out = np.where(valid, top * (1 - fy) + bot * fy, fill)
+    if image.dtype == np.uint8:
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out.astype(image.dtype)
+
+
+def bev_to_image_grid(grid: GridConfig, k: np.ndarray, image_hw: tuple[int, int],
+                      height: float = 0.0) -> np.ndarray:
+    """Fixed sampling grid for fusion: for each head-map BEV cell centre at z = ``height``, its position in
+    the model image as ``grid_sample`` coords in [-1, 1] (align_corners=False). Cells behind the camera or
+    outside the image get 2.0 (sampled as zeros). Returns (Hh, Wh, 2) float32 (x=col, y=row)."""
+    hh, wh = grid.head_shape
+    r, c = np.mgrid[0:hh, 0:wh].astype(np.float64)
+    x = grid.x_min + (r + 0.5) * grid.head_cell
+    y = grid.y_min + (c + 0.5) * grid.head_cell
+    pts = np.stack([x.ravel(), y.ravel(), np.full(x.size, height)], 1)
+    u, v, depth = project_points(pts, k)
+    h, w = image_hw
+    gx = (u + 0.5) / w * 2 - 1
+    gy = (v + 0.5) / h * 2 - 1
+    bad = (depth <= 0.1) | (gx < -1) | (gx > 1) | (gy < -1) | (gy > 1) | ~np.isfinite(gx) | ~np.isfinite(gy)
+    gx[bad] = 2.0
+    gy[bad] = 2.0
+    return np.stack([gx, gy], -1).reshape(hh, wh, 2).astype(np.float32)
+
+
+def normalise_image(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised model input."""
+    img = image.astype(np.float32) * (1.0 / 255.0)
+    img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create ./.venv (if missing) and install mtl with the training, export and dev extras.
+# CPU torch 2.13.0 is installed explicitly first so pip never pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v -i warning || true
+python -m pip install -q "torch==2.13.0" 2>&1 | grep -v -i warning || true
+python -m pip install -q -e ".[train,export,dev]" 2>&1 | grep -v -i warning || true
+python -c "import mtl, torch, onnxruntime; print('mtl', mtl.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
