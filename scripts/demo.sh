@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job on the embedded synthetic default: synth -> convert -> train -> export -> bench.
+# Everything lands under ${MTL_DEMO_DIR:-runs/demo}. MTL_DEMO_QUICK=1 runs a small smoke version (~3 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+. .venv/bin/activate
+export MPLBACKEND=Agg
+D=${MTL_DEMO_DIR:-runs/demo}
+if [ "${MTL_DEMO_QUICK:-0}" = "1" ]; then
+  NTRAIN=32; NVAL=8; TRAIN_ARGS=(--epochs 2); ITERS=10
+else
+  NTRAIN=400; NVAL=100; TRAIN_ARGS=(); ITERS=100
+fi
+mkdir -p "$D"
+echo "== 1/6 synthesise raw A2D2-layout data ($NTRAIN train + $NVAL val frames)"
+mtl data synth --out "$D/raw_train" --frames "$NTRAIN" --seed 1 --overwrite
+mtl data synth --out "$D/raw_val" --frames "$NVAL" --seed 2 --overwrite
+echo "== 2/6 convert to NPZ chunks"
+mtl data convert --a2d2 "$D/raw_train" --out "$D/train" --overwrite
+mtl data convert --a2d2 "$D/raw_val" --out "$D/val" --overwrite
+mtl data inspect "$D/val"
+echo "== 3/6 train"
+mtl train --data "$D/train" --val "$D/val" --out "$D/run" "${TRAIN_ARGS[@]}"
+mtl viz "$D/run"
+echo "== 4/6 evaluate"
+mtl eval --checkpoint "$D/run/best.pt" --data "$D/val" --out "$D/run/eval.json"
+echo "== 5/6 export (fp32 + fp16 + int8, parity-checked)"
+mtl export "$D/run/best.pt" --out "$D/export" --fp16 --int8 --calib-data "$D/train" --val-data "$D/val"
+echo "== 6/6 benchmark (torch eager vs onnxruntime, per stage)"
+mtl bench --model "$D/export/model.onnx" --checkpoint "$D/run/best.pt" --data "$D/val" \
+  --compare torch,onnxruntime,onnxruntime-fp16,onnxruntime-int8,tensorrt --iters "$ITERS" --warmup 5 \
+  --out "$D/bench"
+echo "done: see $D/run (metrics.jsonl, debug/, curves.png), $D/export (export_report.md), $D/bench"
