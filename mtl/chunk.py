@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import ChunkError
+from .errors import ChunkError, DataError, MtlError
 from .io import atomic_path, decode_png
 
 FORMAT_VERSION = 1
@@ -60,13 +60,20 @@ class Frame:
         """(H, W, 3) uint8 RGB."""
         if not self.modality_mask & HAS_IMAGE:
             raise ChunkError(self.source, f"frame {self.frame_id}: has no camera image")
-        return decode_png(self.image_png, f"{self.source}[{self.frame_id}]/image", "RGB")
+        return self._decode(self.image_png, "image", "RGB")
 
     def semantic(self) -> np.ndarray:
         """(H, W) uint8 class ids (255 = ignore)."""
         if not self.modality_mask & HAS_SEMANTIC:
             raise ChunkError(self.source, f"frame {self.frame_id}: has no semantic map")
-        return decode_png(self.semantic_png, f"{self.source}[{self.frame_id}]/semantic", "L")
+        return self._decode(self.semantic_png, "semantic", "L")
+
+    def _decode(self, data: bytes, what: str, mode: str) -> np.ndarray:
+        # a PNG inside a chunk is chunk content: report ChunkError (exit code 3), not DataError
+        try:
+            return decode_png(data, self.source, mode)
+        except DataError as e:
+            raise ChunkError(self.source, f"frame {self.frame_id}: {what} {e.reason}") from None
 
 
 @dataclass
@@ -113,11 +120,43 @@ def _concat(parts: Sequence[np.ndarray], dtype, width: int | None) -> tuple[np.n
     return data, offsets
 
 
+def _check_frame(path: Path, f: Frame) -> None:
+    """Refuse what ``read_chunk`` would reject, so a chunk that was written can always be read back."""
+    def bad(reason: str) -> ChunkError:
+        return ChunkError(path, f"frame {f.frame_id!r}: {reason}")
+
+    if not isinstance(f.frame_id, str) or not 0 < len(f.frame_id) <= 64:
+        raise bad("frame_id must be a non-empty string of at most 64 characters")
+    points, boxes = np.asarray(f.points), np.asarray(f.boxes)
+    # explicit shapes: reshape(-1, 4) would silently scramble e.g. an (N, 3) array with N % 4 == 0
+    if points.ndim != 2 or points.shape[1] != 4:
+        raise bad(f"points has shape {points.shape}, expected (N, 4)")
+    if boxes.ndim != 2 or boxes.shape[1] != 7:
+        raise bad(f"boxes has shape {boxes.shape}, expected (M, 7)")
+    if np.asarray(f.box_class).shape != (len(boxes),):
+        raise bad(f"{len(boxes)} boxes but box_class has shape {np.asarray(f.box_class).shape}")
+    if np.asarray(f.cam_matrix).shape != (3, 3):
+        raise bad(f"cam_matrix has shape {np.asarray(f.cam_matrix).shape}, expected (3, 3)")
+    for key, a in (("points", points), ("boxes", boxes), ("cam_matrix", f.cam_matrix)):
+        if not np.isfinite(np.asarray(a, np.float32)).all():
+            raise bad(f"{key} contains NaN or inf")
+    if (boxes[:, 3:6] <= 0).any():
+        raise bad("boxes have non-positive length/width/height")
+    if not 0 <= f.modality_mask <= HAS_ALL:
+        raise bad(f"modality_mask {f.modality_mask} is not a combination of the bits 1, 2, 4, 8")
+    for bit, data, what in ((HAS_IMAGE, f.image_png, "image_png"), (HAS_SEMANTIC, f.semantic_png, "semantic_png")):
+        flagged = bool(f.modality_mask & bit)
+        if flagged != (len(data) > 0):
+            raise bad(f"{what} is {len(data)} bytes but modality_mask says {'present' if flagged else 'absent'}")
+
+
 def write_chunk(path: str | Path, frames: Sequence[Frame], meta: dict) -> Path:
     """Write frames to ``path`` atomically (np.savez, uncompressed: PNG payloads are already compressed)."""
     path = Path(path)
     if not frames:
         raise ChunkError(path, "refusing to write an empty chunk")
+    for f in frames:
+        _check_frame(path, f)
     arrays: dict[str, np.ndarray] = {}
     arrays["frame_id"] = np.array([f.frame_id for f in frames], dtype="<U64")
     img = [np.frombuffer(f.image_png, np.uint8) for f in frames]
@@ -133,9 +172,6 @@ def write_chunk(path: str | Path, frames: Sequence[Frame], meta: dict) -> Path:
         arrays["modality_mask"] = masks
     full_meta = {"format_version": FORMAT_VERSION, **meta}
     arrays["meta"] = np.array(json.dumps(full_meta))
-    for f in frames:
-        if len(f.boxes) != len(f.box_class):
-            raise ChunkError(path, f"frame {f.frame_id}: {len(f.boxes)} boxes but {len(f.box_class)} classes")
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -151,20 +187,35 @@ def _check_offsets(path: str, name: str, off: np.ndarray, k: int, total: int) ->
         raise ChunkError(path, f"{name} is not monotonic")
 
 
+def load_npz(path: str | Path, error: type[MtlError] = ChunkError) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` without ever unpickling; any failure raises ``error(path, reason)``."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise error(path, "file not found") from None
+    except OSError as e:
+        raise error(path, f"cannot read ({e})") from None
+    if not magic:
+        raise error(path, "file is empty (0 bytes)")
+    # np.load treats unknown bytes as a pickle and then blames allow_pickle, which would be misleading
+    if magic != b"PK\x03\x04":
+        raise error(path, "not an npz (zip) file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e) or "pickled" in str(e):
+            raise error(path, "contains object arrays (pickle is never loaded)") from None
+        raise error(path, f"not a readable npz ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise error(path, f"corrupt or truncated npz ({type(e).__name__}: {e})") from None
+
+
 def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
     """Load and validate a chunk. Raises ``ChunkError`` naming the file and the first problem found."""
     path = str(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise ChunkError(path, "file not found") from None
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise ChunkError(path, "contains object arrays (pickle is never loaded)") from None
-        raise ChunkError(path, f"not a readable npz ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise ChunkError(path, f"corrupt or truncated npz ({type(e).__name__}: {e})") from None
+    arrays = load_npz(path, ChunkError)
 
     missing = [k for k in _REQUIRED if k not in arrays]
     if missing:
@@ -182,6 +233,8 @@ def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
         meta = json.loads(str(arrays["meta"]))
     except json.JSONDecodeError as e:
         raise ChunkError(path, f"meta is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ChunkError(path, f"meta must be a JSON object, got {type(meta).__name__}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ChunkError(path, f"format_version {meta.get('format_version')!r}, this mtl reads {FORMAT_VERSION}")
 
@@ -200,10 +253,22 @@ def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
     _check_offsets(path, "semantic_offsets", arrays["semantic_offsets"], k, len(arrays["semantic_png"]))
     _check_offsets(path, "point_offsets", arrays["point_offsets"], k, len(arrays["points"]))
     _check_offsets(path, "box_offsets", arrays["box_offsets"], k, len(arrays["boxes"]))
+    mask = np.full(k, HAS_ALL, np.uint8)
     if "modality_mask" in arrays:
         m = arrays["modality_mask"]
         if m.dtype != np.uint8 or m.shape != (k,):
             raise ChunkError(path, f"modality_mask has dtype {m.dtype} shape {m.shape}, expected uint8 ({k},)")
+        if (m > HAS_ALL).any():
+            raise ChunkError(path, f"modality_mask has unknown bits (max {int(m.max())}, allowed 0..{HAS_ALL})")
+        mask = m
+    # a frame whose mask says "image present" must have bytes, and vice versa (Frame.image() relies on it)
+    for bit, off_key in ((HAS_IMAGE, "image_offsets"), (HAS_SEMANTIC, "semantic_offsets")):
+        has_bytes = np.diff(arrays[off_key]) > 0
+        wrong = np.flatnonzero(has_bytes != ((mask & bit) > 0))
+        if wrong.size:
+            i = int(wrong[0])
+            raise ChunkError(path, f"frame {arrays['frame_id'][i]!s}: {off_key[:-8]} is "
+                                   f"{'present' if has_bytes[i] else 'empty'} but modality_mask says otherwise")
     if check_finite:
         for key in ("points", "boxes", "cam_matrix"):
             if not np.isfinite(arrays[key]).all():

@@ -7,3 +7,87 @@ import click
 @click.group()
 def data() -> None:
     """Make, convert and inspect datasets (raw A2D2 layout -> NPZ chunks)."""
+
+
+def _load_config(config_path: str | None):  # -> mtl.config.Config (imported lazily)
+    from .config import Config
+    from .errors import ConfigError
+
+    if config_path is None:
+        return Config()
+    try:
+        return Config.load(config_path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(config_path, str(e)) from None
+
+
+@data.command("convert")
+@click.option("--a2d2", "root", required=True, type=click.Path(file_okay=False),
+              help="Raw A2D2 camera_lidar_semantic_bboxes root (holds cams_lidars.json and the scene folders).")
+@click.option("--out", required=True, type=click.Path(), help="Output directory for chunk_*.npz and summary.json.")
+@click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per chunk.")
+@click.option("--image-size", default=None, metavar="HxW|original",
+              help="Stored image size, e.g. 320x512, or 'original' (undistorted 1208x1920). "
+                   "Default: camera.image_hw of the config (320x512).")
+@click.option("--partial", is_flag=True,
+              help="Keep frames that have a camera image OR LiDAR; chunk modality_mask records what each has.")
+@click.option("--skip-bad", is_flag=True, help="Log and count corrupt files instead of aborting.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier conversion in --out (only once this one succeeds).")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes [default: min(2, CPUs)].")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="Config JSON (classes, camera.image_hw); default config when omitted.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite, workers, config_path, no_progress):
+    """Convert a raw A2D2 front-centre tree into NPZ chunks (images undistorted + resized).
+
+    Frames are paired by scene and frame id; by default a frame needs camera, label, lidar and label3D
+    (others are skipped and counted per reason). Writes DIR/summary.json and prints a one-line summary.
+    """
+    from .convert import convert, format_summary
+
+    summary = convert(root, out, _load_config(config_path), chunk_size=chunk_size, image_size=image_size,
+                      partial=partial, skip_bad=skip_bad, overwrite=overwrite, workers=workers,
+                      progress=not no_progress)
+    click.echo(format_summary(summary))
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_cmd(path, as_json):
+    """Validate chunks (a chunk file or a directory of chunks) and print their statistics.
+
+    Decodes every PNG; any problem is reported as one line naming the file, with a non-zero exit code.
+    """
+    import json
+
+    from .inspect_chunks import format_report, inspect_chunks
+
+    report = inspect_chunks(path)
+    click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
+
+
+@data.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root (raw A2D2 layout).")
+@click.option("--frames", default=200, show_default=True, type=click.IntRange(min=1), help="Number of frames.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Same seed -> byte-identical files (for any --workers).")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes [default: min(2, CPUs)].")
+@click.option("--scene-size", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Frames per scene folder (one street per scene).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier synthetic dataset in --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def synth_cmd(out, frames, seed, workers, scene_size, overwrite, no_progress):
+    """Generate a synthetic dataset in the real raw A2D2 layout (camera, label, lidar, label3D).
+
+    Camera, semantic label, LiDAR and 3D boxes are ray-cast from one procedural street scene per frame,
+    so `mtl data convert --a2d2 OUT` reads it like real A2D2. Writes OUT/synth_summary.json.
+    """
+    from .synth import generate
+
+    s = generate(out, frames, seed, workers=workers, scene_size=scene_size, overwrite=overwrite,
+                 progress=not no_progress)
+    boxes = ", ".join(f"{n} {c}" for c, n in s["objects_per_class"].items() if n)
+    click.echo(f"synth: {s['frames']} frames in {len(s['scenes'])} scenes -> {out} "
+               f"({s['elapsed_s']:.1f} s, {s['frames_per_s']:.1f} frames/s, "
+               f"{s['points_per_frame']['mean']:.0f} points/frame, boxes: {boxes})")

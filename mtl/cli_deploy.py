@@ -2,3 +2,121 @@
 from __future__ import annotations
 
 COMMANDS: list = []
+
+
+# -------------------------------------------------------------------------------------- export
+# (torch / onnx are imported inside the command body)
+import click as _ck
+
+
+@_ck.command("export")
+@_ck.argument("checkpoint", type=_ck.Path(dir_okay=False))
+@_ck.option("--out", "out_dir", required=True, type=_ck.Path(file_okay=False),
+            help="Output directory: model.onnx [+ model_fp16.onnx, model_int8.onnx, *.engine], export_report.json/.md.")
+@_ck.option("--opset", type=_ck.IntRange(min=18), default=18, show_default=True, help="ONNX opset (dynamo exporter: >= 18).")
+@_ck.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (I/O stay float32), gated on --val-data metrics.")
+@_ck.option("--int8", is_flag=True, help="Also write model_int8.onnx (Q/DQ, symmetric INT8, calibrated on --calib-data).")
+@_ck.option("--calib-data", type=_ck.Path(file_okay=False), default=None, help="Chunks for INT8 calibration.")
+@_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True, help="Calibration frames.")
+@_ck.option("--val-data", type=_ck.Path(file_okay=False), default=None,
+            help="Chunks for the parity report and the fp16/int8 metric gates.")
+@_ck.option("--gate-frames", type=_ck.IntRange(min=0), default=128, show_default=True,
+            help="Frames for the metric gate (evenly spaced; 0 = all of --val-data).")
+@_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True, help="Allowed mIoU drop of a variant vs fp32.")
+@_ck.option("--max-drop-map", type=float, default=0.02, show_default=True, help="Allowed mAP drop of a variant vs fp32.")
+@_ck.option("--decode", is_flag=True, help="Add det_scores/det_labels/det_boxes (peak NMS + top-K + box decode) "
+                                           "to the graph; the score threshold is applied by the runtime.")
+@_ck.option("--slim/--no-slim", default=True, show_default=True, help="onnxslim the fp32 graph (kept only if outputs "
+                                                                      "are identical).")
+@_ck.option("--batch", type=_ck.IntRange(min=1), default=1, show_default=True, help="Static batch size of the graph.")
+@_ck.option("--dynamic-batch", is_flag=True, help="Dynamic batch axis ('batch'); TensorRT then needs --trt-profile.")
+@_ck.option("--trt", is_flag=True, help="Also build TensorRT engines (needs tensorrt + cuda-python + an NVIDIA GPU).")
+@_ck.option("--trt-profile", default=None, metavar="MIN:OPT:MAX",
+            help="TensorRT batch optimisation profile, e.g. 1:4:8 (implies --dynamic-batch).")
+@_ck.option("--timing-cache", type=_ck.Path(dir_okay=False), default=None,
+            help="TensorRT timing cache file (loaded if present, saved after the build) [default: OUT/timing.cache].")
+@_ck.option("--parity/--no-parity", default=True, show_default=True,
+            help="Parity report + metric gates on real frames (needs --val-data or --calib-data).")
+@_ck.option("--parity-frames", type=_ck.IntRange(min=1), default=4, show_default=True, help="Frames for the parity report.")
+@_ck.option("--atol", type=float, default=1e-4, show_default=True, help="fp32 parity tolerance (max abs diff per output).")
+def export_cmd(checkpoint, out_dir, opset, fp16, int8, calib_data, calib_frames, val_data, gate_frames, max_drop_miou,
+               max_drop_map, decode, slim, batch, dynamic_batch, trt, trt_profile, timing_cache, parity,
+               parity_frames, atol):
+    """Export CHECKPOINT to ONNX (dynamo, opset >= 18) with a parity report against torch on real frames,
+    optional fp16 / int8 variants (each gated on mIoU / mAP drop), a static TensorRT-compatibility check and
+    optional TensorRT engines. Exits non-zero (ParityError, code 8) when parity or a gate fails; the report
+    is still written and failed artefacts are renamed *.rejected."""
+    from .export.onnx_export import export_checkpoint
+
+    export_checkpoint(checkpoint, out_dir, opset=opset, fp16=fp16, int8=int8, calib_data=calib_data,
+                      calib_frames=calib_frames, val_data=val_data, max_drop_miou=max_drop_miou,
+                      max_drop_map=max_drop_map, decode=decode, slim=slim, trt=trt, trt_profile=trt_profile,
+                      parity=parity, parity_frames=parity_frames, gate_frames=gate_frames, atol=atol, batch=batch,
+                      dynamic_batch=dynamic_batch, timing_cache=timing_cache, echo=_ck.echo)
+
+
+COMMANDS.append(export_cmd)
+
+
+# ------------------------------------------------------------------------------- infer / bench
+# (torch-free at import: the runtime and bench modules are imported inside the command bodies)
+import click as _click  # noqa: E402
+
+_RUNTIME_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+
+
+@_click.command("infer")
+@_click.option("--model", "model", required=True, type=_click.Path(dir_okay=False),
+               help="Exported model: model.onnx (metadata key 'mtl') or a TensorRT .engine with its .engine.json.")
+@_click.option("--data", required=True, type=_click.Path(),
+               help="A directory of NPZ chunks, one chunk file, or a raw A2D2 tree (auto-detected).")
+@_click.option("--out", required=True, type=_click.Path(file_okay=False), help="Output directory.")
+@_click.option("--backend", type=_click.Choice(_RUNTIME_BACKENDS), default="auto", show_default=True,
+               help="auto: TensorRT EP -> CUDA EP -> CPU, each fallback reported. Explicit GPU backends never fall back.")
+@_click.option("--threads", type=int, default=None, help="CPU intra-op threads (default: onnxruntime's choice).")
+@_click.option("--overlay", is_flag=True, help="Also write <id>_overlay.png (semantic colours + projected boxes).")
+@_click.option("--limit", type=int, default=None, help="Process at most N frames.")
+@_click.option("--no-progress", is_flag=True, help="No progress bar.")
+def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
+    """Run the torch-free runtime on every frame: OUT/<id>.json (boxes in metres with class names, scores,
+    timing), OUT/<id>_sem.png (class-id PNG), optional overlays, OUT/summary.json."""
+    from .runtime.pipeline import infer_directory
+
+    s = infer_directory(model, data, out, backend=backend, threads=threads, overlay_images=overlay, limit=limit,
+                        progress=not no_progress, log=lambda m: _click.echo(m, err=True))
+    t = s["mean_timing_ms"]
+    skipped = ", ".join(f"{v} {k}" for k, v in s["frames_skipped"].items()) or "none"
+    _click.echo(f"{s['frames_written']} frames -> {out} ({s['backend']}: {', '.join(s['providers'])}); "
+                f"{s['detections']} detections; skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame")
+    _click.echo(f"summary: {out}/summary.json")
+
+
+@_click.command("bench")
+@_click.option("--model", "model", required=True, type=_click.Path(dir_okay=False),
+               help="fp32 model.onnx; model_fp16.onnx / model_int8.onnx / *.engine are looked up next to it.")
+@_click.option("--compare", default="torch,onnxruntime,onnxruntime-fp16,onnxruntime-int8,tensorrt", show_default=True,
+               help="Comma-separated backends: torch, onnxruntime, onnxruntime-fp16, onnxruntime-int8, "
+                    "onnxruntime-cuda, onnxruntime-trt, tensorrt. Unavailable ones are listed as skipped with the reason.")
+@_click.option("--checkpoint", type=_click.Path(dir_okay=False), default=None,
+               help="Torch checkpoint: the eager torch column and the parity reference.")
+@_click.option("--data", required=True, type=_click.Path(), help="Chunks or a raw A2D2 tree (frames are preloaded).")
+@_click.option("--frames", "n_frames", type=int, default=8, show_default=True, help="Distinct frames to cycle through.")
+@_click.option("--iters", type=int, default=100, show_default=True, help="Timed frames per backend.")
+@_click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames per backend first.")
+@_click.option("--threads", type=int, default=None, help="Threads for every backend (ORT intra-op, torch).")
+@_click.option("--out", "out_dir", type=_click.Path(file_okay=False), default="benchmarks/results", show_default=True,
+               help="Directory for bench_<date>_<backends>.json / .md.")
+@_click.option("--no-progress", is_flag=True, help="No progress bar.")
+def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, threads, out_dir, no_progress):
+    """Per-stage latency (mean/p50/p90/p99), throughput, peak RSS and parity vs torch for each backend,
+    printed as one table and written as JSON + markdown."""
+    from .bench import run_bench
+
+    names = tuple(c.strip() for c in compare.split(",") if c.strip())
+    report = run_bench(model, data, names, checkpoint=checkpoint, iters=iters, warmup=warmup, threads=threads,
+                       n_frames=n_frames, out_dir=out_dir, progress=not no_progress)
+    _click.echo(report["markdown"])
+    _click.echo(f"written: {report['written']['json']}\n         {report['written']['markdown']}")
+
+
+COMMANDS += [infer_cmd, bench_cmd]

@@ -1,0 +1,460 @@
+"""``mtl bench``: per-stage latency, throughput, memory and parity of the runtime backends, in ONE table.
+
+For each backend in ``--compare`` (torch, onnxruntime, onnxruntime-fp16, onnxruntime-int8,
+onnxruntime-cuda, onnxruntime-trt, tensorrt) the same preloaded frames go through the same numpy
+preprocess and postprocess (``mtl.runtime.Pipeline``); only the inference backend differs:
+
+- ``onnxruntime``        ``--model`` (fp32 ONNX) on the CPU EP
+- ``onnxruntime-fp16``   ``model_fp16.onnx`` next to ``--model``; ``-int8``: ``model_int8.onnx``
+- ``onnxruntime-cuda`` / ``onnxruntime-trt``   ``--model`` on the CUDA / TensorRT EP
+- ``tensorrt``           the ``*.engine`` next to ``--model`` (``model.engine`` preferred), native TensorRT
+- ``torch``              ``--checkpoint`` run eagerly (``torch.inference_mode``, same thread count); torch is
+                         imported lazily, only for this column and for the parity reference
+
+Unavailable backends are rows with ``status = "skipped: <reason>"``; nothing is ever substituted.
+Latency stats per stage: mean / p50 / p90 / p99 over ``--iters`` timed frames after ``--warmup``.
+Throughput = 1000 / mean total (batch 1, sequential). Peak RSS = the process high-water mark after the
+backend ran (ru_maxrss; cumulative, so backends run in the order given and torch last).
+Parity (needs ``--checkpoint``): max |diff| per output vs torch on every bench frame, decoded boxes
+identical (same count, labels, boxes within 1e-4 m) per frame, and mIoU / mAP deltas (backend minus torch)
+against the frames' ground truth when ``mtl.metrics`` and ground truth are available.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendUnavailableError, DataError, MtlError
+from .runtime.backends import Backend
+from .runtime.frames import RuntimeFrame, iter_frames
+from .runtime.pipeline import Pipeline
+from .runtime.preprocess import ModelSpec, StageTimer
+
+BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-cuda",
+                  "onnxruntime-trt", "tensorrt")
+DEFAULT_COMPARE = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt")
+TABLE_STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
+                "postprocess", "total")
+OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
+BOX_ATOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------- torch column
+
+
+class TorchBackend(Backend):
+    """The checkpoint run eagerly; outputs follow the ONNX contract (heatmap sigmoid applied)."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: str | Path, threads: int | None = None):
+        import torch
+
+        from .model import load_checkpoint
+
+        self.torch = torch
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model, self.cfg, _ = load_checkpoint(checkpoint)
+        self.model.eval()
+        self.providers = [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"]
+        h, w = self.cfg.camera.image_hw
+        self.input_shapes = {"image": (1, 3, h, w), "bev": (1, self.cfg.grid.n_channels, *self.cfg.grid.shape)}
+        self.input_dtypes = {"image": np.float32, "bev": np.float32}
+
+    def run(self, feeds: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
+        torch = self.torch
+        with timer("inference"), torch.inference_mode():
+            out = self.model(torch.from_numpy(feeds["image"]), torch.from_numpy(feeds["bev"]))
+            res = {"bbox_heatmap": torch.sigmoid(out["bbox_heatmap"]).numpy(),
+                   "bbox_reg": out["bbox_reg"].numpy(), "sem_logits": out["sem_logits"].numpy()}
+        return res
+
+
+def torch_pipeline(checkpoint: str | Path, threads: int | None = None) -> Pipeline:
+    b = TorchBackend(checkpoint, threads)
+    return Pipeline(ModelSpec.from_config(b.cfg, checkpoint, heatmap_activation="sigmoid"), b)
+
+
+# ------------------------------------------------------------------------------------------ device
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def device_state(threads: int | None) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,"
+                              "temperature.gpu,power.draw", "--format=csv,noheader"])
+    if smi:
+        gpu = smi.splitlines()
+    from . import __version__
+
+    libs = {d: _version(d) for d in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt",
+                                     "cuda-python", "pillow")}
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "threads": threads, "load_avg": load,
+            "python": platform.python_version(), "platform": platform.platform(), "gpu": gpu,
+            "libraries": {k: v for k, v in libs.items() if v}, "mtl_version": __version__,
+            "date": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1024.0, 1) if sys.platform != "darwin" else round(kb / 2**20, 1)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def stats(values: list[float]) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
+            "p90": round(float(np.percentile(a, 90)), 4), "p99": round(float(np.percentile(a, 99)), 4),
+            "n": int(a.size)}
+
+
+def load_frames(data: str | Path, cfg, n_frames: int) -> tuple[list[RuntimeFrame], int]:
+    frames, skipped = [], 0
+    for f in iter_frames(data, cfg, with_gt=True):
+        if not f.has_image:
+            skipped += 1
+            continue
+        frames.append(f)
+        if len(frames) >= n_frames:
+            break
+    if not frames:
+        raise DataError(data, f"no frame with a camera image found ({skipped} without one)")
+    return frames, skipped
+
+
+def _model_paths(model: Path) -> dict[str, Path | None]:
+    engines = sorted(model.parent.glob("*.engine"))
+    preferred = model.with_suffix(".engine")
+    return {"onnxruntime": model, "onnxruntime-cuda": model, "onnxruntime-trt": model,
+            "onnxruntime-fp16": model.parent / "model_fp16.onnx", "onnxruntime-int8": model.parent / "model_int8.onnx",
+            "tensorrt": preferred if preferred.is_file() else (engines[0] if engines else None)}
+
+
+def open_bench_pipeline(name: str, model: Path, checkpoint: Path | None, threads: int | None) -> Pipeline:
+    """Raise ``_Skip(reason)`` when the backend cannot run here."""
+    if name == "torch":
+        if checkpoint is None:
+            raise _Skip("no --checkpoint given")
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise _Skip("torch is not installed") from None
+        return torch_pipeline(checkpoint, threads)
+    path = _model_paths(model).get(name)
+    if path is None or not path.is_file():
+        want = {"tensorrt": f"no *.engine next to {model.name} (mtl export --trt)",
+                "onnxruntime-fp16": f"no model_fp16.onnx next to {model.name} (mtl export --fp16)",
+                "onnxruntime-int8": f"no model_int8.onnx next to {model.name} (mtl export --int8)"}
+        raise _Skip(want.get(name, f"{path} not found"))
+    kind = "onnxruntime" if name in ("onnxruntime-fp16", "onnxruntime-int8") else name
+    try:
+        return Pipeline.open(path, kind, threads)
+    except BackendUnavailableError as e:
+        raise _Skip(e.reason) from None
+
+
+class _Skip(Exception):
+    pass
+
+
+def time_backend(pipe: Pipeline, frames: list[RuntimeFrame], iters: int, warmup: int,
+                 tick: Callable[[], None] | None = None) -> dict:
+    for i in range(warmup):
+        pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
+    per_stage: dict[str, list[float]] = {}
+    for i in range(iters):
+        r = pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
+        for k, v in r.timings_ms.items():
+            per_stage.setdefault(k, []).append(v)
+        if tick:
+            tick()
+    st = {k: stats(v) for k, v in per_stage.items()}
+    fps = 1000.0 / st["total"]["mean"] if st.get("total", {}).get("mean") else None
+    return {"stages": st, "throughput_fps": round(fps, 2) if fps else None}
+
+
+def frame_outputs(pipe: Pipeline, frames: list[RuntimeFrame]) -> list[dict]:
+    out = []
+    for f in frames:
+        r = pipe.run_frame(f)
+        out.append({"outputs": {k: np.asarray(r.outputs[k], np.float32) for k in OUTPUTS},
+                    "boxes": r.boxes, "scores": r.scores, "labels": r.labels, "semantic": r.semantic})
+    return out
+
+
+def boxes_identical(a: dict, b: dict, atol: float = BOX_ATOL) -> bool:
+    return (len(a["boxes"]) == len(b["boxes"]) and np.array_equal(a["labels"], b["labels"])
+            and np.allclose(a["boxes"], b["boxes"], atol=atol, rtol=0))
+
+
+def task_metrics(results: list[dict], frames: list[RuntimeFrame], cfg) -> dict:
+    try:
+        from .metrics import DetectionAccumulator, confusion_matrix, segmentation_metrics
+    except ImportError:
+        return {"reason": "mtl.metrics not available"}
+    out: dict[str, Any] = {}
+    sem = [(r, f) for r, f in zip(results, frames) if f.gt_semantic is not None]
+    if sem:
+        n = cfg.classes.n_sem
+        cm = sum(confusion_matrix(f.gt_semantic, r["semantic"], n, cfg.classes.ignore_index) for r, f in sem)
+        out["miou"] = float(segmentation_metrics(cm, list(cfg.classes.sem_classes))["miou"])
+    det = [(r, f) for r, f in zip(results, frames) if f.gt_boxes is not None]
+    if det:
+        acc = DetectionAccumulator(list(cfg.classes.det_classes))
+        for r, f in det:
+            acc.add(r["boxes"], r["scores"], r["labels"], f.gt_boxes, f.gt_labels)
+        out["map"] = float(acc.compute()["map"])
+    if not sem and not det:
+        out["reason"] = "bench frames have no ground truth"
+    return out
+
+
+def parity(ref: list[dict], got: list[dict], ref_metrics: dict, got_metrics: dict) -> dict:
+    p: dict[str, Any] = {"max_abs_diff": {}}
+    for k in OUTPUTS:
+        p["max_abs_diff"][k] = float(max(np.max(np.abs(r["outputs"][k].astype(np.float64) - g["outputs"][k]))
+                                         for r, g in zip(ref, got)))
+    same = sum(boxes_identical(r, g) for r, g in zip(ref, got))
+    p["boxes_identical"] = f"{same}/{len(ref)}"
+    p["boxes_identical_all"] = same == len(ref)
+    for key in ("miou", "map"):
+        if key in ref_metrics and key in got_metrics:
+            p[f"{key}_delta"] = round(got_metrics[key] - ref_metrics[key], 6)
+    return p
+
+
+# ---------------------------------------------------------------------------------------- the bench
+
+
+def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DEFAULT_COMPARE,
+              checkpoint: str | Path | None = None, iters: int = 100, warmup: int = 10,
+              threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = "benchmarks/results",
+              progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    from .runtime.backends import read_onnx_metadata
+
+    model = Path(model)
+    checkpoint = Path(checkpoint) if checkpoint else None
+    unknown = [c for c in compare if c not in BENCH_BACKENDS]
+    if unknown:
+        raise BackendUnavailableError(None, f"unknown --compare entries {unknown} (choose from {', '.join(BENCH_BACKENDS)})")
+    if iters < 1 or warmup < 0:
+        raise DataError(None, f"--iters must be >= 1 and --warmup >= 0, got {iters} / {warmup}")
+    meta = read_onnx_metadata(model)
+    spec = ModelSpec.from_metadata(meta, model)
+    cfg = spec.cfg
+    frames, no_image = load_frames(data, cfg, n_frames)
+    # torch runs last: importing it raises the process RSS high-water mark for everything after it
+    order = [c for c in compare if c != "torch"] + (["torch"] if "torch" in compare else [])
+
+    ref = ref_metrics = None
+    parity_note = None
+    ckpt_info: dict[str, Any] = {}
+    if checkpoint is not None:
+        from .config import sha256_file
+
+        sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+        ckpt_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha,
+                     "matches_model_source": sha == meta.get("source_checkpoint_sha256")}
+    else:
+        parity_note = "no --checkpoint: parity vs torch not measured"
+
+    total_iters = (iters + warmup) * len(order)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_iters, unit="it", desc="bench", file=sys.stderr)
+    rows: list[dict] = []
+    results: dict[str, list[dict]] = {}
+    try:
+        for name in order:
+            row: dict[str, Any] = {"backend": name}
+            try:
+                pipe = open_bench_pipeline(name, model, checkpoint, threads)
+            except (_Skip, MtlError) as e:
+                row["status"] = f"skipped: {e}"
+                rows.append(row)
+                if bar:
+                    bar.update(iters + warmup)
+                continue
+            if name == "torch" and pipe.cfg.to_dict() != cfg.to_dict():
+                row["status"] = "skipped: checkpoint config differs from the model's metadata config"
+                rows.append(row)
+                pipe.close()
+                if bar:
+                    bar.update(iters + warmup)
+                continue
+            row.update(status="ok", model=pipe.spec.path, precision=pipe.spec.precision,
+                       providers=pipe.backend.providers, fallback=pipe.fallback)
+            try:
+                if bar:
+                    bar.update(warmup)
+                row.update(time_backend(pipe, frames, iters, warmup, (lambda: bar.update(1)) if bar else None))
+                results[name] = frame_outputs(pipe, frames)
+                row["metrics"] = task_metrics(results[name], frames, cfg)
+            except MtlError as e:
+                row["status"] = f"failed: {e}"
+            finally:
+                pipe.close()
+            row["peak_rss_mb"] = peak_rss_mb()
+            rows.append(row)
+    finally:
+        if bar:
+            bar.close()
+
+    if checkpoint is not None and "torch" not in results:
+        # parity reference even when the torch column itself was not requested
+        try:
+            tp = torch_pipeline(checkpoint, threads)
+            if tp.cfg.to_dict() == cfg.to_dict():
+                results["torch"] = frame_outputs(tp, frames)
+            else:
+                parity_note = "checkpoint config differs from the model's metadata config: no parity"
+        except (ImportError, MtlError) as e:
+            parity_note = f"torch reference unavailable ({e})"
+    if "torch" in results:
+        ref = results["torch"]
+        ref_metrics = task_metrics(ref, frames, cfg)
+        for row in rows:
+            if row["backend"] in results and row["backend"] != "torch":
+                row["parity"] = parity(ref, results[row["backend"]], ref_metrics,
+                                       row.get("metrics") or task_metrics(results[row["backend"]], frames, cfg))
+    elif parity_note is None:
+        parity_note = "torch reference unavailable"
+
+    torch_row = next((r for r in rows if r["backend"] == "torch" and r["status"] == "ok"), None)
+    if torch_row:
+        t = torch_row["stages"]["total"]["mean"]
+        for row in rows:
+            if row["status"] == "ok" and row["backend"] != "torch":
+                row["speedup_vs_torch"] = round(t / row["stages"]["total"]["mean"], 3)
+
+    report = {
+        "mtl_bench": 1, "model": str(model), "data": str(data), "frames": len(frames),
+        "frames_without_image_skipped": no_image, "frame_ids": [f.frame_id for f in frames],
+        "iters": iters, "warmup": warmup, "threads": threads, "compare": list(compare),
+        "model_config": {"image_hw": list(cfg.camera.image_hw), "grid": list(cfg.grid.shape),
+                         "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem},
+        **ckpt_info, "parity_note": parity_note, "device": device_state(threads), "rows": rows,
+    }
+    report["markdown"] = to_markdown(report)
+    if out_dir is not None:
+        report["written"] = write_report(report, out_dir)
+    return report
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _ms(row: dict, stage: str, key: str = "mean") -> str:
+    s = row.get("stages", {}).get(stage)
+    return f"{s[key]:.2f}" if s else "-"
+
+
+def _num(v: Any, fmt: str = "{:.2e}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def to_markdown(report: dict) -> str:
+    stage_cols = [s for s in TABLE_STAGES if s != "total"]
+    head = (["backend", "status"] + [f"{s} ms" for s in stage_cols] +
+            ["total mean", "p50", "p90", "p99", "frames/s", "x torch", "peak RSS MB",
+             "maxdiff heatmap", "maxdiff reg", "maxdiff sem", "boxes =", "dmIoU", "dmAP"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            cells = [r["backend"], r["status"]] + ["-"] * (len(head) - 2)
+        else:
+            p = r.get("parity", {})
+            d = p.get("max_abs_diff", {})
+            cells = ([r["backend"], "ok"] + [_ms(r, s) for s in stage_cols] +
+                     [_ms(r, "total"), _ms(r, "total", "p50"), _ms(r, "total", "p90"), _ms(r, "total", "p99"),
+                      _num(r.get("throughput_fps"), "{:.1f}"), _num(r.get("speedup_vs_torch"), "{:.2f}"),
+                      _num(r.get("peak_rss_mb"), "{:.0f}"),
+                      _num(d.get("bbox_heatmap")), _num(d.get("bbox_reg")), _num(d.get("sem_logits")),
+                      p.get("boxes_identical", "-"), _num(p.get("miou_delta"), "{:+.4f}"),
+                      _num(p.get("map_delta"), "{:+.4f}")])
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    dev = report["device"]
+    cfgd = report["model_config"]
+    notes = [
+        f"model `{report['model']}` (image {cfgd['image_hw'][0]}x{cfgd['image_hw'][1]}, BEV "
+        f"{cfgd['bev_channels']}x{cfgd['grid'][0]}x{cfgd['grid'][1]}), data `{report['data']}`: {report['frames']} frames, "
+        f"{report['iters']} timed iterations after {report['warmup']} warm-up, batch 1, threads {report['threads']}",
+        f"CPU: {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}); GPU: {dev['gpu'] or 'none'}",
+        "libraries: " + ", ".join(f"{k} {v}" for k, v in dev["libraries"].items()),
+    ]
+    if report.get("parity_note"):
+        notes.append(f"parity: {report['parity_note']}")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict:
+    from .io import write_bytes_atomic, write_json_atomic
+
+    out_dir = Path(out_dir)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    short = {"onnxruntime": "ort", "onnxruntime-fp16": "ort-fp16", "onnxruntime-int8": "ort-int8",
+             "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt", "tensorrt": "trt", "torch": "torch"}
+    tag = "+".join(short.get(c, c) for c in report["compare"]) or "none"
+    base = out_dir / f"bench_{stamp}_{tag}"
+    body = {k: v for k, v in report.items() if k not in ("markdown", "written")}
+    json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
+    write_json_atomic(json_path, body)
+    write_bytes_atomic(md_path, (f"# mtl bench {stamp}\n\n" + report["markdown"]).encode())
+    return {"json": str(json_path), "markdown": str(md_path)}
+
+
+__all__ = [
+    "BENCH_BACKENDS",
+    "DEFAULT_COMPARE",
+    "TorchBackend",
+    "boxes_identical",
+    "device_state",
+    "frame_outputs",
+    "run_bench",
+    "stats",
+    "time_backend",
+    "to_markdown",
+    "torch_pipeline",
+]

@@ -1,0 +1,414 @@
+"""Raw A2D2 tree -> NPZ chunks (``mtl data convert``). Torch-free.
+
+Frames are taken in (scene, frame id) order and written ``chunk_size`` at a time as
+``DIR/chunk_00000.npz``, ... plus ``DIR/summary.json``. Images are stored undistorted and resized to
+``camera.image_hw`` (or the original resolution) with the matching scaled intrinsics.
+
+Modalities: by default a frame needs camera, label, lidar and label3D; others are skipped and counted per
+reason ("missing lidar+label3D"). With ``partial`` a frame is kept when it has a camera image or LiDAR, and
+the chunk ``modality_mask`` records what it has (a label PNG without its camera image is not stored: the
+semantic map must align with a stored image).
+
+Output safety: chunks are written to a hidden staging folder inside DIR and moved into place only after the
+whole conversion succeeded, so a failed run (or Ctrl-C) leaves an existing DIR exactly as it was; with
+``overwrite`` stale ``chunk_*.npz`` from an earlier run are removed at that point, never before.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .a2d2 import (
+    RawFramePaths,
+    find_frames,
+    prepare_image,
+    prepare_label,
+    read_boxes,
+    read_camera_config,
+    read_camera_png,
+    read_label_png,
+    read_lidar,
+)
+from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, write_chunk
+from .config import CameraConfig, ClassesConfig, Config, a2d2_classes
+from .errors import ConfigError, DataError, MtlError
+from .geometry import cam_matrix, scale_cam_matrix
+from .io import encode_png, write_json_atomic
+
+# bump when the same raw input would produce different chunk contents
+CONVERTER_VERSION = 1
+CHUNK_PATTERN = "chunk_*.npz"
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk_{index:05d}.npz"
+
+
+# ------------------------------------------------------------------------------------- selection
+
+
+def select_frame(paths: RawFramePaths, partial: bool) -> tuple[RawFramePaths | None, str | None]:
+    """Which files of a frame to convert, or (None, skip reason)."""
+    missing = paths.missing()
+    if not partial:
+        return (paths, None) if not missing else (None, "missing " + "+".join(missing))
+    if paths.camera is None and paths.lidar is None:
+        return None, "no camera image or lidar"
+    if paths.camera is None and paths.label is not None:
+        paths = replace(paths, label=None)
+    return paths, None
+
+
+# ------------------------------------------------------------------------------ one frame (worker)
+
+
+@dataclass(frozen=True)
+class _Job:
+    paths: RawFramePaths
+    camera: CameraConfig          # calibration of the raw files; image_hw = stored size
+    classes: ClassesConfig
+
+
+@dataclass
+class FrameStats:
+    sem_hist: np.ndarray          # (256,) int64 pixels per stored semantic id
+    n_points: int
+    pmin: np.ndarray              # (4,) per-column min of the points (inf when none)
+    pmax: np.ndarray              # (4,)
+
+
+def load_frame(paths: RawFramePaths, camera: CameraConfig, classes: ClassesConfig) -> tuple[Frame, FrameStats]:
+    """Read, undistort, resize and encode the present files of one frame. Raises ``DataError``."""
+    out_hw = tuple(camera.image_hw)
+    mask = 0
+    image_png = semantic_png = b""
+    sem_hist = np.zeros(256, np.int64)
+    if paths.camera is not None:
+        image = prepare_image(read_camera_png(paths.camera), camera, out_hw, paths.camera)   # (H, W, 3)
+        image_png, mask = encode_png(image), mask | HAS_IMAGE
+        if paths.label is not None:
+            ids = read_label_png(paths.label, classes)
+            sem = prepare_label(ids, camera, out_hw, classes.ignore_index, paths.label)      # (H, W)
+            # label maps are flat: a higher zlib level costs little and shrinks them a lot
+            semantic_png, mask = encode_png(sem, compress_level=6), mask | HAS_SEMANTIC
+            sem_hist = np.bincount(sem.ravel(), minlength=256).astype(np.int64)
+    points = np.zeros((0, 4), np.float32)
+    if paths.lidar is not None:
+        points, mask = read_lidar(paths.lidar), mask | HAS_LIDAR
+    boxes, box_class = np.zeros((0, 7), np.float32), np.zeros(0, np.int16)
+    if paths.label3D is not None:
+        (boxes, box_class), mask = read_boxes(paths.label3D, classes), mask | HAS_BOXES
+    k = scale_cam_matrix(cam_matrix(camera), camera.resolution_wh, out_hw).astype(np.float32)
+    frame = Frame(frame_id=paths.key, image_png=image_png, semantic_png=semantic_png, points=points,
+                  boxes=boxes, box_class=box_class, cam_matrix=k, modality_mask=mask)
+    inf = np.full(4, np.inf, np.float32)
+    stats = FrameStats(sem_hist, len(points), points.min(0) if len(points) else inf,
+                       points.max(0) if len(points) else -inf)
+    return frame, stats
+
+
+def _bad_kind(paths: RawFramePaths, err: MtlError) -> str:
+    for kind in ("camera", "label", "lidar", "label3D"):
+        p = getattr(paths, kind)
+        if p is not None and str(p) == err.path:
+            return kind
+    return "file"
+
+
+def _run_job(job: _Job) -> tuple:
+    # errors travel back as plain tuples: MtlError(path, reason) does not survive pickling
+    try:
+        return ("ok", *load_frame(job.paths, job.camera, job.classes))
+    except MtlError as e:
+        return ("bad", _bad_kind(job.paths, e), e.path, e.reason)
+
+
+def _make_pool(workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor | None:
+    """A started worker pool, or None (convert in this process) when workers cannot start.
+
+    fork is fast and needs no importable ``__main__`` (stdin, notebooks) but is only safe while this process
+    has a single thread; otherwise spawn, which re-imports the caller's main module."""
+    method = "fork" if threading.active_count() == 1 and "fork" in get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method))
+    try:
+        pool.submit(int).result()      # with fork, the first submit forks every worker
+    except BrokenProcessPool as e:
+        pool.shutdown(wait=True, cancel_futures=True)
+        log(f"warning: {workers} worker processes could not start ({method}: {e}); converting in this process")
+        return None
+    return pool
+
+
+def _results(jobs: list[_Job], pool: ProcessPoolExecutor | None, window: int) -> Iterator[tuple]:
+    """Results in job order (deterministic), at most ``window`` frames in flight."""
+    if pool is None:
+        yield from map(_run_job, jobs)
+        return
+    for start in range(0, len(jobs), window):
+        yield from pool.map(_run_job, jobs[start: start + window])
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+class _Totals:
+    """Running summary numbers (class histograms, modality counts, point stats)."""
+
+    def __init__(self, classes: ClassesConfig):
+        self.classes = classes
+        self.sem_hist = np.zeros(256, np.int64)
+        self.box_hist = np.zeros(classes.n_det + 1, np.int64)    # last bin = ignore (-1)
+        self.modalities = {"image": 0, "semantic": 0, "lidar": 0, "boxes": 0}
+        self.points: list[int] = []
+        self.pmin = np.full(4, np.inf)
+        self.pmax = np.full(4, -np.inf)
+
+    def add(self, frame: Frame, stats: FrameStats) -> None:
+        for name, bit in (("image", HAS_IMAGE), ("semantic", HAS_SEMANTIC), ("lidar", HAS_LIDAR),
+                          ("boxes", HAS_BOXES)):
+            self.modalities[name] += bool(frame.modality_mask & bit)
+        self.sem_hist += stats.sem_hist
+        cls = np.where(frame.box_class < 0, self.classes.n_det, frame.box_class)
+        self.box_hist += np.bincount(cls, minlength=self.classes.n_det + 1)[: self.classes.n_det + 1]
+        if frame.modality_mask & HAS_LIDAR:
+            self.points.append(stats.n_points)
+            self.pmin = np.minimum(self.pmin, stats.pmin)
+            self.pmax = np.maximum(self.pmax, stats.pmax)
+
+    def to_dict(self) -> dict:
+        c = self.classes
+        sem = {name: int(self.sem_hist[i]) for i, name in enumerate(c.sem_classes)}
+        sem["ignore"] = int(self.sem_hist[c.ignore_index])
+        boxes = {name: int(self.box_hist[i]) for i, name in enumerate(c.det_classes)}
+        boxes["ignore"] = int(self.box_hist[-1])
+        n = np.asarray(self.points, np.int64)
+        pts: dict = {"frames": int(n.size), "total": int(n.sum())}
+        if n.size:
+            pts.update(per_frame_min=int(n.min()), per_frame_mean=round(float(n.mean()), 1),
+                       per_frame_max=int(n.max()))
+            for i, axis in enumerate(("x", "y", "z", "reflectance")):
+                pts[axis] = [round(float(self.pmin[i]), 4), round(float(self.pmax[i]), 4)]
+        return {"modalities": dict(self.modalities), "boxes_per_class": boxes, "semantic_pixels": sem,
+                "points": pts}
+
+
+# ------------------------------------------------------------------------------------ output dir
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Check DIR and create the hidden staging folder the chunks are first written to."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "output exists and is not a directory")
+    old = sorted(out.glob(CHUNK_PATTERN)) if out.is_dir() else []
+    if (old or (out / "summary.json").exists()) and not overwrite:
+        raise ConfigError(out, f"already holds a conversion ({len(old)} chunks); pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".convert-staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _commit(staging: Path, out: Path, names: list[str]) -> None:
+    for name in names:
+        os.replace(staging / name, out / name)
+    for stale in out.glob(CHUNK_PATTERN):
+        if stale.name not in names:
+            stale.unlink()
+
+
+def _check_class_list(root: Path) -> None:
+    """A dataset whose class_list.json disagrees with the packaged colour table would be mislabelled."""
+    import json
+
+    path = root / "class_list.json"
+    if not path.is_file():
+        return
+    try:
+        theirs = {k.lower(): v for k, v in json.loads(path.read_text()).items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise DataError(path, f"not a readable colour -> class JSON object ({type(e).__name__})") from None
+    ours = a2d2_classes()["a2d2_colours"]
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise DataError(path, f"differs from mtl's packaged A2D2 colour table at {len(diff)} colours "
+                              f"(e.g. {diff[0]}: {theirs.get(diff[0])!r} vs {ours.get(diff[0])!r})")
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def resolve_image_hw(image_size: str | tuple[int, int] | None, camera: CameraConfig) -> tuple[int, int]:
+    """``None`` -> camera.image_hw, ``"original"`` -> calibration resolution, ``"HxW"`` or (H, W)."""
+    if image_size is None:
+        return tuple(camera.image_hw)
+    if isinstance(image_size, str):
+        if image_size.lower() == "original":
+            return (camera.resolution_wh[1], camera.resolution_wh[0])
+        try:
+            h, w = (int(v) for v in image_size.lower().split("x"))
+        except ValueError:
+            reason = f"--image-size must be HxW (e.g. 320x512) or 'original', got {image_size!r}"
+            raise ConfigError(None, reason) from None
+        image_size = (h, w)
+    h, w = image_size
+    if h <= 0 or w <= 0:
+        raise ConfigError(None, f"image size must be positive, got {h}x{w}")
+    return (int(h), int(w))
+
+
+def _default_log(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def convert(
+    root: str | Path, out: str | Path, cfg: Config | None = None, *, chunk_size: int = 64,
+    image_size: str | tuple[int, int] | None = None, partial: bool = False, skip_bad: bool = False,
+    overwrite: bool = False, workers: int | None = None, progress: bool = True,
+    log: Callable[[str], None] = _default_log,
+) -> dict:
+    """Convert the raw A2D2 tree ``root`` into chunks under ``out``; returns the summary (also written to
+    ``out/summary.json``). Raises ``DataError`` on a bad file (unless ``skip_bad``) or when no frame could
+    be converted, ``ConfigError`` on bad options; in both cases ``out`` is left as it was."""
+    t0 = time.perf_counter()
+    cfg = cfg or Config()
+    root, out = Path(root), Path(out)
+    if chunk_size < 1:
+        raise ConfigError(None, f"--chunk-size must be >= 1, got {chunk_size}")
+    workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+    if not root.is_dir():
+        raise DataError(root, "A2D2 root is not a directory")
+    camera = read_camera_config(root / "cams_lidars.json", cfg.camera.name, cfg.camera)
+    camera = replace(camera, image_hw=resolve_image_hw(image_size, camera))
+    _check_class_list(root)
+    found = find_frames(root)
+    if not found:
+        raise DataError(root, "no front-centre frames found (expected <scene>/<camera|label|lidar|label3D>/"
+                              "cam_front_center/<scene14>_<kind>_frontcenter_<id9>.<ext>)")
+
+    skipped: dict[str, int] = {}
+    jobs: list[_Job] = []
+    for paths in found:
+        chosen, reason = select_frame(paths, partial)
+        if chosen is None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            jobs.append(_Job(chosen, camera, cfg.classes))
+    if not jobs:
+        raise DataError(root, f"no frame could be converted: {len(found)} found, skipped {_fmt_counts(skipped)}"
+                              + ("" if partial else "; --partial keeps frames that have a camera image or LiDAR"))
+
+    meta = {
+        "source": "a2d2", "source_root": str(root.resolve()), "converter": "mtl.convert",
+        "converter_version": CONVERTER_VERSION, "mtl_version": __version__, "partial": partial,
+        "sem_classes": list(cfg.classes.sem_classes), "det_classes": list(cfg.classes.det_classes),
+        "ignore_index": cfg.classes.ignore_index, "image_hw": list(camera.image_hw),
+        "camera": Config(camera=camera).to_dict()["camera"],
+        "classes": Config(classes=cfg.classes).to_dict()["classes"],
+    }
+    created = not out.exists()
+    staging = _prepare_out(out, overwrite)
+    ok = False
+    try:
+        names, bad_files, totals = _write_all(jobs, staging, meta, chunk_size, workers, skip_bad, skipped,
+                                              progress, log, cfg.classes)
+        if not names:
+            raise DataError(root, f"no frame could be converted: {len(found)} found, skipped {_fmt_counts(skipped)}")
+        elapsed = time.perf_counter() - t0
+        written = sum(n for _, n in names)
+        summary = {
+            "source": str(root.resolve()), "out": str(out.resolve()), "converter_version": CONVERTER_VERSION,
+            "mtl_version": __version__,
+            "options": {"chunk_size": chunk_size, "image_hw": list(camera.image_hw), "partial": partial,
+                        "skip_bad": skip_bad, "workers": workers},
+            "frames_found": len(found), "frames_written": written, "frames_skipped": len(found) - written,
+            "skipped": dict(sorted(skipped.items())), "bad_files": bad_files,
+            "chunks": [{"file": name, "frames": n} for name, n in names],
+            **totals.to_dict(),
+            "elapsed_s": round(elapsed, 3), "seconds_per_frame": round(elapsed / max(1, len(jobs)), 4),
+        }
+        _commit(staging, out, [name for name, _ in names])
+        write_json_atomic(out / "summary.json", summary)
+        ok = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not ok and created and not any(out.iterdir()):
+            out.rmdir()
+    for reason, n in sorted(skipped.items()):
+        log(f"warning: skipped {n} frame(s): {reason}")
+    return summary
+
+
+def _write_all(jobs: list[_Job], staging: Path, meta: dict, chunk_size: int, workers: int, skip_bad: bool,
+               skipped: dict[str, int], progress: bool, log: Callable[[str], None],
+               classes: ClassesConfig) -> tuple[list[tuple[str, int]], list[dict], _Totals]:
+    """Convert every job in order and write full chunks to ``staging``; bad files abort or are counted."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0       # no tqdm monitor thread: keeps this process forkable
+
+    names: list[tuple[str, int]] = []
+    bad_files: list[dict] = []
+    totals = _Totals(classes)
+    buffer: list[Frame] = []
+
+    def flush() -> None:
+        name = chunk_name(len(names))
+        write_chunk(staging / name, buffer, {**meta, "chunk_index": len(names)})
+        names.append((name, len(buffer)))
+        buffer.clear()
+
+    window = max(chunk_size, 8 * workers)
+    pool = _make_pool(workers, log) if workers > 1 and len(jobs) > 1 else None
+    try:
+        with Bar(total=len(jobs), unit="frame", desc="convert", disable=not progress, file=sys.stderr) as bar:
+            for job, res in zip(jobs, _results(jobs, pool, window)):
+                bar.update(1)
+                if res[0] == "bad":
+                    _, kind, path, reason = res
+                    if not skip_bad:
+                        raise DataError(path, reason)
+                    log(f"warning: skipping frame {job.paths.key}: {path}: {reason}")
+                    skipped[f"bad {kind}"] = skipped.get(f"bad {kind}", 0) + 1
+                    bad_files.append({"frame": job.paths.key, "path": path, "reason": reason})
+                    continue
+                _, frame, stats = res
+                totals.add(frame, stats)
+                buffer.append(frame)
+                if len(buffer) == chunk_size:
+                    flush()
+            if buffer:
+                flush()
+    finally:
+        if pool is not None:
+            # on an abort (bad file, Ctrl-C) do not wait for the queued rest of the window
+            pool.shutdown(wait=True, cancel_futures=True)
+    return names, bad_files, totals
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "none"
+
+
+def format_summary(summary: dict) -> str:
+    """One readable line for the terminal."""
+    s = summary
+    skipped = f", skipped {s['frames_skipped']} ({_fmt_counts(s['skipped'])})" if s["frames_skipped"] else ""
+    return (f"converted {s['frames_written']}/{s['frames_found']} frames into {len(s['chunks'])} chunk(s) "
+            f"in {s['elapsed_s']:.1f} s{skipped} -> {s['out']}")
+

@@ -1,0 +1,198 @@
+"""Torch ``Dataset`` over a directory of NPZ chunks: one sample = the model inputs + dense targets of one frame.
+
+Sample keys (docs/DEVELOPING.md, "Dataset sample"): ``image`` (3,H,W) float32 normalised, ``bev``
+(C_bev,256,256) float32, ``heatmap`` (n_det,128,128), ``reg`` (8,128,128), ``reg_mask`` (128,128),
+``semantic`` (H,W) int64 (255 = ignore), ``boxes`` (M,7) / ``box_class`` (M,) numpy ground truth and
+``frame_id``. ``collate`` stacks the tensors and keeps lists for the rest.
+
+Augmentation (training only) is one flip about the x axis (y -> -y), applied consistently to every
+modality so the fixed camera->BEV fusion grid of the model stays valid:
+- LiDAR points and boxes: y -> -y, yaw -> -yaw;
+- camera image and semantic map: mirrored about the principal point column cx (u -> 2 cx - u), which is
+  exactly what y -> -y does to the pinhole projection u = fx * (-y) / x + cx. cx is not the image centre,
+  so this is a remap (bilinear for the image, nearest for labels); the few columns that come from outside
+  the image are zero (image) / ignore (labels).
+Global scaling / rotation of LiDAR would break the camera consistency (the image cannot follow a BEV
+rotation), so there is none. The augmentation RNG is seeded by (seed, epoch, index): a run is reproducible
+for any number of workers, and ``set_epoch`` changes the draw per epoch.
+"""
+from __future__ import annotations
+
+import warnings
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .chunk import HAS_ALL, Chunk, list_chunks, load_npz, read_chunk
+from .config import Config
+from .errors import ChunkError
+from .geometry import bev_raster, heatmap_targets, normalise_image, remap, scale_cam_matrix
+
+TENSOR_KEYS = ("image", "bev", "heatmap", "reg", "reg_mask", "semantic")
+LIST_KEYS = ("boxes", "box_class", "frame_id")
+
+
+def _index_chunk(path: Path) -> tuple[int, np.ndarray]:
+    """(number of frames, modality mask) of a chunk, reading only the two small members."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            n = len(z["frame_id"])
+            mask = z["modality_mask"] if "modality_mask" in z.files else np.full(n, HAS_ALL, np.uint8)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        # let the full reader produce the precise one-line error
+        arrays = load_npz(path)
+        if "frame_id" not in arrays:
+            raise ChunkError(path, "missing keys ['frame_id']") from None
+        raise ChunkError(path, "unreadable chunk") from None
+    return n, np.asarray(mask)
+
+
+def resize_image(image: np.ndarray, out_hw: tuple[int, int], nearest: bool = False, fill: int = 0) -> np.ndarray:
+    """Resize (H, W[, C]) to ``out_hw`` with the pixel-centre convention of ``geometry.scale_cam_matrix``."""
+    h, w = image.shape[:2]
+    oh, ow = out_hw
+    v, u = np.mgrid[0:oh, 0:ow].astype(np.float32)
+    map_x = (u + 0.5) * (w / ow) - 0.5
+    map_y = (v + 0.5) * (h / oh) - 0.5
+    return remap(image, map_x, map_y, nearest=nearest, fill=fill)
+
+
+def flip_about_cx(image: np.ndarray, cx: float, nearest: bool = False, fill: int = 0) -> np.ndarray:
+    """Mirror an image about column ``cx`` (u -> 2 cx - u): the image of the scene with y -> -y."""
+    if abs(cx - (image.shape[1] - 1) / 2) < 1e-6:
+        return np.ascontiguousarray(image[:, ::-1])
+    h, w = image.shape[:2]
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    return remap(image, (2 * cx - u).astype(np.float32), v, nearest=nearest, fill=fill)
+
+
+def flip_lidar_boxes(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """y -> -y for points (N, 4) and boxes (M, 7) (yaw -> -yaw). Returns copies."""
+    points = points.copy()
+    boxes = boxes.copy()
+    points[:, 1] *= -1
+    boxes[:, 1] *= -1
+    boxes[:, 6] *= -1
+    return points, boxes
+
+
+class ChunkDataset(Dataset):
+    """All complete frames of the chunks in ``chunk_dir``, indexed globally as (chunk, frame).
+
+    Chunks are read lazily and kept in a small per-process LRU cache (each DataLoader worker has its own).
+    Frames lacking a modality (chunk ``modality_mask``) are skipped; their count is ``self.skipped``.
+    """
+
+    def __init__(self, chunk_dir: str | Path, cfg: Config, augment: bool = False, seed: int = 0,
+                 max_cached_chunks: int = 16):
+        self.cfg = cfg
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.max_cached_chunks = max_cached_chunks
+        self.files = [str(p) for p in list_chunks(chunk_dir)]
+        self.index: list[tuple[int, int]] = []
+        self.skipped = 0
+        for ci, path in enumerate(self.files):
+            n, mask = _index_chunk(Path(path))
+            for fi in range(n):
+                if (int(mask[fi]) & HAS_ALL) == HAS_ALL:
+                    self.index.append((ci, fi))
+                else:
+                    self.skipped += 1
+        if self.skipped:
+            warnings.warn(f"{chunk_dir}: skipped {self.skipped} frame(s) lacking a modality (modality_mask)",
+                          stacklevel=2)
+        if not self.index:
+            raise ChunkError(chunk_dir, "no complete frames (camera + semantic + LiDAR + boxes) in the chunks")
+        self._cache: OrderedDict[int, Chunk] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _chunk(self, ci: int) -> Chunk:
+        if ci in self._cache:
+            self._cache.move_to_end(ci)
+            return self._cache[ci]
+        chunk = read_chunk(self.files[ci])
+        self._cache[ci] = chunk
+        while len(self._cache) > self.max_cached_chunks:
+            self._cache.popitem(last=False)
+        return chunk
+
+    def __getstate__(self) -> dict:
+        # workers start with an empty cache instead of pickling chunk arrays
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        return state
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        cfg = self.cfg
+        ci, fi = self.index[idx]
+        frame = self._chunk(ci).frame(fi)
+        image, semantic = frame.image(), frame.semantic()
+        k = np.asarray(frame.cam_matrix, np.float64)
+        hw = tuple(cfg.camera.image_hw)
+        if image.shape[:2] != hw:
+            k = scale_cam_matrix(k, (image.shape[1], image.shape[0]), hw)
+            image = resize_image(image, hw)
+            semantic = resize_image(semantic, hw, nearest=True, fill=cfg.classes.ignore_index)
+        points = np.asarray(frame.points, np.float32)
+        boxes = np.asarray(frame.boxes, np.float32).reshape(-1, 7)
+        box_class = np.asarray(frame.box_class, np.int64).reshape(-1)
+
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            if rng.random() < 0.5:
+                points, boxes = flip_lidar_boxes(points, boxes)
+                image = flip_about_cx(image, k[0, 2])
+                semantic = flip_about_cx(semantic, k[0, 2], nearest=True, fill=cfg.classes.ignore_index)
+
+        targets = heatmap_targets(boxes, box_class, cfg.grid, cfg.classes.n_det,
+                                  gaussian_overlap=cfg.loss.gaussian_overlap, min_radius=cfg.loss.min_radius)
+        return {
+            "image": torch.from_numpy(normalise_image(image, cfg.camera.mean, cfg.camera.std)),
+            "bev": torch.from_numpy(bev_raster(points, cfg.grid)),
+            "heatmap": torch.from_numpy(targets["heatmap"]),
+            "reg": torch.from_numpy(targets["reg"]),
+            "reg_mask": torch.from_numpy(targets["reg_mask"]),
+            "semantic": torch.from_numpy(semantic.astype(np.int64)),
+            "boxes": boxes,
+            "box_class": box_class,
+            "frame_id": frame.frame_id,
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch dim; boxes / classes / frame ids stay per-frame lists."""
+    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in TENSOR_KEYS}
+    for k in LIST_KEYS:
+        batch[k] = [s[k] for s in samples]
+    return batch
+
+
+def semantic_class_counts(chunk_dir: str | Path, n_classes: int, ignore_index: int = 255
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts per class over all semantic maps of the chunks: (total (n_classes,), per image
+    (n_images, n_classes)), int64; ignore pixels are not counted. Used for ENet / median-frequency weights."""
+    per_image = []
+    for path in list_chunks(chunk_dir):
+        chunk = read_chunk(path)
+        for frame in chunk:
+            if not frame.semantic_png:
+                continue
+            ids = frame.semantic().reshape(-1)
+            ids = ids[ids != ignore_index]
+            ids = ids[ids < n_classes]
+            per_image.append(np.bincount(ids, minlength=n_classes)[:n_classes].astype(np.int64))
+    per = np.stack(per_image) if per_image else np.zeros((0, n_classes), np.int64)
+    return per.sum(0), per
+

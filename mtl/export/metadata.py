@@ -1,0 +1,203 @@
+"""ONNX / TensorRT-sidecar metadata: the contract between ``mtl export`` and the torch-free runtime.
+
+Torch-free (the runtime imports it); ``onnx`` is optional (falls back to onnxruntime to read metadata).
+
+ONNX ``metadata_props`` key ``"mtl"`` holds one JSON object::
+
+    {"mtl_version": "0.1.0", "format": 1, "config": cfg.to_dict(),
+     "inputs": {"image": [B, 3, H, W], "bev": [B, C, 256, 256]},     # B: int, or "batch" if dynamic
+     "outputs": ["bbox_heatmap", "bbox_reg", "sem_logits", ...],
+     "decode": bool, "precision": "fp32" | "fp16" | "int8", "opset": int,
+     "source_checkpoint_sha256": str, "heatmap_activation": "sigmoid"}
+
+With ``decode`` the graph also has ``det_scores`` (B, K) float32 (score-sorted, NOT thresholded: the
+runtime keeps ``det_scores > cfg.decode.score_threshold``), ``det_labels`` (B, K) int64 and
+``det_boxes`` (B, K, 7) float32 (x, y, z, l, w, h, yaw in metres), K = min(cfg.decode.max_detections, C*Hh*Wh).
+
+A TensorRT engine ``<name>.engine`` stays pure; ``<name>.engine.json`` (``sidecar_path``) holds the same
+metadata plus ``tensorrt_version``, ``gpu_name``, ``compute_capability``, ``precision_recipe``,
+``onnx_sha256`` and ``profiles``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelMismatchError
+
+METADATA_KEY = "mtl"
+METADATA_FORMAT = 1
+BASE_OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
+DECODE_OUTPUTS = ("det_scores", "det_labels", "det_boxes")
+PRECISIONS = ("fp32", "fp16", "int8")
+REQUIRED_KEYS = ("mtl_version", "format", "config", "inputs", "outputs", "decode", "precision", "opset",
+                 "source_checkpoint_sha256", "heatmap_activation")
+SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision_recipe", "onnx_sha256", "profiles")
+
+
+def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision: str, opset: int,
+                   source_checkpoint_sha256: str, mtl_version: str | None = None, **extra: Any) -> dict:
+    """The ``mtl`` metadata object for a model exported from a config dict (``cfg.to_dict()``)."""
+    from ..config import Config
+
+    if mtl_version is None:
+        from .. import __version__ as mtl_version
+    cfg = Config.from_dict(cfg_dict)
+    h, w = cfg.camera.image_hw
+    gh, gw = cfg.grid.shape
+    meta = {
+        "mtl_version": mtl_version,
+        "format": METADATA_FORMAT,
+        "config": cfg.to_dict(),
+        "inputs": {"image": [batch, 3, int(h), int(w)], "bev": [batch, cfg.grid.n_channels, gh, gw]},
+        "outputs": list(BASE_OUTPUTS) + (list(DECODE_OUTPUTS) if decode else []),
+        "decode": bool(decode),
+        "precision": precision,
+        "opset": int(opset),
+        "source_checkpoint_sha256": source_checkpoint_sha256,
+        "heatmap_activation": "sigmoid",
+    }
+    meta.update(extra)
+    validate_metadata(meta, "<metadata>")
+    return meta
+
+
+def validate_metadata(meta: Any, source: str | Path) -> dict:
+    """Check the metadata object; raise ``ModelMismatchError(source, reason)`` if it is not usable."""
+    if not isinstance(meta, dict):
+        raise ModelMismatchError(source, f"mtl metadata must be a JSON object, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelMismatchError(source, f"mtl metadata lacks keys {missing} (re-export with `mtl export`)")
+    if meta["format"] != METADATA_FORMAT:
+        raise ModelMismatchError(source, f"mtl metadata format {meta['format']!r} is not supported "
+                                         f"(this mtl reads format {METADATA_FORMAT})")
+    if meta["precision"] not in PRECISIONS:
+        raise ModelMismatchError(source, f"unknown precision {meta['precision']!r} (expected one of {PRECISIONS})")
+    if meta["heatmap_activation"] != "sigmoid":
+        raise ModelMismatchError(source, f"unknown heatmap_activation {meta['heatmap_activation']!r}")
+    ins = meta["inputs"]
+    if not isinstance(ins, dict) or set(ins) != {"image", "bev"} or not all(
+            isinstance(v, list) and len(v) == 4 for v in ins.values()):
+        raise ModelMismatchError(source, f"mtl metadata 'inputs' must map image/bev to 4-D shapes, got {ins!r}")
+    expect = list(BASE_OUTPUTS) + (list(DECODE_OUTPUTS) if meta["decode"] else [])
+    if list(meta["outputs"]) != expect:
+        raise ModelMismatchError(source, f"mtl metadata outputs {meta['outputs']} != expected {expect}")
+    try:
+        from ..config import Config
+
+        Config.from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelMismatchError(source, f"mtl metadata config is invalid ({e})") from None
+    return meta
+
+
+def config_from_metadata(meta: dict):
+    """The ``mtl.config.Config`` recorded in the metadata."""
+    from ..config import Config
+
+    return Config.from_dict(meta["config"])
+
+
+def parse_metadata(text: str | None, source: str | Path) -> dict:
+    """JSON text of the ``mtl`` key -> validated dict (``ModelMismatchError`` if absent or invalid)."""
+    if text is None:
+        raise ModelMismatchError(source, f"no '{METADATA_KEY}' entry in the ONNX metadata_props: "
+                                         "not exported by `mtl export`")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelMismatchError(source, f"'{METADATA_KEY}' metadata is not valid JSON ({e})") from None
+    return validate_metadata(meta, source)
+
+
+def write_onnx_metadata(model_proto, meta: dict) -> None:
+    """Set ``metadata_props['mtl']`` on an ``onnx.ModelProto`` in place (replacing an older entry)."""
+    validate_metadata(meta, "<metadata>")
+    keep = [p for p in model_proto.metadata_props if p.key != METADATA_KEY]
+    del model_proto.metadata_props[:]
+    for p in keep:
+        model_proto.metadata_props.add(key=p.key, value=p.value)
+    model_proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=False))
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """Validated ``mtl`` metadata of an ONNX file (weights are not loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMismatchError(path, "ONNX model not found")
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
+            raise ModelMismatchError(path, f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+        props = {p.key: p.value for p in proto.metadata_props}
+    else:
+        try:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            props = dict(sess.get_modelmeta().custom_metadata_map)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidGraph types
+            raise ModelMismatchError(path, f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+    return parse_metadata(props.get(METADATA_KEY), path)
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def write_sidecar(engine_path: str | Path, meta: dict) -> Path:
+    """Write the TensorRT sidecar atomically (the ONNX metadata plus the TensorRT build facts)."""
+    from ..io import write_json_atomic
+
+    validate_metadata(meta, sidecar_path(engine_path))
+    missing = [k for k in SIDECAR_KEYS if k not in meta]
+    if missing:
+        raise ModelMismatchError(sidecar_path(engine_path), f"sidecar metadata lacks keys {missing}")
+    path = sidecar_path(engine_path)
+    write_json_atomic(path, meta)
+    return path
+
+
+def read_sidecar(engine_path: str | Path) -> dict:
+    """Validated sidecar of an engine; ``ModelMismatchError`` if it is missing or incomplete."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise ModelMismatchError(engine_path, f"TensorRT sidecar {path.name} not found next to the engine "
+                                              "(engines must be built with `mtl export --trt`)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelMismatchError(path, f"sidecar is not readable JSON ({e})") from None
+    validate_metadata(meta, path)
+    missing = [k for k in SIDECAR_KEYS if k not in meta]
+    if missing:
+        raise ModelMismatchError(path, f"sidecar lacks keys {missing}")
+    return meta
+
+
+__all__ = [
+    "BASE_OUTPUTS",
+    "DECODE_OUTPUTS",
+    "METADATA_FORMAT",
+    "METADATA_KEY",
+    "PRECISIONS",
+    "SIDECAR_KEYS",
+    "build_metadata",
+    "config_from_metadata",
+    "parse_metadata",
+    "read_onnx_metadata",
+    "read_sidecar",
+    "sidecar_path",
+    "validate_metadata",
+    "write_onnx_metadata",
+    "write_sidecar",
+]

@@ -1,0 +1,122 @@
+"""Frame sources for ``mtl infer`` / ``mtl bench``: a directory of NPZ chunks (or one chunk file) or a raw
+A2D2 tree, auto-detected. Torch-free.
+
+A ``RuntimeFrame`` carries the camera image still PNG-encoded (``image_png``) so that the pipeline times
+the decode, plus either the stored intrinsics (chunk frames: undistorted, at the stored size) or the raw
+calibration (raw frames: original distorted image + ``CameraConfig`` from ``cams_lidars.json``).
+Ground truth is attached only when asked for (``with_gt``), at model image size.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import CameraConfig, Config
+from ..errors import DataError
+
+KIND_CHUNK, KIND_RAW = "chunk", "raw"
+
+
+@dataclass
+class RuntimeFrame:
+    frame_id: str
+    kind: str                                  # "chunk" (undistorted, stored size) | "raw" (original)
+    points: np.ndarray                         # (N, 4) float32 x, y, z, reflectance 0..1 (may be empty)
+    image_png: bytes | None = None             # encoded RGB camera image (None: no image)
+    image: np.ndarray | None = None            # already decoded (H, W, 3) uint8 (takes precedence)
+    cam_matrix: np.ndarray | None = None       # chunk: intrinsics of the stored image
+    camera: CameraConfig | None = None         # raw: calibration of the original image
+    meta: dict = field(default_factory=dict)   # chunk meta (class names, camera) when known
+    source: str = ""
+    gt_boxes: np.ndarray | None = None         # (M, 7) metres
+    gt_labels: np.ndarray | None = None        # (M,) detection ids, -1 ignore
+    gt_semantic: np.ndarray | None = None      # (H, W) uint8 at model size, 255 ignore
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or bool(self.image_png)
+
+
+def sanitise_frame_id(frame_id: str) -> str:
+    """File-name-safe id: ``20180807_145028/000000091`` -> ``20180807_145028__000000091``."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", frame_id.replace("/", "__")).strip("._")
+    return s or "frame"
+
+
+def detect_source(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_file() and p.suffix == ".npz":
+        return KIND_CHUNK
+    if not p.is_dir():
+        raise DataError(p, "data path is neither a directory nor a .npz chunk")
+    if any(q for q in p.glob("*.npz") if not q.name.startswith(".")):
+        return KIND_CHUNK
+    if (p / "cams_lidars.json").is_file():
+        return KIND_RAW
+    raise DataError(p, "no *.npz chunks and no cams_lidars.json: not a chunk directory or a raw A2D2 tree")
+
+
+def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = False,
+                limit: int | None = None) -> Iterator[RuntimeFrame]:
+    """Frames of ``path`` in a stable order. ``cfg`` (the model's) is needed for raw ground truth."""
+    kind = detect_source(path)
+    it = _chunk_frames(Path(path), with_gt) if kind == KIND_CHUNK else _raw_frames(Path(path), cfg, with_gt)
+    for i, f in enumerate(it):
+        if limit is not None and i >= limit:
+            return
+        yield f
+
+
+def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
+    from ..chunk import HAS_IMAGE, HAS_LIDAR, list_chunks, read_chunk
+
+    files = [path] if path.is_file() else list_chunks(path)
+    for cf in files:
+        chunk = read_chunk(cf)
+        for f in chunk:
+            fr = RuntimeFrame(
+                frame_id=f.frame_id, kind=KIND_CHUNK,
+                points=f.points if f.modality_mask & HAS_LIDAR else np.zeros((0, 4), np.float32),
+                image_png=f.image_png if f.modality_mask & HAS_IMAGE else None,
+                cam_matrix=np.asarray(f.cam_matrix, np.float64), meta=chunk.meta, source=str(cf))
+            if with_gt:
+                from ..chunk import HAS_BOXES, HAS_SEMANTIC
+
+                if f.modality_mask & HAS_BOXES:
+                    fr.gt_boxes, fr.gt_labels = np.asarray(f.boxes), np.asarray(f.box_class, np.int64)
+                if f.modality_mask & HAS_SEMANTIC:
+                    fr.gt_semantic = f.semantic()
+            yield fr
+
+
+def _raw_frames(root: Path, cfg: Config | None, with_gt: bool) -> Iterator[RuntimeFrame]:
+    from .. import a2d2
+
+    camera = a2d2.read_camera_config(root / "cams_lidars.json", (cfg.camera.name if cfg else "front_center"),
+                                     cfg.camera if cfg else None)
+    for paths in a2d2.find_frames(root):
+        png = None
+        if paths.camera is not None:
+            try:
+                png = paths.camera.read_bytes()
+            except OSError as e:
+                raise DataError(paths.camera, f"cannot read ({e})") from None
+        points = a2d2.read_lidar(paths.lidar) if paths.lidar is not None else np.zeros((0, 4), np.float32)
+        fr = RuntimeFrame(frame_id=paths.key, kind=KIND_RAW, points=points, image_png=png, camera=camera,
+                          source=str(paths.camera or paths.lidar or root))
+        if with_gt and cfg is not None:
+            if paths.label3D is not None:
+                b, c = a2d2.read_boxes(paths.label3D, cfg.classes)
+                fr.gt_boxes, fr.gt_labels = b, c.astype(np.int64)
+            if paths.label is not None:
+                ids = a2d2.read_label_png(paths.label, cfg.classes)
+                fr.gt_semantic = a2d2.prepare_label(ids, camera, tuple(cfg.camera.image_hw),
+                                                    cfg.classes.ignore_index, paths.label)
+        yield fr
+
+
+__all__ = ["KIND_CHUNK", "KIND_RAW", "RuntimeFrame", "detect_source", "iter_frames", "sanitise_frame_id"]

@@ -1,0 +1,231 @@
+"""``Pipeline``: frame -> preprocess -> backend -> postprocess, with per-stage timings. Torch-free.
+
+    pipe = Pipeline.open("export/model.onnx", backend="onnxruntime", threads=2)
+    for frame in iter_frames("data/chunks", pipe.cfg):
+        res = pipe.run_frame(frame)          # Result: boxes (m), scores, labels, names, semantic ids, timings
+
+Stages recorded in ``Result.timings_ms`` (absent when not run): decode_png, undistort_resize (raw frames),
+normalise, bev_raster, h2d / d2h (device backends), inference, postprocess, total.
+
+Before a frame is used it is checked against the model (``ModelMismatchError``, one line): camera
+calibration (raw: cams_lidars.json vs the model's; chunk: stored cam_matrix vs the model's scaled
+intrinsics), image size, class names recorded in the chunk meta. The model itself is checked at open:
+metadata contract, declared input shapes vs the config's image size / grid / BEV channels, output channel
+counts vs the classes, and (engines) the sidecar against its ONNX, the TensorRT version and the GPU.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..errors import DataError, ModelMismatchError
+from .backends import Backend, open_backend
+from .frames import KIND_RAW, RuntimeFrame
+from .postprocess import Result, decode_outputs
+from .preprocess import (
+    ModelSpec,
+    StageTimer,
+    bev_input,
+    check_cam_matrix,
+    check_camera,
+    check_classes,
+    check_image,
+    check_points,
+    decode_image,
+    image_input,
+)
+
+
+class Pipeline:
+    def __init__(self, spec: ModelSpec, backend: Backend):
+        self.spec, self.backend = spec, backend
+
+    @classmethod
+    def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> Pipeline:
+        b, spec = open_backend(path, backend, threads)
+        return cls(spec, b)
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def cfg(self) -> Config:
+        return self.spec.cfg
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def fallback(self) -> str | None:
+        return self.backend.fallback
+
+    def describe(self) -> dict:
+        return {"model": self.spec.path, "precision": self.spec.precision, "decode_in_graph": self.spec.decode,
+                "image_hw": list(self.spec.image_hw), "bev_shape": list(self.spec.bev_shape[1:]),
+                **self.backend.describe()}
+
+    # ------------------------------------------------------------------------------------ stages
+    def check_frame(self, frame: RuntimeFrame) -> None:
+        """Refuse a frame whose calibration / classes do not match the model (before any work)."""
+        src = frame.source or frame.frame_id
+        if frame.meta:
+            check_classes(frame.meta, self.spec, src)
+        if frame.kind == KIND_RAW:
+            if frame.camera is None:
+                raise DataError(src, f"raw frame {frame.frame_id} has no camera calibration")
+            check_camera(frame.camera, self.spec, src)
+        elif frame.cam_matrix is not None:
+            check_cam_matrix(frame.cam_matrix, self.spec, src, f"frame {frame.frame_id} cam_matrix")
+
+    def preprocess(self, frame: RuntimeFrame, timer: StageTimer, keep_image: bool = False
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray | None]:
+        src = frame.source or frame.frame_id
+        if not frame.has_image:
+            raise DataError(src, f"frame {frame.frame_id} has no camera image (the model needs one)")
+        self.check_frame(frame)
+        img = frame.image
+        if img is None:
+            with timer("decode_png"):
+                img = decode_image(frame.image_png, src)
+        if frame.kind == KIND_RAW:
+            from ..a2d2 import prepare_image
+
+            w0, h0 = self.cfg.camera.resolution_wh
+            img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")
+            with timer("undistort_resize"):
+                img = prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
+        else:
+            img = check_image(img, self.spec.image_hw, src, f"image of {frame.frame_id}")
+        image = image_input(img, self.spec, timer)
+        points = check_points(frame.points, src)
+        bev, dropped = bev_input(points, self.spec, timer)
+        info = {"points": len(points), "points_dropped_nonfinite": dropped}
+        return {"image": image, "bev": bev}, info, (img if keep_image else None)
+
+    def infer(self, feeds: dict[str, np.ndarray], timer: StageTimer | None = None) -> dict[str, np.ndarray]:
+        """Run the backend on model inputs; shapes and dtypes are checked against the model first."""
+        timer = timer or StageTimer()
+        want = {"image": self.spec.image_shape, "bev": self.spec.bev_shape}
+        for name, shape in want.items():
+            if name not in feeds:
+                raise ModelMismatchError(self.spec.path, f"missing input {name!r}")
+            a = feeds[name]
+            if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
+                raise ModelMismatchError(self.spec.path, f"input {name!r} must be a float numpy array, got "
+                                                         f"{getattr(a, 'dtype', type(a).__name__)}")
+            ok = a.ndim == 4 and all(w is None or g == w for g, w in zip(a.shape, (1, *shape[1:])))
+            if not ok:
+                exp = "(1, " + ", ".join(str(d) for d in shape[1:]) + ")"
+                raise ModelMismatchError(self.spec.path, f"input {name!r} has shape {tuple(a.shape)}, the model "
+                                                         f"expects {exp}")
+        return self.backend.run(feeds, timer)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
+        with timer("postprocess"):
+            return decode_outputs(outputs, self.cfg, self.spec.heatmap_activation, self.spec.decode)
+
+    # ------------------------------------------------------------------------------------ one frame
+    def run_frame(self, frame: RuntimeFrame, keep_image: bool = False, keep_outputs: bool = True) -> Result:
+        timer = StageTimer()
+        t0 = time.perf_counter()
+        feeds, info, img = self.preprocess(frame, timer, keep_image)
+        outputs = self.infer(feeds, timer)
+        det = self.postprocess(outputs, timer)
+        timer.add("total", (time.perf_counter() - t0) * 1e3)
+        names = self.cfg.classes.det_classes
+        return Result(frame_id=frame.frame_id, boxes=det["boxes"], scores=det["scores"], labels=det["labels"],
+                      label_names=[names[i] if 0 <= i < len(names) else str(i) for i in det["labels"]],
+                      semantic=det["semantic"], outputs=outputs if keep_outputs else {},
+                      timings_ms=timer.ms, info=info, image=img)
+
+    def run(self, image: np.ndarray, points: np.ndarray | None, frame_id: str = "frame",
+            cam_matrix: np.ndarray | None = None, keep_image: bool = False) -> Result:
+        """Convenience: an undistorted model-size (H, W, 3) uint8 image + (N, 4) points."""
+        frame = RuntimeFrame(frame_id=frame_id, kind="chunk", points=points if points is not None else
+                             np.zeros((0, 4), np.float32), image=image, cam_matrix=cam_matrix, source=frame_id)
+        return self.run_frame(frame, keep_image=keep_image)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------- a whole directory
+
+
+def infer_directory(model: str | Path, data: str | Path, out: str | Path, backend: str = "auto",
+                    threads: int | None = None, overlay_images: bool = False, limit: int | None = None,
+                    progress: bool = True, log: Any = None) -> dict:
+    """``mtl infer``: every frame of ``data`` (chunks or raw A2D2 tree) through the model; writes
+    ``OUT/<id>.json`` (detections, timing), ``OUT/<id>_sem.png`` (class ids), optionally
+    ``OUT/<id>_overlay.png``, and ``OUT/summary.json``. All writes are atomic. Frames without a camera
+    image are skipped and counted; a calibration / class mismatch stops the run (ModelMismatchError)."""
+    from ..io import encode_png, write_bytes_atomic, write_json_atomic
+    from .frames import detect_source, iter_frames, sanitise_frame_id
+    from .postprocess import overlay
+
+    out = Path(out)
+    t_start = time.perf_counter()
+    pipe = Pipeline.open(model, backend, threads)
+    if pipe.fallback and log:
+        log(f"note: {pipe.fallback}")
+    source_kind = detect_source(data)
+    sem_classes = tuple(pipe.cfg.classes.sem_classes)
+    frames = iter_frames(data, pipe.cfg, with_gt=False, limit=limit)
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(frames, unit="frame", desc="infer", total=limit, file=sys.stderr)
+        frames = bar
+    written, skipped, used_names = [], {}, set()
+    totals: dict[str, list[float]] = {}
+    n_dets = 0
+    try:
+        for frame in frames:
+            if not frame.has_image:
+                skipped["no camera image"] = skipped.get("no camera image", 0) + 1
+                continue
+            res = pipe.run_frame(frame, keep_image=overlay_images, keep_outputs=False)
+            name = sanitise_frame_id(frame.frame_id)
+            base, i = name, 1
+            while name in used_names:          # two ids that sanitise alike never overwrite each other
+                i += 1
+                name = f"{base}_{i}"
+            used_names.add(name)
+            doc = res.to_json(sem_classes)
+            doc.update(source=frame.source, semantic_png=f"{name}_sem.png")
+            write_bytes_atomic(out / f"{name}_sem.png", encode_png(res.semantic))
+            if overlay_images:
+                write_bytes_atomic(out / f"{name}_overlay.png", encode_png(overlay(res, pipe.cfg)))
+                doc["overlay_png"] = f"{name}_overlay.png"
+            write_json_atomic(out / f"{name}.json", doc)
+            written.append(name)
+            n_dets += len(res.boxes)
+            for k, v in res.timings_ms.items():
+                totals.setdefault(k, []).append(v)
+    finally:
+        if bar is not None:
+            bar.close()
+        pipe.close()
+    summary = {
+        "model": str(model), "data": str(data), "source": source_kind, "out": str(out),
+        **pipe.describe(), "frames_written": len(written), "frames_skipped": skipped, "detections": n_dets,
+        "mean_timing_ms": {k: round(float(np.mean(v)), 4) for k, v in totals.items()},
+        "wall_s": round(time.perf_counter() - t_start, 3), "files": written,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+__all__ = ["Pipeline", "infer_directory"]

@@ -1,0 +1,122 @@
+"""Model outputs -> detections in metres with class names, and a semantic class-id map. Torch-free.
+
+Uses the shared decoder (``mtl.geometry.decode_detections``) with the model's ``cfg.decode`` settings, so
+runtime boxes equal the ones training/eval decode from the same tensors. A model exported with the decode
+head (metadata ``decode: true``) already returns ``det_scores`` / ``det_labels`` / ``det_boxes``; those
+are used as they are (filtered by ``cfg.decode.score_threshold``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..geometry import decode_detections, sigmoid
+
+
+@dataclass
+class Result:
+    frame_id: str
+    boxes: np.ndarray                       # (n, 7) x, y, z, l, w, h, yaw (metres, rad)
+    scores: np.ndarray                      # (n,)
+    labels: np.ndarray                      # (n,) int64 detection class ids
+    label_names: list[str]
+    semantic: np.ndarray                    # (H, W) uint8 class ids at model size
+    outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # raw outputs (batch 1)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    image: np.ndarray | None = field(repr=False, default=None)  # model-size uint8 RGB (keep_image=True)
+
+    def to_json(self, sem_classes: tuple[str, ...] = ()) -> dict:
+        dets = [{"class": n, "label": int(lab), "score": round(float(s), 6),
+                 **{k: round(float(v), 6) for k, v in zip(("x", "y", "z", "l", "w", "h", "yaw"), b)}}
+                for b, s, lab, n in zip(self.boxes, self.scores, self.labels, self.label_names)]
+        out = {"frame_id": self.frame_id, "detections": dets, "n_detections": len(dets),
+               "semantic": {"shape": list(self.semantic.shape), "classes": list(sem_classes),
+                            "pixels_per_class": _class_counts(self.semantic, sem_classes)},
+               "timing_ms": {k: round(v, 4) for k, v in self.timings_ms.items()}, **self.info}
+        return out
+
+
+def _class_counts(ids: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
+    counts = np.bincount(ids.ravel(), minlength=256)
+    return {n: int(counts[i]) for i, n in enumerate(names) if counts[i]}
+
+
+def decode_outputs(outputs: dict[str, np.ndarray], cfg: Config, heatmap_activation: str = "sigmoid",
+                   decoded_in_graph: bool = False) -> dict[str, np.ndarray]:
+    """Batch-1 outputs -> ``boxes``, ``scores``, ``labels`` and ``semantic`` (uint8 argmax)."""
+    d = cfg.decode
+    if decoded_in_graph and {"det_scores", "det_labels", "det_boxes"} <= set(outputs):
+        scores = np.asarray(outputs["det_scores"], np.float32).reshape(-1)
+        labels = np.asarray(outputs["det_labels"]).reshape(-1).astype(np.int64)
+        boxes = np.asarray(outputs["det_boxes"], np.float32).reshape(-1, 7)
+        keep = scores > d.score_threshold
+        order = np.argsort(-scores[keep], kind="stable")
+        det = {"boxes": boxes[keep][order], "scores": scores[keep][order], "labels": labels[keep][order]}
+    else:
+        heat = np.asarray(outputs["bbox_heatmap"][0], np.float32)
+        if heatmap_activation == "none":
+            heat = sigmoid(heat)
+        det = decode_detections(heat, np.asarray(outputs["bbox_reg"][0], np.float32), cfg.grid,
+                                k=d.max_detections, score_threshold=d.score_threshold, kernel=d.nms_kernel)
+    det["semantic"] = argmax_channels(np.asarray(outputs["sem_logits"][0]))
+    return det
+
+
+def argmax_channels(logits: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W) uint8 ``argmax`` over C (first max wins, like np.argmax), one pass per channel:
+    ~1.6x faster than ``np.argmax(axis=0)`` on (18, 320, 512) because it streams contiguous planes."""
+    if logits.shape[0] > 255 or not np.isfinite(logits).all():
+        return np.argmax(logits, axis=0).astype(np.uint8)
+    best = logits[0].copy()
+    ids = np.zeros(logits.shape[1:], np.uint8)
+    for c in range(1, logits.shape[0]):
+        m = logits[c] > best
+        ids[m] = c
+        np.maximum(best, logits[c], out=best)
+    return ids
+
+
+def box_outline_segments(boxes: np.ndarray, k: np.ndarray, image_hw: tuple[int, int]) -> list[list[tuple]]:
+    """Image-plane line segments of each box's 12 edges (both ends in front of the camera)."""
+    from ..geometry import box_corners_bev, project_points
+
+    segs: list[list[tuple]] = []
+    if len(boxes) == 0:
+        return segs
+    bev = box_corners_bev(boxes)                                     # (M, 4, 2)
+    for b, c4 in zip(np.asarray(boxes, np.float64), bev):
+        z0, z1 = b[2] - b[5] / 2, b[2] + b[5] / 2
+        corners = np.concatenate([np.column_stack([c4, np.full(4, z0)]), np.column_stack([c4, np.full(4, z1)])])
+        u, v, depth = project_points(corners, k)
+        edges = [(i, (i + 1) % 4) for i in range(4)] + [(4 + i, 4 + (i + 1) % 4) for i in range(4)] + \
+                [(i, i + 4) for i in range(4)]
+        segs.append([((u[a], v[a]), (u[e], v[e])) for a, e in edges if depth[a] > 0.5 and depth[e] > 0.5])
+    return segs
+
+
+def overlay(result: Result, cfg: Config, alpha: float = 0.45) -> np.ndarray:
+    """Semantic colours over the model-size image + projected 3D box outlines (class colour). (H, W, 3)."""
+    from PIL import Image, ImageDraw
+
+    from ..geometry import cam_matrix, scale_cam_matrix
+    from ..viz import overlay_semantic, semantic_palette
+
+    if result.image is None:
+        raise ValueError("overlay needs the prepared image (run the pipeline with keep_image=True)")
+    pal = semantic_palette(cfg.classes)
+    img = overlay_semantic(result.image, result.semantic, pal, alpha=alpha, ignore_index=cfg.classes.ignore_index)
+    k = scale_cam_matrix(cam_matrix(cfg.camera), tuple(cfg.camera.resolution_wh), tuple(cfg.camera.image_hw))
+    colours = [(255, 60, 60), (255, 170, 0), (60, 200, 255), (200, 80, 255), (80, 255, 80)]
+    canvas = Image.fromarray(img)
+    draw = ImageDraw.Draw(canvas)
+    for lab, segs in zip(result.labels, box_outline_segments(result.boxes, k, tuple(cfg.camera.image_hw))):
+        for (a, b) in segs:
+            draw.line([a, b], fill=colours[int(lab) % len(colours)], width=1)
+    return np.asarray(canvas)
+
+
+__all__ = ["Result", "box_outline_segments", "decode_outputs", "overlay"]

@@ -1,0 +1,285 @@
+"""Model metadata and frame preprocessing for the torch-free runtime (numpy only).
+
+``ModelSpec`` is what the runtime knows about a model: the ``Config`` rebuilt from the ONNX metadata key
+``mtl`` (or the TensorRT sidecar), the declared input/output tensors and the derived calibration. Every
+check that compares a frame with the model lives here and raises ``ModelMismatchError`` with one line.
+
+Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.a2d2``):
+  raw A2D2 frame: PNG decode -> undistort + resize (``a2d2.prepare_image``) -> ``normalise_image``
+  chunk frame:    PNG decode (image already undistorted at model size; size + cam_matrix verified)
+                  -> ``normalise_image``
+  LiDAR:          finite check (non-finite rows are DROPPED and counted) -> ``geometry.bev_raster``
+
+Decision on non-finite points: a NaN/inf row is dropped and reported as ``points_dropped`` in the result
+(``bev_raster`` would ignore a NaN coordinate anyway, but a NaN reflectance inside the grid would poison
+a cell mean). The raw A2D2 reader (``mtl.a2d2.read_lidar``) and the chunk reader refuse such files at
+read time, so drops only happen for arrays handed to ``Pipeline.run`` directly.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import CameraConfig, Config
+from ..errors import DataError, ModelMismatchError
+from ..geometry import bev_raster, cam_matrix, normalise_image, scale_cam_matrix
+
+METADATA_KEY = "mtl"
+METADATA_FORMAT = 1
+STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
+          "postprocess", "total")
+REQUIRED_OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+class StageTimer:
+    """Collects wall-clock milliseconds per stage (``perf_counter``); stages not run stay absent."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, (time.perf_counter() - t0) * 1e3)
+
+    def add(self, stage: str, ms: float) -> None:
+        self.ms[stage] = self.ms.get(stage, 0.0) + float(ms)
+
+
+# ---------------------------------------------------------------------------------------- metadata
+
+
+def _dim(v: Any) -> int | None:
+    """A declared tensor dim: an int, or None for a symbolic/dynamic one ("B", "batch", -1)."""
+    return int(v) if isinstance(v, (int, np.integer)) and int(v) >= 0 else None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: str
+    cfg: Config
+    meta: dict = field(repr=False)
+    image_shape: tuple            # (B|None, 3, H, W)
+    bev_shape: tuple              # (B|None, C, Hg, Wg)
+    outputs: tuple[str, ...]
+    decode: bool
+    precision: str
+    heatmap_activation: str       # "sigmoid" (probabilities in the graph) or "none" (logits)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return tuple(self.cfg.camera.image_hw)
+
+    @property
+    def model_cam_matrix(self) -> np.ndarray:
+        """Intrinsics of the model-size undistorted image implied by the model's calibration."""
+        cam = self.cfg.camera
+        return scale_cam_matrix(cam_matrix(cam), tuple(cam.resolution_wh), self.image_hw)
+
+    @staticmethod
+    def from_metadata(meta: dict, path: str | Path) -> ModelSpec:
+        """Validate the metadata contract (ONNX key ``mtl`` / engine sidecar) and rebuild the Config."""
+        from ..export.metadata import validate_metadata
+
+        validate_metadata(meta, path)
+        try:
+            cfg = Config.from_dict(meta["config"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelMismatchError(path, f"mtl metadata has no valid config ({e})") from None
+        inputs = meta.get("inputs") or {}
+        try:
+            image_shape = tuple(_dim(v) for v in inputs["image"])
+            bev_shape = tuple(_dim(v) for v in inputs["bev"])
+        except (KeyError, TypeError):
+            raise ModelMismatchError(path, "mtl metadata lacks inputs.image / inputs.bev shapes") from None
+        outputs = tuple(meta.get("outputs") or REQUIRED_OUTPUTS)
+        spec = ModelSpec(path=str(path), cfg=cfg, meta=meta, image_shape=image_shape, bev_shape=bev_shape,
+                         outputs=outputs, decode=bool(meta.get("decode", False)),
+                         precision=str(meta.get("precision", "fp32")),
+                         heatmap_activation=str(meta.get("heatmap_activation", "sigmoid")))
+        spec.check_consistent()
+        return spec
+
+    @staticmethod
+    def from_config(cfg: Config, path: str | Path, heatmap_activation: str = "sigmoid") -> ModelSpec:
+        """Spec for a model known only by its config (the torch reference column in ``mtl bench``)."""
+        h, w = cfg.camera.image_hw
+        meta = {"format": METADATA_FORMAT, "config": cfg.to_dict(), "decode": False, "precision": "fp32"}
+        return ModelSpec(path=str(path), cfg=cfg, meta=meta, image_shape=(1, 3, h, w),
+                         bev_shape=(1, cfg.grid.n_channels, *cfg.grid.shape), outputs=REQUIRED_OUTPUTS,
+                         decode=False, precision="fp32", heatmap_activation=heatmap_activation)
+
+    def check_consistent(self) -> None:
+        """Declared inputs/outputs agree with the config (image size, grid, BEV channels, outputs)."""
+        cfg, p = self.cfg, self.path
+        if len(self.image_shape) != 4 or self.image_shape[1] != 3:
+            raise ModelMismatchError(p, f"metadata image input {self.image_shape} is not (B, 3, H, W)")
+        if tuple(self.image_shape[2:]) != tuple(cfg.camera.image_hw):
+            raise ModelMismatchError(p, f"metadata image input is {self.image_shape[2]}x{self.image_shape[3]} but "
+                                        f"its config says camera.image_hw {cfg.camera.image_hw[0]}x{cfg.camera.image_hw[1]}")
+        if len(self.bev_shape) != 4:
+            raise ModelMismatchError(p, f"metadata bev input {self.bev_shape} is not (B, C, H, W)")
+        if self.bev_shape[1] != cfg.grid.n_channels:
+            raise ModelMismatchError(p, f"metadata bev input has {self.bev_shape[1]} channels but the config's grid "
+                                        f"gives {cfg.grid.n_channels} (5 + {cfg.grid.n_height_slices} height slices)")
+        if tuple(self.bev_shape[2:]) != tuple(cfg.grid.shape):
+            raise ModelMismatchError(p, f"metadata bev input is {self.bev_shape[2]}x{self.bev_shape[3]} but the config's "
+                                        f"grid is {cfg.grid.shape[0]}x{cfg.grid.shape[1]}")
+        missing = [o for o in REQUIRED_OUTPUTS if o not in self.outputs]
+        if missing:
+            raise ModelMismatchError(p, f"model lacks outputs {missing} (has {list(self.outputs)})")
+        if self.heatmap_activation not in ("sigmoid", "none"):
+            raise ModelMismatchError(p, f"unknown heatmap_activation {self.heatmap_activation!r}")
+
+    def check_tensors(self, inputs: dict[str, tuple], outputs: dict[str, tuple]) -> None:
+        """The backend's real tensor shapes (None/str = dynamic) agree with the metadata."""
+        cfg, p = self.cfg, self.path
+        for name, want in (("image", self.image_shape), ("bev", self.bev_shape)):
+            if name not in inputs:
+                raise ModelMismatchError(p, f"graph has no input {name!r} (inputs: {sorted(inputs)})")
+            got = tuple(_dim(v) for v in inputs[name])
+            if len(got) != 4 or any(g is not None and w is not None and g != w for g, w in zip(got[1:], want[1:])):
+                raise ModelMismatchError(p, f"graph input {name!r} is {_fmt(got)} but metadata says {_fmt(want)}")
+        expect = {"bbox_heatmap": cfg.classes.n_det, "bbox_reg": 8, "sem_logits": cfg.classes.n_sem}
+        for name, ch in expect.items():
+            if name not in outputs:
+                raise ModelMismatchError(p, f"graph has no output {name!r} (outputs: {sorted(outputs)})")
+            got = tuple(_dim(v) for v in outputs[name])
+            if len(got) == 4 and got[1] is not None and got[1] != ch:
+                what = {"bbox_heatmap": "detection classes", "sem_logits": "semantic classes"}.get(name, "channels")
+                raise ModelMismatchError(p, f"graph output {name!r} has {got[1]} channels but the metadata config "
+                                            f"has {ch} {what}")
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+# ---------------------------------------------------------------------------------- frame checks
+
+
+def _first_diff(a: tuple, b: tuple) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"first difference at {i}: {x!r} vs model {y!r}"
+    return f"{len(a)} vs model {len(b)} classes"
+
+
+def check_classes(meta: dict, spec: ModelSpec, source: str) -> None:
+    """Chunk meta class names (when recorded) must equal the model's classes."""
+    cls = spec.cfg.classes
+    for key, model_names in (("sem_classes", cls.sem_classes), ("det_classes", cls.det_classes)):
+        names = meta.get(key)
+        if names is None:
+            continue
+        if tuple(names) != tuple(model_names):
+            raise ModelMismatchError(source, f"data {key} differ from the model's ({_first_diff(tuple(names), tuple(model_names))})")
+
+
+def check_cam_matrix(k_frame: np.ndarray, spec: ModelSpec, source: str, what: str = "frame cam_matrix") -> None:
+    k_model = spec.model_cam_matrix
+    k_frame = np.asarray(k_frame, np.float64)
+    if k_frame.shape != (3, 3) or not np.allclose(k_frame, k_model, rtol=1e-4, atol=1e-3):
+        def fmt(k):
+            return f"fx={k[0, 0]:.2f} fy={k[1, 1]:.2f} cx={k[0, 2]:.2f} cy={k[1, 2]:.2f}"
+        raise ModelMismatchError(source, f"calibration mismatch: {what} {fmt(k_frame)} but the model expects "
+                                         f"{fmt(k_model)} at {spec.image_hw[0]}x{spec.image_hw[1]}")
+
+
+def check_camera(camera: CameraConfig, spec: ModelSpec, source: str) -> None:
+    """Raw-frame calibration (cams_lidars.json) vs the model's camera calibration."""
+    m = spec.cfg.camera
+    checks = (("resolution", tuple(camera.resolution_wh), tuple(m.resolution_wh)),
+              ("CamMatrix", np.asarray(camera.cam_matrix, float), np.asarray(m.cam_matrix, float)),
+              ("CamMatrixOriginal", np.asarray(camera.cam_matrix_original, float),
+               np.asarray(m.cam_matrix_original, float)),
+              ("Distortion", np.asarray(camera.distortion, float).ravel(), np.asarray(m.distortion, float).ravel()))
+    for name, got, want in checks:
+        if isinstance(got, tuple):
+            ok = got == want
+        else:
+            ok = got.shape == want.shape and np.allclose(got, want, rtol=1e-6, atol=1e-9)
+        if not ok:
+            g = got if isinstance(got, tuple) else np.round(got, 4).ravel().tolist()
+            w = want if isinstance(want, tuple) else np.round(want, 4).ravel().tolist()
+            raise ModelMismatchError(source, f"calibration mismatch: camera {name} {g} but the model was "
+                                             f"built for {w}")
+
+
+# ------------------------------------------------------------------------------------ preprocess
+
+
+def decode_image(png: bytes, source: str) -> np.ndarray:
+    from ..io import decode_png
+
+    return decode_png(png, source, "RGB")
+
+
+def check_points(points: Any, source: str) -> np.ndarray:
+    """(N, 4) float points (x, y, z, reflectance 0..1); other shapes / dtypes -> DataError."""
+    if points is None:
+        return np.zeros((0, 4), np.float32)
+    a = np.asarray(points)
+    if a.dtype.kind not in "fiu":
+        raise DataError(source, f"points must be numeric (x, y, z, reflectance), got dtype {a.dtype}")
+    if a.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise DataError(source, f"points has shape {a.shape}, expected (N, 4) x, y, z, reflectance")
+    return a.astype(np.float32, copy=False)
+
+
+def check_image(image: Any, hw: tuple[int, int], source: str, what: str) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise DataError(source, f"{what} is {a.dtype} {a.shape}, expected uint8 (H, W, 3) RGB")
+    if tuple(a.shape[:2]) != tuple(hw):
+        raise ModelMismatchError(source, f"image size mismatch: {what} is {a.shape[0]}x{a.shape[1]} but the model "
+                                         f"input is {hw[0]}x{hw[1]} (convert the data with --image-size "
+                                         f"{hw[0]}x{hw[1]} or export a model for this size)")
+    return a
+
+
+def bev_input(points: np.ndarray, spec: ModelSpec, timer: StageTimer) -> tuple[np.ndarray, int]:
+    """(1, C, Hg, Wg) float32 raster and the number of non-finite rows dropped."""
+    finite = np.isfinite(points).all(axis=1) if len(points) else np.ones(0, bool)
+    dropped = int(len(points) - int(finite.sum()))
+    if dropped:
+        points = points[finite]
+    with timer("bev_raster"):
+        bev = bev_raster(points, spec.cfg.grid)[None]
+    return bev, dropped
+
+
+def image_input(image: np.ndarray, spec: ModelSpec, timer: StageTimer) -> np.ndarray:
+    cam = spec.cfg.camera
+    with timer("normalise"):
+        return normalise_image(image, cam.mean, cam.std)[None]
+
+
+__all__ = [
+    "METADATA_KEY",
+    "STAGES",
+    "ModelSpec",
+    "StageTimer",
+    "bev_input",
+    "check_cam_matrix",
+    "check_camera",
+    "check_classes",
+    "check_image",
+    "check_points",
+    "decode_image",
+    "image_input",
+]

@@ -1,0 +1,305 @@
+"""mtl export: fp32 ONNX (names, metadata, checker, parity on real frames), in-graph decode vs numpy decode,
+fp16 / int8 variants with metric gates, the static TensorRT check, the TensorRT error path and ParityError."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner
+from test_dataset import tiny_cfg, write_tiny_chunks
+
+from mtl.errors import BackendUnavailableError, ModelMismatchError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny checkpoint, val + calib chunks and one full CLI export (fp32 + decode + fp16 + int8)."""
+    from mtl.cli import main
+    from mtl.model import build_model
+
+    root = tmp_path_factory.mktemp("export")
+    cfg = tiny_cfg()
+    val = write_tiny_chunks(root / "val", cfg, n_frames=4, per_chunk=2, seed=1)
+    calib = write_tiny_chunks(root / "calib", cfg, n_frames=4, per_chunk=2, seed=2)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    ckpt = root / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "metrics": {}, "epoch": 0}, ckpt)
+    out = root / "out"
+    res = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--decode", "--fp16", "--int8",
+                                    "--calib-data", str(calib), "--calib-frames", "4", "--val-data", str(val),
+                                    "--parity-frames", "3", "--gate-frames", "4"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((out / "export_report.json").read_text())
+    return {"cfg": cfg, "model": model, "ckpt": ckpt, "val": val, "calib": calib, "out": out, "report": report,
+            "output": res.output, "root": root}
+
+
+def _frame_feeds(setup):
+    from mtl.export.parity import FrameSource, batched
+
+    frames = list(FrameSource(setup["val"], setup["cfg"], max_frames=2))
+    return [f for f, _ in batched(frames, 1)]
+
+
+def test_fp32_export_names_metadata_checker_parity(setup):
+    from mtl.config import Config
+    from mtl.export.metadata import read_onnx_metadata
+
+    path = setup["out"] / "model.onnx"
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    assert [i.name for i in m.graph.input] == ["image", "bev"]
+    assert [o.name for o in m.graph.output] == ["bbox_heatmap", "bbox_reg", "sem_logits",
+                                                "det_scores", "det_labels", "det_boxes"]
+    assert not list(setup["out"].glob("*.data"))       # single file
+    meta = read_onnx_metadata(path)
+    assert Config.from_dict(meta["config"]) == setup["cfg"]
+    assert meta["precision"] == "fp32" and meta["decode"] is True and meta["opset"] >= 18
+    assert meta["heatmap_activation"] == "sigmoid" and meta["format"] == 1
+    h, w = setup["cfg"].camera.image_hw
+    assert meta["inputs"] == {"image": [1, 3, h, w], "bev": [1, setup["cfg"].grid.n_channels, 64, 64]}
+    from mtl.config import sha256_file
+
+    assert meta["source_checkpoint_sha256"] == sha256_file(setup["ckpt"])
+
+    rep = setup["report"]
+    assert rep["passed"] is True
+    par = rep["variants"]["fp32"]["parity"]
+    assert par["frames"] == 3 and par["passed"]
+    for name in ("bbox_heatmap", "bbox_reg", "sem_logits"):
+        assert par["outputs"][name]["max_abs"] <= 1e-4
+        assert "max_rel" in par["outputs"][name]
+    det = par["decoded"]
+    assert det["n_ref"] == det["n_got"] == det["matched"] > 0 and det["unmatched"] == 0
+    assert det["max_box_diff"] <= 1e-4
+    assert par["semantic_argmax_agreement"] > 0.999
+    assert (setup["out"] / "export_report.md").read_text().startswith("# mtl export report")
+    assert "parity fp32 vs torch" in setup["output"]
+
+
+def test_torch_and_ort_sigmoid_heatmap_match(setup):
+    """The graph's bbox_heatmap is sigmoid(logits) of the torch model."""
+    from mtl.export.onnx_export import ort_session
+
+    sess = ort_session(setup["out"] / "model.onnx")
+    feeds = _frame_feeds(setup)[0]
+    heat = sess.run(["bbox_heatmap"], feeds)[0]
+    with torch.no_grad():
+        logits = setup["model"](torch.from_numpy(feeds["image"]), torch.from_numpy(feeds["bev"]))["bbox_heatmap"]
+    np.testing.assert_allclose(heat, torch.sigmoid(logits).numpy(), atol=1e-5)
+
+
+def test_in_graph_decode_equals_numpy_decode(setup):
+    from mtl.export.onnx_export import ort_session
+    from mtl.geometry import decode_detections
+
+    cfg = setup["cfg"]
+    sess = ort_session(setup["out"] / "model.onnx")
+    names = [o.name for o in sess.get_outputs()]
+    for feeds in _frame_feeds(setup):
+        out = dict(zip(names, sess.run(names, feeds)))
+        assert out["det_scores"].shape == (1, cfg.decode.max_detections)
+        assert out["det_boxes"].shape == (1, cfg.decode.max_detections, 7)
+        assert out["det_labels"].dtype == np.int64
+        thr = float(np.median(out["det_scores"][0]))      # a threshold that keeps about half
+        ref = decode_detections(out["bbox_heatmap"][0], out["bbox_reg"][0], cfg.grid, k=cfg.decode.max_detections,
+                                score_threshold=thr, kernel=cfg.decode.nms_kernel)
+        keep = out["det_scores"][0] > thr
+        assert keep.sum() == len(ref["scores"]) > 0
+        # same set of detections (ties in score may order differently)
+        got = sorted(zip(out["det_labels"][0][keep].tolist(), np.round(out["det_boxes"][0][keep], 4).tolist()))
+        exp = sorted(zip(ref["labels"].tolist(), np.round(ref["boxes"], 4).tolist()))
+        assert [g[0] for g in got] == [e[0] for e in exp]
+        np.testing.assert_allclose(np.array([g[1] for g in got]), np.array([e[1] for e in exp]), atol=2e-4)
+        np.testing.assert_allclose(np.sort(out["det_scores"][0][keep]), np.sort(ref["scores"]), atol=1e-6)
+
+
+def test_fp16_and_int8_variants_are_gated_and_recorded(setup):
+    from mtl.export.metadata import read_onnx_metadata
+
+    rep = setup["report"]
+    for name, fname in (("fp16", "model_fp16.onnx"), ("int8", "model_int8.onnx")):
+        v = rep["variants"][name]
+        assert v["status"] == "ok" and v["path"] == fname and (setup["out"] / fname).is_file()
+        assert read_onnx_metadata(setup["out"] / fname)["precision"] == name
+        gate = v["gate"]
+        assert gate["passed"] and gate["frames"] == 4
+        for k in ("drop_miou", "drop_map", "max_drop_miou", "max_drop_map"):
+            assert isinstance(gate[k], float)
+        assert gate["fp32"]["miou"] == rep["variants"]["fp32"]["metrics"]["miou"]
+        assert v["parity"]["gated"] is False and "bbox_heatmap" in v["parity"]["outputs"]
+        assert v["trt_check"] and not any(f["level"] == "error" for f in v["trt_check"])
+        onnx.checker.check_model(onnx.load(str(setup["out"] / fname)), full_check=True)
+    # fp16 keeps float32 I/O and has fp16 weights; int8 is Q/DQ with zero points 0
+    m16 = onnx.load(str(setup["out"] / "model_fp16.onnx"))
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in m16.graph.input)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m16.graph.initializer)
+    m8 = onnx.load(str(setup["out"] / "model_int8.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in m8.graph.node}
+    assert rep["variants"]["int8"]["info"]["excluded_nodes"]          # final head convs stay float
+    # the fp16 in-graph decode is computed in fp32: identical to the numpy decode of its own heatmap
+    assert rep["variants"]["fp16"]["parity"]["in_graph_decode"]["passed"]
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset=18):
+    from onnx import helper
+
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_trt_check_flags_unsupported_ops_and_passes_the_export(setup):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mtl.export.trt_check import check_model, format_findings, has_errors
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, None)
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, None)
+    k = numpy_helper.from_array(np.array([5000], np.int64), "k")
+    nodes = [helper.make_node("Det", ["x"], ["y"]),                      # not in TensorRT's list
+             helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)]    # K >= 3840
+    f = check_model(_graph(nodes, [x], [y, v, i], [k]))
+    codes = {(d["code"], d["level"]) for d in f}
+    assert ("unsupported-op", "error") in codes
+    assert any("Det" in d["message"] for d in f if d["code"] == "unsupported-op")
+    assert any("3840" in d["message"] for d in f)
+    assert ("dynamic-dim", "error") in codes
+    assert has_errors(f) and "FAIL" in format_findings(f)
+
+    # an opset outside TensorRT's range, a non-zero Q/DQ zero point and a contrib-domain op
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4])
+    zp = numpy_helper.from_array(np.array(3, np.int8), "zp")
+    sc = numpy_helper.from_array(np.array(0.1, np.float32), "sc")
+    m = _graph([helper.make_node("QuantizeLinear", ["a", "sc", "zp"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["d"]),
+                helper.make_node("Gelu", ["d"], ["b"], domain="com.microsoft")], [a], [b], [zp, sc], opset=8)
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    f = check_model(m)
+    msgs = " | ".join(d["message"] for d in f)
+    assert "opset 8" in msgs and "zero point must be 0" in msgs and "com.microsoft::Gelu" in msgs
+
+    # the exported models pass; the report printed it
+    for fname in ("model.onnx", "model_fp16.onnx", "model_int8.onnx"):
+        assert not has_errors(check_model(setup["out"] / fname))
+    assert "TensorRT compatibility (fp32): OK" in setup["output"]
+
+
+def test_trt_check_dynamic_batch_needs_a_profile(setup):
+    from mtl.export.onnx_export import export_onnx_proto
+    from mtl.export.trt_check import check_model, has_errors
+
+    proto, info = export_onnx_proto(setup["model"], setup["cfg"], dynamic_batch=True)
+    assert info["batch"] == "batch"
+    assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim][:1] == ["batch"]
+    assert has_errors(check_model(proto))
+    assert not has_errors(check_model(proto, profile=(1, 2, 4)))
+
+
+def test_metadata_errors_and_sidecar_roundtrip(setup, tmp_path):
+    from mtl.export import metadata as md
+
+    bare = onnx.load(str(setup["out"] / "model.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelMismatchError, match="no 'mtl' entry"):
+        md.read_onnx_metadata(tmp_path / "bare.onnx")
+    bare.metadata_props.add(key="mtl", value="{not json")
+    onnx.save(bare, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelMismatchError, match="not valid JSON"):
+        md.read_onnx_metadata(tmp_path / "bad.onnx")
+
+    meta = md.read_onnx_metadata(setup["out"] / "model.onnx")
+    engine = tmp_path / "model.engine"
+    assert md.sidecar_path(engine) == tmp_path / "model.engine.json"
+    with pytest.raises(ModelMismatchError, match="lacks keys"):
+        md.write_sidecar(engine, meta)
+    side = dict(meta, tensorrt_version="10.9.0", gpu_name="X", compute_capability="9.0",
+                precision_recipe="strongly typed", onnx_sha256="0" * 64, profiles=[])
+    md.write_sidecar(engine, side)
+    assert md.read_sidecar(engine) == side
+    with pytest.raises(ModelMismatchError, match="not found"):
+        md.read_sidecar(tmp_path / "other.engine")
+
+
+def test_export_trt_without_tensorrt_exits_with_clear_message(setup, tmp_path):
+    from mtl.cli import main
+    from mtl.export.tensorrt_build import check_available
+
+    try:
+        check_available()
+    except BackendUnavailableError as e:
+        expected = str(e)
+    else:
+        pytest.skip("TensorRT and a CUDA device are available: the error path cannot be exercised here")
+
+    res = CliRunner().invoke(main, ["export", str(setup["ckpt"]), "--out", str(tmp_path / "o"), "--trt",
+                                    "--val-data", str(setup["val"])])
+    assert res.exit_code == BackendUnavailableError.exit_code != 0
+    msg = res.output.strip().splitlines()
+    assert msg == [f"error: {expected}"]
+    assert "TensorRT is not available" in expected or "CUDA" in expected
+    assert not (tmp_path / "o").exists()     # failed before doing any work
+
+
+def test_tensorrt_engine_build(setup, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU machine)")
+    from mtl.export.metadata import read_sidecar
+    from mtl.export.tensorrt_build import build_engine, gpu_info
+
+    try:
+        gpu_info()
+    except BackendUnavailableError as e:
+        pytest.skip(f"no usable CUDA device: {e}")
+    side = build_engine(setup["out"] / "model.onnx", tmp_path / "model.engine", timing_cache=tmp_path / "t.cache")
+    assert (tmp_path / "model.engine").stat().st_size > 0 and (tmp_path / "t.cache").is_file()
+    assert read_sidecar(tmp_path / "model.engine")["onnx_sha256"] == side["onnx_sha256"]
+
+
+def test_gate_failure_exits_nonzero_keeps_fp32_and_report(setup, tmp_path):
+    from mtl.cli import main
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["export", str(setup["ckpt"]), "--out", str(out), "--fp16", "--no-slim",
+                                    "--val-data", str(setup["val"]), "--parity-frames", "1", "--gate-frames", "2",
+                                    "--max-drop-miou", "-1"])
+    assert res.exit_code == 8, res.output
+    assert "error:" in res.output and "fp16 gate: mIoU drop" in res.output
+    rep = json.loads((out / "export_report.json").read_text())
+    assert rep["passed"] is False and rep["variants"]["fp16"]["status"] == "rejected"
+    assert rep["variants"]["fp16"]["gate"]["passed"] is False
+    assert (out / "model.onnx").is_file() and (out / "model_fp16.onnx.rejected").is_file()
+    assert not (out / "model_fp16.onnx").exists()
+    assert "FAIL" in (out / "export_report.md").read_text()
+
+
+def test_tampered_graph_fails_parity(setup):
+    from onnx import numpy_helper
+
+    from mtl.export.onnx_export import ort_session
+    from mtl.export.parity import FrameSource, parity_report
+
+    m = onnx.load(str(setup["out"] / "model.onnx"))
+    bias = next(i for i in m.graph.initializer if i.name.endswith("sem_classifier.bias"))
+    arr = numpy_helper.to_array(bias) + 1e-2
+    bias.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), bias.name))
+    frames = list(FrameSource(setup["val"], setup["cfg"], max_frames=1))
+    rep = parity_report(setup["model"], setup["cfg"], ort_session(m), frames, decode=True, batch=1, atol=1e-4)
+    assert not rep["passed"] and any("sem_logits" in f for f in rep["failures"])
+    assert rep["outputs"]["sem_logits"]["max_abs"] == pytest.approx(1e-2, rel=1e-2)
+
+
+def test_parity_needs_data(setup, tmp_path):
+    from mtl.cli import main
+
+    res = CliRunner().invoke(main, ["export", str(setup["ckpt"]), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--val-data" in res.output and "--no-parity" in res.output
