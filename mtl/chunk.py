@@ -270,11 +270,18 @@ def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
             raise ChunkError(path, f"frame {arrays['frame_id'][i]!s}: {off_key[:-8]} is "
                                    f"{'present' if has_bytes[i] else 'empty'} but modality_mask says otherwise")
     if check_finite:
-        for key in ("points", "boxes", "cam_matrix"):
-            if not np.isfinite(arrays[key]).all():
-                raise ChunkError(path, f"{key} contains NaN or inf")
-        if (arrays["boxes"][:, 3:6] <= 0).any():
-            raise ChunkError(path, "boxes have non-positive length/width/height")
+        ids = arrays["frame_id"]
+        for key, off in (("points", "point_offsets"), ("boxes", "box_offsets"), ("cam_matrix", None)):
+            a = arrays[key]
+            bad_rows = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1) if a.size else np.zeros(0, bool)
+            if bad_rows.any():
+                row = int(np.argmax(bad_rows))
+                i = row if off is None else int(np.searchsorted(arrays[off], row, side="right") - 1)
+                raise ChunkError(path, f"frame {ids[i]!s}: {key} contains NaN or inf ({int(bad_rows.sum())} row(s))")
+        bad_size = (arrays["boxes"][:, 3:6] <= 0).any(axis=1)
+        if bad_size.any():
+            i = int(np.searchsorted(arrays["box_offsets"], int(np.argmax(bad_size)), side="right") - 1)
+            raise ChunkError(path, f"frame {ids[i]!s}: boxes have non-positive length/width/height")
     return Chunk(path=path, frame_ids=arrays["frame_id"], arrays=arrays, meta=meta)
 
 

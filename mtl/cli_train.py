@@ -43,9 +43,14 @@ def _train_config(config_path, overrides: dict):  # -> mtl.config.Config (import
 @click.option("--viz-every", type=click.IntRange(min=0), default=None,
               help="Epochs between debug images (0 = never) [default: train.viz_every]")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (bit-exact resume on CPU).")
+@click.option("--ckpt-every-steps", type=click.IntRange(min=0), default=None,
+              help="Also write RUN/last.pt every N steps mid-epoch, so a killed run loses at most N steps "
+                   "[default: train.ckpt_every_steps; 0 = epoch ends only].")
+@click.option("--skip-bad", is_flag=True, default=None,
+              help="Log and count corrupt chunks / frames (train/skipped_bad in metrics.jsonl) instead of stopping.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lambda_sem, sem_loss, class_weights,
-              config_path, resume, seed, workers, viz_every, deterministic, no_progress):
+              config_path, resume, seed, workers, viz_every, deterministic, ckpt_every_steps, skip_bad, no_progress):
     """Train the fused multi-task model on NPZ chunks.
 
     Writes RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt, RUN/metrics.jsonl (one JSON line per
@@ -56,6 +61,7 @@ def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lam
     cfg = _train_config(config_path, {
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
         "train.num_workers": workers, "train.viz_every": viz_every, "train.deterministic": deterministic,
+        "train.ckpt_every_steps": ckpt_every_steps, "train.skip_bad": skip_bad,
         "loss.lambda_hm": lambda_hm, "loss.lambda_reg": lambda_reg, "loss.lambda_sem": lambda_sem,
         "loss.sem_loss": sem_loss, "loss.sem_class_weights": class_weights,
     })
@@ -74,14 +80,15 @@ COMMANDS.append(train_cmd)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Metrics JSON to write.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--skip-bad", is_flag=True, help="Log and count corrupt chunks / frames instead of stopping.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def eval_cmd(checkpoint, data, out, batch_size, workers, no_progress):
+def eval_cmd(checkpoint, data, out, batch_size, workers, skip_bad, no_progress):
     """Evaluate a checkpoint: per-class IoU / AP table, mIoU, mAP, pixel accuracy (+ JSON with --out)."""
     from .evaluate import evaluate_checkpoint, format_table
     from .io import write_json_atomic
 
     metrics, cfg = evaluate_checkpoint(checkpoint, data, batch_size=batch_size, workers=workers,
-                                       progress=not no_progress)
+                                       progress=not no_progress, skip_bad=skip_bad)
     click.echo(format_table(metrics, cfg))
     if out:
         write_json_atomic(out, {"checkpoint": str(checkpoint), "data": str(data), **metrics})

@@ -189,6 +189,8 @@ class TrainConfig:
     deterministic: bool = False
     min_lr_ratio: float = 0.01        # cosine schedule floor (fraction of lr)
     eval_score_threshold: float = 0.05  # decode threshold for AP (lower than decode.score_threshold: AP needs recall)
+    ckpt_every_steps: int = 0         # also write last.pt every N steps mid-epoch (0: at epoch ends only)
+    skip_bad: bool = False            # log + count corrupt chunks / frames instead of stopping
 
 
 @dataclass(frozen=True)

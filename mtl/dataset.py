@@ -86,20 +86,32 @@ class ChunkDataset(Dataset):
 
     Chunks are read lazily and kept in a small per-process LRU cache (each DataLoader worker has its own).
     Frames lacking a modality (chunk ``modality_mask``) are skipped; their count is ``self.skipped``.
+
+    ``skip_bad``: a chunk that cannot even be indexed is left out (``self.bad_files``: path -> reason), and a
+    frame that fails later (corrupt PNG, NaN points found when its chunk is first read) becomes ``None``,
+    which ``collate`` drops and counts in ``batch["bad"]``; without it, both raise ``ChunkError``.
     """
 
     def __init__(self, chunk_dir: str | Path, cfg: Config, augment: bool = False, seed: int = 0,
-                 max_cached_chunks: int = 16):
+                 max_cached_chunks: int = 16, skip_bad: bool = False):
         self.cfg = cfg
         self.augment = augment
         self.seed = seed
         self.epoch = 0
         self.max_cached_chunks = max_cached_chunks
+        self.skip_bad = skip_bad
         self.files = [str(p) for p in list_chunks(chunk_dir)]
         self.index: list[tuple[int, int]] = []
         self.skipped = 0
+        self.bad_files: dict[str, str] = {}
         for ci, path in enumerate(self.files):
-            n, mask = _index_chunk(Path(path))
+            try:
+                n, mask = _index_chunk(Path(path))
+            except ChunkError as e:
+                if not skip_bad:
+                    raise
+                self.bad_files[path] = e.reason      # the caller logs these (mtl train / eval)
+                continue
             for fi in range(n):
                 if (int(mask[fi]) & HAS_ALL) == HAS_ALL:
                     self.index.append((ci, fi))
@@ -109,8 +121,10 @@ class ChunkDataset(Dataset):
             warnings.warn(f"{chunk_dir}: skipped {self.skipped} frame(s) lacking a modality (modality_mask)",
                           stacklevel=2)
         if not self.index:
-            raise ChunkError(chunk_dir, "no complete frames (camera + semantic + LiDAR + boxes) in the chunks")
+            bad = f" ({len(self.bad_files)} bad chunk(s) skipped)" if self.bad_files else ""
+            raise ChunkError(chunk_dir, f"no complete frames (camera + semantic + LiDAR + boxes) in the chunks{bad}")
         self._cache: OrderedDict[int, Chunk] = OrderedDict()
+        self._failed: dict[int, ChunkError] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -122,7 +136,13 @@ class ChunkDataset(Dataset):
         if ci in self._cache:
             self._cache.move_to_end(ci)
             return self._cache[ci]
-        chunk = read_chunk(self.files[ci])
+        if ci in self._failed:              # do not re-read a bad chunk once per frame
+            raise self._failed[ci]
+        try:
+            chunk = read_chunk(self.files[ci])
+        except ChunkError as e:
+            self._failed[ci] = e
+            raise
         self._cache[ci] = chunk
         while len(self._cache) > self.max_cached_chunks:
             self._cache.popitem(last=False)
@@ -132,13 +152,26 @@ class ChunkDataset(Dataset):
         # workers start with an empty cache instead of pickling chunk arrays
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()
+        state["_failed"] = {}
         return state
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
+    def __getitem__(self, idx: int) -> dict[str, Any] | None:
+        if not self.skip_bad:
+            return self._sample(idx)
+        try:
+            return self._sample(idx)
+        except ChunkError as e:
+            return {"bad": str(e)}
+
+    def _sample(self, idx: int) -> dict[str, Any]:
         cfg = self.cfg
         ci, fi = self.index[idx]
         frame = self._chunk(ci).frame(fi)
         image, semantic = frame.image(), frame.semantic()
+        if semantic.shape != image.shape[:2]:
+            raise ChunkError(frame.source, f"frame {frame.frame_id}: semantic map {semantic.shape[0]}x"
+                                           f"{semantic.shape[1]} and image {image.shape[0]}x{image.shape[1]} "
+                                           "differ in size")
         k = np.asarray(frame.cam_matrix, np.float64)
         hw = tuple(cfg.camera.image_hw)
         if image.shape[:2] != hw:
@@ -172,24 +205,42 @@ class ChunkDataset(Dataset):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch dim; boxes / classes / frame ids stay per-frame lists."""
-    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in TENSOR_KEYS}
+    """Stack tensors along a new batch dim; boxes / classes / frame ids stay per-frame lists.
+
+    Samples that failed under ``skip_bad`` (``{"bad": reason}``) are dropped; their reasons are in
+    ``batch["bad"]``. A batch with no good sample has only ``"bad"`` (the loops skip it)."""
+    good = [s for s in samples if "bad" not in s]
+    batch: dict[str, Any] = {"bad": [s["bad"] for s in samples if "bad" in s]}
+    if not good:
+        return batch
+    batch.update({k: torch.stack([s[k] for s in good]) for k in TENSOR_KEYS})
     for k in LIST_KEYS:
-        batch[k] = [s[k] for s in samples]
+        batch[k] = [s[k] for s in good]
     return batch
 
 
-def semantic_class_counts(chunk_dir: str | Path, n_classes: int, ignore_index: int = 255
+def semantic_class_counts(chunk_dir: str | Path, n_classes: int, ignore_index: int = 255, skip_bad: bool = False
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel counts per class over all semantic maps of the chunks: (total (n_classes,), per image
-    (n_images, n_classes)), int64; ignore pixels are not counted. Used for ENet / median-frequency weights."""
+    (n_images, n_classes)), int64; ignore pixels are not counted. Used for ENet / median-frequency weights.
+    ``skip_bad``: bad chunks / undecodable maps are left out instead of raising ``ChunkError``."""
     per_image = []
     for path in list_chunks(chunk_dir):
-        chunk = read_chunk(path)
+        try:
+            chunk = read_chunk(path)
+        except ChunkError:
+            if skip_bad:
+                continue
+            raise
         for frame in chunk:
             if not frame.semantic_png:
                 continue
-            ids = frame.semantic().reshape(-1)
+            try:
+                ids = frame.semantic().reshape(-1)
+            except ChunkError:
+                if skip_bad:
+                    continue
+                raise
             ids = ids[ids != ignore_index]
             ids = ids[ids < n_classes]
             per_image.append(np.bincount(ids, minlength=n_classes)[:n_classes].astype(np.int64))

@@ -48,7 +48,11 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], cfg: Config, device
         from tqdm import tqdm
 
         it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    n_bad = 0
     for batch in it:
+        n_bad += len(batch.get("bad", ()))
+        if "image" not in batch:            # every frame of the batch was bad (skip_bad)
+            continue
         b = to_device(batch, device)
         out = model(b["image"], b["bev"])
         bs = b["image"].shape[0]
@@ -70,7 +74,9 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], cfg: Config, device
                            np.asarray(batch["box_class"][i], np.int64).reshape(-1)))
 
     if dist.is_available() and dist.is_initialized():
+        loss_sums["_bad"] = float(n_bad)
         confmat, loss_sums, n_frames, frames = _reduce(confmat, loss_sums, n_frames, frames, device)
+        n_bad = int(loss_sums.pop("_bad"))
 
     acc = DetectionAccumulator(list(cfg.classes.det_classes))
     for pb, ps, pl, gb, gl in frames:
@@ -85,7 +91,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], cfg: Config, device
         result["loss"] = {k: v / max(n_frames, 1) for k, v in loss_sums.items()}
     result.update(seg)
     result.update(det)
-    result.update(frames=n_frames, time_s=elapsed, samples_per_s=n_frames / max(elapsed, 1e-9))
+    result.update(frames=n_frames, skipped_bad=n_bad, time_s=elapsed, samples_per_s=n_frames / max(elapsed, 1e-9))
     return result
 
 
@@ -139,7 +145,8 @@ def format_table(metrics: dict[str, Any], cfg: Config) -> str:
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, batch_size: int = 4, workers: int = 0,
-                        device: str | None = None, progress: bool = True) -> tuple[dict[str, Any], Config]:
+                        device: str | None = None, progress: bool = True, skip_bad: bool = False
+                        ) -> tuple[dict[str, Any], Config]:
     """Load a checkpoint and evaluate it on a chunk directory (no augmentation, no losses weighting changes)."""
     from torch.utils.data import DataLoader
 
@@ -149,7 +156,9 @@ def evaluate_checkpoint(checkpoint: str, data: str, batch_size: int = 4, workers
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_checkpoint(checkpoint, map_location=dev)
     model.to(dev)
-    ds = ChunkDataset(data, cfg, augment=False)
+    ds = ChunkDataset(data, cfg, augment=False, skip_bad=skip_bad)
+    for path, reason in ds.bad_files.items():
+        print(f"warning: skipped bad chunk {path}: {reason}", flush=True)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     sem_w = torch.tensor(cfg.loss.sem_weights, dtype=torch.float32, device=dev) if cfg.loss.sem_weights else None
     return evaluate(model, loader, cfg, dev, sem_weights=sem_w, progress=progress), cfg

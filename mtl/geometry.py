@@ -84,7 +84,7 @@ def _raster_keys(points: np.ndarray, grid: GridConfig, ws: _Scratch) -> tuple[np
         inside &= op(arr, bound, out=tmp)
     cell_f = ws.get("cell_f", (n,), np.float32)
     r, c = ws.get("row", (n,), np.int32), ws.get("col", (n,), np.int32)
-    with np.errstate(invalid="ignore"):            # NaN / huge coordinates: outside points, overwritten below
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / huge coordinates: outside points, overwritten below
         for coord, lo, dst in ((x, grid.x_min, r), (y, grid.y_min, c)):
             np.subtract(coord, lo, out=cell_f)
             np.multiply(cell_f, 1.0 / grid.cell, out=cell_f)

@@ -8,8 +8,10 @@ Run layout: RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt (best val mI
 (one flat JSON object per epoch), RUN/debug/epoch_NNN/*.png, RUN/curves.png.
 
 Reproducibility: model init from ``train.seed``; the shuffling order comes from the sampler seeded by
-(seed, epoch) and augmentation from (seed, epoch, index), so resuming from last.pt at an epoch boundary
-continues exactly where the uninterrupted run would be (bit-exact on CPU with ``--deterministic``).
+(seed, epoch) and augmentation from (seed, epoch, index), so resuming from last.pt -- written at every
+epoch end and, with ``train.ckpt_every_steps``, every N steps mid-epoch (it then records how many batches
+of the epoch are done and the epoch's running loss sums) -- continues exactly where the uninterrupted run
+would be (bit-exact on CPU with ``--deterministic``), also after a SIGKILL.
 DDP: under ``torchrun`` (RANK / WORLD_SIZE set) the same code runs one process per device; the batch size
 is per process, only rank 0 writes files, and metrics are reduced over ranks.
 """
@@ -62,7 +64,8 @@ def resolve_sem_weights(cfg: Config, train_dir: str | Path) -> Config:
         return replace(cfg, loss=replace(cfg.loss, sem_weights=()))
     from .metrics import clip_weights, enet_weights, median_freq_weights
 
-    total, per_image = semantic_class_counts(train_dir, cfg.classes.n_sem, cfg.classes.ignore_index)
+    total, per_image = semantic_class_counts(train_dir, cfg.classes.n_sem, cfg.classes.ignore_index,
+                                             skip_bad=cfg.train.skip_bad)
     if kind == "enet":
         w = np.asarray(enet_weights(total), np.float64)
     elif kind == "median_freq":
@@ -71,6 +74,22 @@ def resolve_sem_weights(cfg: Config, train_dir: str | Path) -> Config:
         raise ConfigError(None, f"loss.sem_class_weights must be none|enet|median_freq, got {kind!r}")
     w = clip_weights(w, cfg.loss.sem_weight_clip)
     return replace(cfg, loss=replace(cfg.loss, sem_weights=tuple(float(x) for x in w)))
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way: ``skip`` first indices of this rank are
+    dropped (resuming a mid-epoch checkpoint); the order is the uninterrupted epoch's (seed + epoch)."""
+
+    skip = 0
+
+    def __iter__(self):
+        it = iter(super().__iter__())
+        for _ in range(self.skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -137,6 +156,8 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
         tc = cfg.train
     elif cfg.loss.sem_class_weights != "none":
         cfg = resolve_sem_weights(cfg, data)
+    if tc.ckpt_every_steps < 0:
+        raise ConfigError(None, f"train.ckpt_every_steps must be >= 0, got {tc.ckpt_every_steps}")
 
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -146,15 +167,15 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
     torch.manual_seed(tc.seed)
 
     # data: the sampler (seeded by seed + epoch) also handles world == 1, so there is a single code path
-    train_ds = ChunkDataset(data, cfg, augment=tc.augment, seed=tc.seed)
-    train_sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed,
-                                       drop_last=True)
+    train_ds = ChunkDataset(data, cfg, augment=tc.augment, seed=tc.seed, skip_bad=tc.skip_bad)
+    train_sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed,
+                                     drop_last=True)
     loader_kw = {"collate_fn": collate, "num_workers": tc.num_workers, "pin_memory": device.type == "cuda"}
     train_loader = DataLoader(train_ds, batch_size=tc.batch_size, sampler=train_sampler, drop_last=True,
                               **loader_kw)
     val_loader = None
     if val is not None:
-        val_ds = ChunkDataset(val, cfg, augment=False)
+        val_ds = ChunkDataset(val, cfg, augment=False, skip_bad=tc.skip_bad)
         val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
         val_loader = DataLoader(val_ds, batch_size=tc.batch_size, sampler=val_sampler, **loader_kw)
     steps_per_epoch = len(train_loader)
@@ -175,6 +196,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
         if cfg.loss.sem_weights else None
 
     start_epoch, step, best = 0, 0, -math.inf
+    done_batches, partial = 0, {"sums": {}, "n_seen": 0, "bad": 0, "time": 0.0}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -183,6 +205,9 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step, best = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("best_score", -math.inf))
         set_rng_state(ckpt["rng"])
+        done_batches = int(ckpt.get("batch_in_epoch", 0))
+        if done_batches and rank == 0:
+            partial = ckpt["partial_epoch"]
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -191,8 +216,14 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.pt.*.tmp"):     # left by a run killed while writing a checkpoint
+            stale.unlink(missing_ok=True)
         write_json_atomic(out / "config.json", cfg.to_dict())
         _truncate_metrics(metrics_path, start_epoch)
+    for path, reason in train_ds.bad_files.items():
+        _log(rank, f"warning: skipped bad chunk {path}: {reason}")
+    if done_batches:
+        _log(rank, f"resuming epoch {start_epoch + 1} after batch {done_batches}/{steps_per_epoch} (step {step})")
     _log(rank, f"train: {len(train_ds)} frames ({train_ds.skipped} skipped), "
                f"{'no val' if val_loader is None else f'{len(val_loader.dataset)} val frames'}, "
                f"{count_parameters(model) / 1e6:.2f} M params, {world} process(es) on {device}, "
@@ -202,16 +233,28 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
     for epoch in range(start_epoch, tc.epochs):
         train_sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
+        # a mid-epoch checkpoint: skip the batches it already trained on, keep its running sums
+        train_sampler.skip = done_batches * tc.batch_size
+        sums: dict[str, float] = dict(partial["sums"])
+        n_seen, n_bad, prior_time = int(partial["n_seen"]), int(partial["bad"]), float(partial["time"])
+        batch_in_epoch = done_batches
+        done_batches, partial = 0, {"sums": {}, "n_seen": 0, "bad": 0, "time": 0.0}
         net.train()
-        sums: dict[str, float] = {}
-        n_seen = 0
         t0 = time.perf_counter()
         it = train_loader
         if progress and rank == 0:
             from tqdm import tqdm
 
-            it = tqdm(train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False)
+            it = tqdm(train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False,
+                      initial=batch_in_epoch, total=steps_per_epoch)
         for batch in it:
+            batch_in_epoch += 1
+            if batch["bad"]:
+                n_bad += len(batch["bad"])
+                for reason in batch["bad"]:
+                    _log(rank, f"warning: skipped bad frame: {reason}")
+            if tc.skip_bad and not _all_ranks_have_data(batch, device, world):
+                continue
             b = to_device(batch, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 outputs = net(b["image"], b["bev"])
@@ -240,11 +283,25 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
             sums["total"] = sums.get("total", 0.0) + float(loss.detach()) * bs
             if it is not train_loader:
                 it.set_postfix(loss=f"{float(loss):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        train_time = time.perf_counter() - t0
-        n_seen, sums = _reduce_sums(n_seen, sums, device, world)
+            if tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0 and batch_in_epoch < steps_per_epoch:
+                # running sums over all ranks so far; on resume rank 0 carries them, the others start at 0
+                g_seen, g_sums = _reduce_sums(n_seen, {**sums, "bad": float(n_bad)}, device, world)
+                g_bad = int(g_sums.pop("bad"))
+                if rank == 0:
+                    save_checkpoint(out / "last.pt", {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                        "step": step, "batch_in_epoch": batch_in_epoch, "rng": rng_state(),
+                        "config": cfg.to_dict(), "best_score": best, "metrics": {},
+                        "partial_epoch": {"sums": g_sums, "n_seen": g_seen, "bad": g_bad,
+                                          "time": prior_time + time.perf_counter() - t0}})
+        train_time = prior_time + time.perf_counter() - t0
+        n_seen, sums = _reduce_sums(n_seen, {**sums, "bad": float(n_bad)}, device, world)
+        n_bad = int(sums.pop("bad"))
 
         row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0]}
         row.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
+        row.update({"train/frames": n_seen, "train/skipped_bad": n_bad})
         row.update(epoch_time=train_time, samples_per_s=n_seen / max(train_time, 1e-9))
         if val_loader is not None:
             metrics = evaluate(model, val_loader, cfg, device, sem_weights=sem_weights,
@@ -274,6 +331,17 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
         dist.barrier()
         dist.destroy_process_group()
     return row
+
+
+def _all_ranks_have_data(batch: dict, device: torch.device, world: int) -> bool:
+    """False when this rank's (or, under DDP, any rank's) batch lost every frame to ``skip_bad``: all ranks
+    then skip the step together (a rank that stepped alone would hang in DDP's all-reduce)."""
+    has = "image" in batch
+    if world == 1:
+        return has
+    t = torch.tensor([1.0 if has else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
 
 
 def _check_finite(loss: torch.Tensor, terms: dict, out: Path, epoch: int, step: int, world: int) -> None:
@@ -324,7 +392,9 @@ def _debug_images(model: torch.nn.Module, loader: DataLoader, cfg: Config, devic
         return
     was_training = model.training
     model.eval()
-    batch = next(iter(loader))
+    batch = next((b for b in loader if "image" in b), None)
+    if batch is None:
+        return
     outputs = model(batch["image"].to(device), batch["bev"].to(device))
     outputs = {k: v.float().cpu() for k, v in outputs.items()}
     write_debug_images(out / "debug", epoch, batch, outputs, cfg)
