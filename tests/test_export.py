@@ -303,3 +303,31 @@ def test_parity_needs_data(setup, tmp_path):
 
     res = CliRunner().invoke(main, ["export", str(setup["ckpt"]), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--val-data" in res.output and "--no-parity" in res.output
+
+
+def test_decoded_box_comparison_tolerates_tied_peaks_only():
+    from mtl.config import GridConfig
+    from mtl.export.parity import compare_detections
+    from mtl.geometry import decode_detections
+
+    grid = GridConfig(x_max=3.2, y_min=-1.6, y_max=1.6)             # 16x16 raster, 8x8 head map
+    reg = np.zeros((8, 8, 8), np.float32)
+    reg[3:6] = 0.5
+    reg[7] = 1.0
+    ref = np.full((1, 8, 8), 0.05, np.float32)
+    ref[0, :5] = 0.3                                                # a plateau: each of its 40 cells is a peak
+    ref[0, 7, 7] = 0.15                                             # one ordinary peak, the lowest score kept
+    got = ref.copy()
+    got[0, 2, 2] += 1e-7                                            # one cell tips: its 8 neighbours stop being peaks
+    dec = [decode_detections(h, reg, grid, k=100, score_threshold=0.1) for h in (ref, got)]
+    assert len(dec[0]["boxes"]) == 41 and len(dec[1]["boxes"]) == 33
+    strict = compare_detections(dec[0], dec[1], 1e-4, 0.1)
+    assert not strict["passed"] and strict["unmatched"] == 8
+    tied = compare_detections(dec[0], dec[1], 1e-4, 0.1, ref_heat=ref, got_heat=got)
+    assert tied["passed"] and tied["unmatched"] == 0 and tied["unmatched_borderline"] == 8
+
+    real = ref.copy()
+    real[0, 2, 2] = 0.9                                             # a genuine extra peak, far above its neighbours
+    dec_real = decode_detections(real, reg, grid, k=100, score_threshold=0.1)
+    c = compare_detections(dec[0], dec_real, 1e-4, 0.1, ref_heat=ref, got_heat=real)
+    assert not c["passed"] and c["unmatched"] > 0

@@ -329,3 +329,20 @@ def test_scale_cam_matrix_pixel_centre_convention():
     s = scale_cam_matrix(k, (1920, 1208), (320, 512))
     assert (s[0, 2], s[1, 2]) == pytest.approx((255.5, 159.5))
     assert (s[0, 0], s[1, 1]) == pytest.approx((1000 * 512 / 1920, 1000 * 320 / 1208))
+
+
+def test_normalise_image_table_lookup_equals_the_arithmetic():
+    from mtl.geometry import normalise_image
+
+    img = np.zeros((2, 3, 3), np.uint8)
+    img[0, 0] = (0, 128, 255)
+    img[1, 2] = (255, 0, 51)
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 2.0)
+    out = normalise_image(img, mean, std)
+    assert out.shape == (3, 2, 3) and out.dtype == np.float32
+    # hand-worked: (v/255 - mean) / std
+    assert out[:, 0, 0] == pytest.approx([-1.0, (128 / 255 - 0.25) / 0.25, 0.5], abs=1e-6)
+    assert out[:, 1, 2] == pytest.approx([1.0, -1.0, 0.1], abs=1e-6)
+    direct = ((img.astype(np.float32) * np.float32(1 / 255) - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(out, direct)
+    np.testing.assert_allclose(normalise_image(img.astype(np.float32), mean, std), direct, atol=1e-6)

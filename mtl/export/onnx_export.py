@@ -444,7 +444,8 @@ def _parity_line(name: str, rep: dict) -> str:
     outs = ", ".join(f"{k} {v['max_abs']:.2e}" for k, v in rep["outputs"].items())
     det = rep["decoded"] or {}
     s = (f"parity {name} vs torch ({rep['frames']} frames): max abs {outs}; decoded boxes "
-         f"{det.get('matched', 0)}/{det.get('n_ref', 0)} matched (max box diff {det.get('max_box_diff', 0):.2e}); "
+         f"{det.get('matched', 0)}/{det.get('n_ref', 0)} matched within {rep.get('box_atol_m', 1e-4):g} m "
+         f"(max box diff {det.get('max_box_diff', 0):.2e}); "
          f"semantic argmax agreement {rep['semantic_argmax_agreement']:.5f}")
     if rep.get("in_graph_decode"):
         g = rep["in_graph_decode"]
@@ -489,7 +490,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {k} | {s['max_abs']:.3e} | {s['max_rel']:.3e} |" for k, s in rep["outputs"].items()]
         d = rep["decoded"] or {}
         lines += ["", (f"- decoded detections (threshold {rep['score_threshold']}): {d.get('matched', 0)} matched "
-                       f"of {d.get('n_ref', 0)} torch / {d.get('n_got', 0)} onnx, {d.get('unmatched', 0)} unmatched, "
+                       f"within {rep.get('box_atol_m', 1e-4):g} m of {d.get('n_ref', 0)} torch / {d.get('n_got', 0)} onnx, {d.get('unmatched', 0)} unmatched, "
                        f"{d.get('unmatched_borderline', 0)} borderline, max box diff {d.get('max_box_diff', 0):.2e}"),
                   f"- semantic argmax agreement: {rep['semantic_argmax_agreement']:.6f}"]
         if rep.get("in_graph_decode"):
