@@ -13,7 +13,6 @@ Perf bar (benchmarks/README.md): ORT fp32 end-to-end >= 2x faster than torch eag
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import sys
 import tempfile
@@ -63,6 +62,13 @@ def write_synthetic_chunks(out: Path, cfg, n_frames: int, n_points: int, seed: i
     write_chunk(out / "chunk_00000.npz", frames, {"source": "bench", "sem_classes": list(cfg.classes.sem_classes),
                                                   "det_classes": list(cfg.classes.det_classes)})
     return out
+
+
+def _boxes_cell(p: dict | None) -> str:
+    if not p:
+        return "ref"
+    extra = f" ({p['boxes_equivalent']} up to tied peaks)" if "boxes_equivalent" in p else ""
+    return p["boxes_identical"] + extra
 
 
 def export_default(out: Path, cfg=None, seed: int = 0) -> tuple[Path, Path]:
@@ -122,8 +128,8 @@ def main(argv=None) -> int:
         peak_rss_mb,
         time_backend,
         torch_pipeline,
+        write_results,
     )
-    from mtl.io import write_bytes_atomic, write_json_atomic
     from mtl.runtime import ModelSpec, Pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="mtl_bench_rt_"))
@@ -184,19 +190,16 @@ def main(argv=None) -> int:
         diff = " / ".join(f"{p['max_abs_diff'][k]:.1e}" for k in ("bbox_heatmap", "bbox_reg", "sem_logits")) if p else "ref"
         lines.append(f"| {r['backend']} | {s['inference']['mean']:.2f} | {s['total']['mean']:.2f} | {s['total']['p50']:.2f} | "
                      f"{s['total']['p90']:.2f} | {s['total']['p99']:.2f} | {r['throughput_fps']:.1f} | "
-                     f"{r['speedup_vs_torch_eager']:.2f} | {diff} | {(p['boxes_identical'] + (f" ({p['boxes_equivalent']} up to tied peaks)" if 'boxes_equivalent' in p else '')) if p else 'ref'} |")
+                     f"{r['speedup_vs_torch_eager']:.2f} | {diff} | {_boxes_cell(p)} |")
     dev = report["device"]
     md = ("# ORT runtime vs torch eager vs torch.compile\n\n" + "\n".join(lines) + "\n\n"
           f"- model image {cfg.camera.image_hw[0]}x{cfg.camera.image_hw[1]}, BEV {cfg.grid.n_channels}x"
           f"{cfg.grid.shape[0]}x{cfg.grid.shape[1]}; {len(frames)} frames, {a.iters} iterations after {a.warmup} "
           f"warm-up, batch 1, {a.threads} threads\n- CPU {dev['cpu_model']} ({dev['cpu_count']} cores, load avg "
           f"{dev['load_avg']}); {compile_note or ''}\n")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = a.out / f"runtimes_{stamp}"
-    write_json_atomic(base.with_suffix(".json"), report)
-    write_bytes_atomic(base.with_suffix(".md"), md.encode())
+    written = write_results(a.out, "runtimes", report, md)
     print(md)
-    print(f"written: {base.with_suffix('.json')}\n         {base.with_suffix('.md')}")
+    print(f"written: {written['json']}\n         {written['markdown']}")
     return 0
 
 

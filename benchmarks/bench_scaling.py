@@ -15,7 +15,6 @@ Writes JSON + markdown under --out (benchmarks/results by default).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -55,9 +54,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from mtl.a2d2 import prepare_image
-    from mtl.bench import device_state, stats
+    from mtl.bench import device_state, stats, write_results
     from mtl.geometry import normalise_image
-    from mtl.io import decode_png, write_bytes_atomic, write_json_atomic
+    from mtl.io import decode_png
     from mtl.runtime import Pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="mtl_bench_scaling_"))
@@ -133,12 +132,9 @@ def main(argv=None) -> int:
     md += ["", f"- CPU {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}), {a.threads} threads, "
                f"{a.iters} iterations after {a.warmup} warm-up"]
     text = "\n".join(md) + "\n"
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = a.out / f"scaling_{stamp}"
-    write_json_atomic(base.with_suffix(".json"), report)
-    write_bytes_atomic(base.with_suffix(".md"), text.encode())
+    written = write_results(a.out, "scaling", report, text)
     print(text)
-    print(f"written: {base.with_suffix('.json')}\n         {base.with_suffix('.md')}")
+    print(f"written: {written['json']}\n         {written['markdown']}")
     return 0
 
 

@@ -17,7 +17,6 @@ the runtime and the input sizes, not on the weights) is exported with the real m
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import tempfile
@@ -81,8 +80,7 @@ def main(argv=None) -> int:
 
     from bench_runtimes import write_synthetic_chunks
 
-    from mtl.bench import device_state, load_frames
-    from mtl.io import write_bytes_atomic, write_json_atomic
+    from mtl.bench import device_state, load_frames, write_results
     from mtl.runtime import Pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="mtl_soak_"))
@@ -94,6 +92,7 @@ def main(argv=None) -> int:
     frames, _ = load_frames(a.data, pipe.cfg, a.distinct)
     frames += degenerate_frames(frames, np.random.default_rng(0))
 
+    assert "torch" not in sys.modules, "the soak process must stay torch-free"
     samples: list[tuple[int, float, float]] = []        # (frames done, seconds, RSS MB)
     n_dets, dropped = 0, 0
     t0 = time.perf_counter()
@@ -136,22 +135,21 @@ def main(argv=None) -> int:
           f"{a.sample_every} frames\n- frame set includes 0-point, NaN-point and all-outside-grid frames "
           f"({dropped:,} non-finite points dropped in total)\n- CPU {report['device']['cpu_model']} "
           f"({report['device']['cpu_count']} cores, load avg {report['device']['load_avg']})\n")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = a.out / f"soak_{stamp}"
-    write_json_atomic(base.with_suffix(".json"), report)
-    write_bytes_atomic(base.with_suffix(".md"), md.encode())
+    written = write_results(a.out, "soak", report, md)
     print(md)
-    print(f"written: {base.with_suffix('.json')}\n         {base.with_suffix('.md')}")
+    print(f"written: {written['json']}\n         {written['markdown']}")
     return 0 if flat else 1
 
 
 def export_small(out: Path) -> Path:
-    from bench_runtimes import export_default
+    """Export in a child process, so this (measured) process never imports torch, like a vehicle runtime."""
+    import subprocess
 
-    from mtl.config import Config
-
-    onnx_path, _ = export_default(out, Config().override(**SMALL_MODEL))
-    return onnx_path
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from bench_runtimes import export_default; from bench_soak import SMALL_MODEL; "
+            "from mtl.config import Config; export_default(Path(sys.argv[2]), Config().override(**SMALL_MODEL))")
+    subprocess.run([sys.executable, "-c", code, str(REPO / "benchmarks"), str(out)], check=True)
+    return out / "model.onnx"
 
 
 if __name__ == "__main__":

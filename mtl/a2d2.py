@@ -31,7 +31,7 @@ import numpy as np
 from .chunk import load_npz
 from .config import CameraConfig, ClassesConfig, a2d2_classes
 from .errors import DataError
-from .geometry import limit_period, remap, undistort_map
+from .geometry import RemapTable, limit_period, remap, undistort_map
 from .io import decode_png
 
 KINDS = ("camera", "label", "lidar", "label3D")
@@ -111,6 +111,16 @@ def _matrix(value, path: Path, what: str, shape: tuple[int, ...]) -> np.ndarray:
     return a.reshape(shape)
 
 
+def read_json(path: Path, missing: str = "file not found"):
+    """Parsed JSON of ``path``; a missing, unreadable or malformed file is a one-line ``DataError``."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
+
+
 def read_camera_config(path: str | Path, camera: str = "front_center",
                        base: CameraConfig | None = None) -> CameraConfig:
     """Calibration of ``camera`` from an A2D2 ``cams_lidars.json`` as a ``CameraConfig``.
@@ -119,12 +129,7 @@ def read_camera_config(path: str | Path, camera: str = "front_center",
     """
     path = Path(path)
     base = base or CameraConfig.a2d2_front_center()
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "cams_lidars.json not found (it sits next to the scene folders)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
+    doc = read_json(path, "cams_lidars.json not found (it sits next to the scene folders)")
     cams = doc.get("cameras") if isinstance(doc, dict) else None
     if not isinstance(cams, dict):
         raise DataError(path, "no 'cameras' object")
@@ -210,12 +215,7 @@ def read_boxes(path: str | Path, classes_cfg: ClassesConfig) -> tuple[np.ndarray
     raise ``DataError``).
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise DataError(path, f"expected an object of boxes, got {type(doc).__name__}")
     name_to_id = classes_cfg.a2d2_name_to_det_id()
@@ -313,6 +313,12 @@ def _maps(camera_cfg: CameraConfig, out_hw: tuple[int, int]) -> tuple[np.ndarray
     return map_x, map_y
 
 
+@lru_cache(maxsize=8)
+def _remap_table(camera_cfg: CameraConfig, out_hw: tuple[int, int]) -> RemapTable:
+    w, h = camera_cfg.resolution_wh
+    return RemapTable(*_maps(camera_cfg, out_hw), (h, w))
+
+
 def _check_input(a: np.ndarray, camera_cfg: CameraConfig, ndim: int, what: str,
                  source: str | Path | None) -> None:
     w, h = camera_cfg.resolution_wh
@@ -330,8 +336,7 @@ def prepare_image(original_rgb: np.ndarray, camera_cfg: CameraConfig, out_hw: tu
     pixels that fall outside the original image are black.
     """
     _check_input(original_rgb, camera_cfg, 3, "camera image", source)
-    map_x, map_y = _maps(camera_cfg, tuple(out_hw))
-    return remap(original_rgb, map_x, map_y, nearest=False, fill=0)
+    return _remap_table(camera_cfg, tuple(out_hw)).apply(original_rgb, fill=0)
 
 
 def prepare_label(ids: np.ndarray, camera_cfg: CameraConfig, out_hw: tuple[int, int],

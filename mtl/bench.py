@@ -456,6 +456,18 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
+def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str) -> dict:
+    """``OUT/<prefix>_<date-time>.json`` (the report) and ``.md`` (the table), written atomically; prints
+    the table and both paths. Shared by ``mtl bench`` and the scripts in benchmarks/."""
+    from .io import write_bytes_atomic, write_json_atomic
+
+    base = Path(out_dir) / f"{prefix}_{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
+    write_json_atomic(json_path, report)
+    write_bytes_atomic(md_path, markdown.encode())
+    return {"json": str(json_path), "markdown": str(md_path)}
+
+
 def write_report(report: dict, out_dir: str | Path) -> dict:
     from .io import write_bytes_atomic, write_json_atomic
 

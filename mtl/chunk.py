@@ -292,5 +292,5 @@ def list_chunks(directory: str | Path) -> list[Path]:
         raise ChunkError(d, "not a directory of chunks")
     files = sorted(p for p in d.glob("*.npz") if not p.name.startswith("."))
     if not files:
-        raise ChunkError(d, "no *.npz chunks found (run `mtl data convert` or `mtl data synth --chunks`)")
+        raise ChunkError(d, "no *.npz chunks found (make them with `mtl data convert --a2d2 RAW --out DIR`)")
     return files

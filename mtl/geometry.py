@@ -414,10 +414,57 @@ def undistort_map(camera: CameraConfig, out_hw: tuple[int, int]) -> tuple[np.nda
     return (xd * k_orig[0, 0] + k_orig[0, 2]).astype(np.float32), (yd * k_orig[1, 1] + k_orig[1, 2]).astype(np.float32)
 
 
+class RemapTable:
+    """The per-pixel work of a bilinear ``remap`` that depends only on the maps and the source size:
+    the 4 flat source indices, the weights and the valid mask. Build it once for fixed maps (camera
+    undistortion) and reuse it for every frame."""
+
+    def __init__(self, map_x: np.ndarray, map_y: np.ndarray, src_hw: tuple[int, int]):
+        h, w = src_hw
+        x0 = np.floor(map_x).astype(np.int64)
+        y0 = np.floor(map_y).astype(np.int64)
+        self.fx = (map_x - x0).astype(np.float32)
+        self.fy = (map_y - y0).astype(np.float32)
+        self.valid = (map_x >= -0.5) & (map_x <= w - 0.5) & (map_y >= -0.5) & (map_y <= h - 0.5)
+        x0c, x1c = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+        y0c, y1c = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+        self.taps = tuple((yc * w + xc).astype(np.intp) for yc, xc in ((y0c, x0c), (y0c, x1c), (y1c, x0c), (y1c, x1c)))
+        self.src_hw = (h, w)
+        self._cache: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def _byte_taps(self, channels: int) -> tuple[np.ndarray, ...]:
+        """(C, H, W) int32 flat element indices of the 4 taps in a contiguous (H, W, C) image, cached."""
+        if channels not in self._cache:
+            offs = np.arange(channels, dtype=np.int64)[:, None, None]
+            self._cache[channels] = tuple((t[None].astype(np.int64) * channels + offs).astype(np.int32)
+                                          for t in self.taps)
+        return self._cache[channels]
+
+    def apply(self, image: np.ndarray, fill: int | float = 0) -> np.ndarray:
+        h, w = self.src_hw
+        if image.shape[:2] != (h, w):
+            raise ValueError(f"remap table is for {h}x{w} images, got {image.shape[:2]}")
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        # gather the 4 neighbours per channel plane in the input dtype and convert only those (converting
+        # the whole 1920x1208 image to float32 first was most of the cost); planar (C, H, W) arithmetic
+        # broadcasts the (H, W) weights cheaply. Same float32 operations, so the same values as ever.
+        flat = np.ascontiguousarray(image).reshape(-1)
+        a, b, c, d = (np.take(flat, t).astype(np.float32) for t in self._byte_taps(channels))
+        fx, fy = self.fx, self.fy
+        top = a * (1 - fx) + b * fx
+        bot = c * (1 - fx) + d * fx
+        out = np.where(self.valid, top * (1 - fy) + bot * fy, fill)           # (C, H, W)
+        if image.dtype == np.uint8:
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        else:
+            out = out.astype(image.dtype)
+        return np.ascontiguousarray(np.moveaxis(out, 0, -1)) if image.ndim == 3 else out[0]
+
+
 def remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, nearest: bool = False,
           fill: int | float = 0) -> np.ndarray:
     """Sample ``image`` (H, W[, C]) at float positions (like cv2.remap). Bilinear, or nearest for label
-    maps; positions outside the image get ``fill``."""
+    maps; positions outside the image get ``fill``. For fixed maps, build a ``RemapTable`` once."""
     h, w = image.shape[:2]
     if nearest:
         c = np.rint(map_x).astype(np.int64)
@@ -426,22 +473,7 @@ def remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, nearest: bool
         out = image[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)]
         out[~valid] = fill
         return out
-    x0 = np.floor(map_x).astype(np.int64)
-    y0 = np.floor(map_y).astype(np.int64)
-    fx = (map_x - x0).astype(np.float32)
-    fy = (map_y - y0).astype(np.float32)
-    valid = (map_x >= -0.5) & (map_x <= w - 0.5) & (map_y >= -0.5) & (map_y <= h - 0.5)
-    x0c, x1c = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
-    y0c, y1c = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
-    img = image.astype(np.float32)
-    if img.ndim == 3:
-        fx, fy, valid = fx[..., None], fy[..., None], valid[..., None]
-    top = img[y0c, x0c] * (1 - fx) + img[y0c, x1c] * fx
-    bot = img[y1c, x0c] * (1 - fx) + img[y1c, x1c] * fx
-    out = np.where(valid, top * (1 - fy) + bot * fy, fill)
-    if image.dtype == np.uint8:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(image.dtype)
+    return RemapTable(map_x, map_y, (h, w)).apply(image, fill)
 
 
 def bev_to_image_grid(grid: GridConfig, k: np.ndarray, image_hw: tuple[int, int],

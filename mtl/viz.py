@@ -410,6 +410,8 @@ def _panel_for(key: str) -> str:
         return "throughput"
     if leaf in _LOSS_LEAVES or "loss" in key.lower():
         return "losses"
+    if leaf == "lr":
+        return "learning rate"
     return "other"
 
 
@@ -462,7 +464,13 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 keys.append(k)
     if not keys:
         raise DataError(metrics_path, "no numeric metrics to plot")
-    order = ["losses", "segmentation", "detection", "throughput", "other"]
+    if len(rows) > 1:
+        # counts that never change (val/frames, val/n_gt/<cls>, ...) carry no curve; the lr always plots
+        def constant(k: str) -> bool:
+            vals = {r.get(k) for r in rows if _is_num(r.get(k))}
+            return len(vals) <= 1 and _panel_for(k) not in ("losses", "learning rate")
+        keys = [k for k in keys if not constant(k)] or keys
+    order = ["losses", "segmentation", "detection", "throughput", "learning rate", "other"]
     groups = {g: [k for k in keys if _panel_for(k) == g] for g in order}
     groups = {g: ks for g, ks in groups.items() if ks}
 
@@ -490,7 +498,7 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
             target.plot(xs[ok], ys[ok], style, lw=0.8 if thin else 1.8, alpha=0.6 if thin else 1.0,
                         marker="" if ok.sum() > 30 else ".", label=k + (" (right)" if target is not ax else ""),
                         color=f"C{ks.index(k) % 10}")
-        if g == "losses" and positive:
+        if g in ("losses", "learning rate") and positive:
             ax.set_yscale("log")
         ax.set_title(g)
         ax.set_xlabel(xkey or "record")

@@ -10,10 +10,9 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -250,12 +249,12 @@ def _infer(model: Path, data: Path, tmp: Path) -> list[str]:
 
 
 def _classes_differ(tmp: Path, art: dict) -> tuple[list[str], Path]:
-    from mtl.chunk import Chunk, write_chunk
+    from mtl.chunk import write_chunk
 
-    chunk = read_chunk(sorted(art["chunks"].glob("*.npz"))[0])
+    chunk = read_chunk(min(art["chunks"].glob("*.npz")))
     names = list(art["cfg"].classes.det_classes)
     names[1] = "tractor"
-    bad = write_chunk(tmp / "d" / "chunk_00000.npz", list(Chunk.__iter__(chunk)),
+    bad = write_chunk(tmp / "d" / "chunk_00000.npz", list(chunk),
                       {"sem_classes": list(art["cfg"].classes.sem_classes), "det_classes": names})
     return _infer(art["onnx"], bad.parent, tmp), bad
 
@@ -263,7 +262,7 @@ def _classes_differ(tmp: Path, art: dict) -> tuple[list[str], Path]:
 def _calibration_differs(tmp: Path, art: dict) -> tuple[list[str], Path]:
     from mtl.chunk import write_chunk
 
-    frames = list(read_chunk(sorted(art["chunks"].glob("*.npz"))[0]))
+    frames = list(read_chunk(min(art["chunks"].glob("*.npz"))))
     for f in frames:
         f.cam_matrix = f.cam_matrix * np.array([[1.1, 1, 1], [1, 1, 1], [1, 1, 1]], np.float32)
     bad = write_chunk(tmp / "d" / "chunk_00000.npz", frames, {"source": "test"})
@@ -397,7 +396,7 @@ def test_degenerate_clouds_run_and_report_what_was_dropped(art):
     from mtl.runtime import Pipeline
 
     cfg = art["cfg"]
-    frame = next(iter(read_chunk(sorted(art["chunks"].glob("*.npz"))[0])))
+    frame = next(iter(read_chunk(min(art["chunks"].glob("*.npz")))))
     image = frame.image()
     pipe = Pipeline.open(art["onnx"], "onnxruntime", threads=1)
     try:
