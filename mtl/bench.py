@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from .errors import BackendUnavailableError, DataError, MtlError
+from .geometry import decode_detections
 from .runtime.backends import Backend
 from .runtime.frames import RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
-from .geometry import decode_detections
 from .runtime.preprocess import ModelSpec, StageTimer
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-cuda",
@@ -457,8 +457,8 @@ def to_markdown(report: dict) -> str:
 
 
 def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str) -> dict:
-    """``OUT/<prefix>_<date-time>.json`` (the report) and ``.md`` (the table), written atomically; prints
-    the table and both paths. Shared by ``mtl bench`` and the scripts in benchmarks/."""
+    """Write ``OUT/<prefix>_<date-time>.json`` (the report) and ``.md`` (the table) atomically; returns both
+    paths. Shared by ``mtl bench`` and the scripts in benchmarks/."""
     from .io import write_bytes_atomic, write_json_atomic
 
     base = Path(out_dir) / f"{prefix}_{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"

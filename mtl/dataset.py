@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 import zipfile
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch.utils.data import Dataset
 from .chunk import HAS_ALL, Chunk, list_chunks, load_npz, read_chunk
 from .config import Config
 from .errors import ChunkError
-from .geometry import bev_raster, heatmap_targets, normalise_image, remap, scale_cam_matrix
+from .geometry import RemapTable, bev_raster, heatmap_targets, normalise_image, remap, scale_cam_matrix
 
 TENSOR_KEYS = ("image", "bev", "heatmap", "reg", "reg_mask", "semantic")
 LIST_KEYS = ("boxes", "box_class", "frame_id")
@@ -67,8 +68,16 @@ def flip_about_cx(image: np.ndarray, cx: float, nearest: bool = False, fill: int
     if abs(cx - (image.shape[1] - 1) / 2) < 1e-6:
         return np.ascontiguousarray(image[:, ::-1])
     h, w = image.shape[:2]
+    if not nearest:   # the image flip runs on every other training sample: reuse its table
+        return _flip_table(float(cx), h, w).apply(image, fill)
     v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    return remap(image, (2 * cx - u).astype(np.float32), v, nearest=nearest, fill=fill)
+    return remap(image, (2 * cx - u).astype(np.float32), v, nearest=True, fill=fill)
+
+
+@lru_cache(maxsize=8)
+def _flip_table(cx: float, h: int, w: int) -> RemapTable:
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    return RemapTable((2 * cx - u).astype(np.float32), v, (h, w))
 
 
 def flip_lidar_boxes(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +97,9 @@ class ChunkDataset(Dataset):
     Frames lacking a modality (chunk ``modality_mask``) are skipped; their count is ``self.skipped``.
 
     ``skip_bad``: a chunk that cannot even be indexed is left out (``self.bad_files``: path -> reason), and a
-    frame that fails later (corrupt PNG, NaN points found when its chunk is first read) becomes ``None``,
-    which ``collate`` drops and counts in ``batch["bad"]``; without it, both raise ``ChunkError``.
+    frame that fails later (corrupt PNG, NaN points found when its chunk is first read) becomes
+    ``{"bad": reason}``, which ``collate`` drops and lists in ``batch["bad"]``; without it, both raise
+    ``ChunkError``.
     """
 
     def __init__(self, chunk_dir: str | Path, cfg: Config, augment: bool = False, seed: int = 0,
@@ -155,7 +165,7 @@ class ChunkDataset(Dataset):
         state["_failed"] = {}
         return state
 
-    def __getitem__(self, idx: int) -> dict[str, Any] | None:
+    def __getitem__(self, idx: int) -> dict[str, Any]:
         if not self.skip_bad:
             return self._sample(idx)
         try:

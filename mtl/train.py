@@ -17,6 +17,7 @@ is per process, only rank 0 writes files, and metrics are reduced over ranks.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -83,10 +84,7 @@ class ResumableSampler(DistributedSampler):
     skip = 0
 
     def __iter__(self):
-        it = iter(super().__iter__())
-        for _ in range(self.skip):
-            next(it, None)
-        return it
+        return itertools.islice(super().__iter__(), self.skip, None)
 
     def __len__(self) -> int:
         return max(0, super().__len__() - self.skip)
@@ -289,10 +287,8 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
                 g_bad = int(g_sums.pop("bad"))
                 if rank == 0:
                     save_checkpoint(out / "last.pt", {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                        "step": step, "batch_in_epoch": batch_in_epoch, "rng": rng_state(),
-                        "config": cfg.to_dict(), "best_score": best, "metrics": {},
+                        **_state(model, optimizer, scheduler, scaler, cfg, epoch, step, best), "metrics": {},
+                        "batch_in_epoch": batch_in_epoch,
                         "partial_epoch": {"sums": g_sums, "n_seen": g_seen, "bad": g_bad,
                                           "time": prior_time + time.perf_counter() - t0}})
         train_time = prior_time + time.perf_counter() - t0
@@ -315,10 +311,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
         best = max(best, current)
 
         if rank == 0:
-            ckpt_out = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "epoch": epoch + 1, "step": step, "rng": rng_state(), "config": cfg.to_dict(),
-                        "metrics": row, "best_score": best}
+            ckpt_out = {**_state(model, optimizer, scheduler, scaler, cfg, epoch + 1, step, best), "metrics": row}
             save_checkpoint(out / "last.pt", ckpt_out)
             if is_best:
                 save_checkpoint(out / "best.pt", ckpt_out)
@@ -331,6 +324,13 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
         dist.barrier()
         dist.destroy_process_group()
     return row
+
+
+def _state(model, optimizer, scheduler, scaler, cfg: Config, epoch: int, step: int, best: float) -> dict:
+    """What a checkpoint needs to continue exactly; ``epoch`` counts completed epochs."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
+            "config": cfg.to_dict(), "best_score": best}
 
 
 def _all_ranks_have_data(batch: dict, device: torch.device, world: int) -> bool:
