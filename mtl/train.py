@@ -322,6 +322,9 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
                 _debug_images(model, val_loader or train_loader, cfg, device, out, epoch + 1)
     if world > 1:
         dist.barrier()
+        # drop DDP's reference to the process group first, so the group (and gloo's worker threads) is torn
+        # down inside destroy_process_group, not later during interpreter shutdown (a rare SIGABRT at exit)
+        del net
         dist.destroy_process_group()
     return row
 
