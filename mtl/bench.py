@@ -13,8 +13,10 @@ preprocess and postprocess (``mtl.runtime.Pipeline``); only the inference backen
 
 Unavailable backends are rows with ``status = "skipped: <reason>"``; nothing is ever substituted.
 Latency stats per stage: mean / p50 / p90 / p99 over ``--iters`` timed frames after ``--warmup``.
+Timing is interleaved: every backend is opened and warmed up first, then ``--rounds`` rounds each time
+every backend for its share of ``--iters`` frames in turn, so machine drift hits all columns alike.
 Throughput = 1000 / mean total (batch 1, sequential). Peak RSS = the process high-water mark after the
-backend ran (ru_maxrss; cumulative, so backends run in the order given and torch last).
+backend was opened and warmed up (ru_maxrss; cumulative, so backends open in the order given, torch last).
 Parity (needs ``--checkpoint``): max |diff| per output vs torch on every bench frame, decoded boxes
 identical (same count, labels, boxes within 1e-4 m) per frame, and mIoU / mAP deltas (backend minus torch)
 against the frames' ground truth when ``mtl.metrics`` and ground truth are available.
@@ -83,7 +85,9 @@ class TorchBackend(Backend):
 
 def torch_pipeline(checkpoint: str | Path, threads: int | None = None) -> Pipeline:
     b = TorchBackend(checkpoint, threads)
-    return Pipeline(ModelSpec.from_config(b.cfg, checkpoint, heatmap_activation="sigmoid"), b)
+    # no helper thread: torch's OpenMP workers busy-wait after each op, so overlapped numpy stages would
+    # fight them for the second core (measured: +1 ms per frame) - the baseline gets its best setting
+    return Pipeline(ModelSpec.from_config(b.cfg, checkpoint, heatmap_activation="sigmoid"), b, overlap=False)
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -198,20 +202,53 @@ class _Skip(Exception):
     pass
 
 
-def time_backend(pipe: Pipeline, frames: list[RuntimeFrame], iters: int, warmup: int,
-                 tick: Callable[[], None] | None = None) -> dict:
-    for i in range(warmup):
-        pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
-    per_stage: dict[str, list[float]] = {}
-    for i in range(iters):
-        r = pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
-        for k, v in r.timings_ms.items():
-            per_stage.setdefault(k, []).append(v)
-        if tick:
-            tick()
+def _summary(per_stage: dict[str, list[float]]) -> dict:
     st = {k: stats(v) for k, v in per_stage.items()}
     fps = 1000.0 / st["total"]["mean"] if st.get("total", {}).get("mean") else None
     return {"stages": st, "throughput_fps": round(fps, 2) if fps else None}
+
+
+def warm_up(pipe: Pipeline, frames: list[RuntimeFrame], warmup: int) -> None:
+    for i in range(warmup):
+        pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
+
+
+def time_backends(pipes: dict[str, Pipeline], frames: list[RuntimeFrame], iters: int, rounds: int = 1,
+                  tick: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Time every pipeline on the same frames, interleaved: ``rounds`` rounds, each running every backend
+    for its share of ``iters`` frames in turn, so a slow drift of the machine (other tenants, clocks) hits
+    all columns alike instead of whichever ran last. Returns name -> {"stages": stats, "throughput_fps"}
+    or {"error": MtlError} for a backend that failed (it is dropped from the later rounds)."""
+    rounds = max(1, min(rounds, iters))
+    per: dict[str, dict[str, list[float]]] = {n: {} for n in pipes}
+    failed: dict[str, MtlError] = {}
+    done = 0
+    for r in range(rounds):
+        n = iters * (r + 1) // rounds - iters * r // rounds
+        for name, pipe in pipes.items():
+            if name in failed:
+                continue
+            try:
+                for i in range(done, done + n):
+                    res = pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
+                    for k, v in res.timings_ms.items():
+                        per[name].setdefault(k, []).append(v)
+                    if tick:
+                        tick()
+            except MtlError as e:
+                failed[name] = e
+        done += n
+    return {name: ({"error": failed[name]} if name in failed else _summary(per[name])) for name in pipes}
+
+
+def time_backend(pipe: Pipeline, frames: list[RuntimeFrame], iters: int, warmup: int,
+                 tick: Callable[[], None] | None = None) -> dict:
+    """One pipeline: ``warmup`` untimed frames, then ``iters`` timed ones (see ``time_backends``)."""
+    warm_up(pipe, frames, warmup)
+    res = time_backends({"pipe": pipe}, frames, iters, 1, tick)["pipe"]
+    if "error" in res:
+        raise res["error"]
+    return res
 
 
 def frame_outputs(pipe: Pipeline, frames: list[RuntimeFrame]) -> list[dict]:
@@ -287,12 +324,57 @@ def parity(ref: list[dict], got: list[dict], ref_metrics: dict, got_metrics: dic
     return p
 
 
+# ------------------------------------------------------------------------------------- compute
+
+
+def onnx_conv_macs(path: str | Path) -> dict:
+    """Multiply-accumulates of every Conv / ConvTranspose / MatMul / Gemm in an fp32 ONNX model, from
+    ONNX shape inference (static shapes): {"total": int, "by_op": {op: int}, "nodes": [(name, op, macs)]}.
+
+    Conv: out elements x (kh * kw * C_in / groups); ConvTranspose: in elements x (kh * kw * C_out / groups);
+    MatMul / Gemm: out elements x K. What the roofline
+    (benchmarks/bench_roofline.py) divides by the measured time to get achieved GFLOP/s (2 FLOPs a MAC)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    by_op: dict[str, int] = {}
+    nodes: list[tuple[str, str, int]] = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        out, w = shapes.get(n.output[0]), shapes.get(n.input[1])
+        if out is None or w is None:
+            raise DataError(path, f"node {n.name or n.op_type}: shapes not inferable (dynamic shapes?)")
+        if n.op_type == "Conv":                                 # w: (C_out, C_in / groups, kh, kw)
+            macs = int(np.prod(out)) * int(np.prod(w[1:]))
+        elif n.op_type == "ConvTranspose":                      # w: (C_in, C_out / groups, kh, kw)
+            x = shapes.get(n.input[0])
+            if x is None:
+                raise DataError(path, f"node {n.name or n.op_type}: input shape not inferable")
+            macs = int(np.prod(x)) * int(np.prod(w[1:]))        # every input element scatters a kernel
+        else:                                                   # (.., M, K) @ (K, N) -> (.., M, N)
+            trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            macs = int(np.prod(out)) * (w[-1] if trans_b else w[-2])
+        by_op[n.op_type] = by_op.get(n.op_type, 0) + macs
+        nodes.append((n.name, n.op_type, macs))
+    return {"total": sum(by_op.values()), "by_op": by_op, "nodes": nodes}
+
+
 # ---------------------------------------------------------------------------------------- the bench
 
 
 def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DEFAULT_COMPARE,
               checkpoint: str | Path | None = None, iters: int = 100, warmup: int = 10,
               threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = "benchmarks/results",
+              rounds: int = 5,
               progress: bool = True, log: Callable[[str], None] = print) -> dict:
     from .runtime.backends import read_onnx_metadata
 
@@ -301,8 +383,8 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     unknown = [c for c in compare if c not in BENCH_BACKENDS]
     if unknown:
         raise BackendUnavailableError(None, f"unknown --compare entries {unknown} (choose from {', '.join(BENCH_BACKENDS)})")
-    if iters < 1 or warmup < 0:
-        raise DataError(None, f"--iters must be >= 1 and --warmup >= 0, got {iters} / {warmup}")
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise DataError(None, f"--iters and --rounds must be >= 1 and --warmup >= 0, got {iters} / {rounds} / {warmup}")
     meta = read_onnx_metadata(model)
     spec = ModelSpec.from_metadata(meta, model)
     cfg = spec.cfg
@@ -330,20 +412,20 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
         bar = tqdm(total=total_iters, unit="it", desc="bench", file=sys.stderr)
     rows: list[dict] = []
     results: dict[str, list[dict]] = {}
+    pipes: dict[str, Pipeline] = {}
     try:
-        for name in order:
+        for name in order:                      # open + warm up in order (peak RSS is cumulative)
             row: dict[str, Any] = {"backend": name}
+            rows.append(row)
             try:
                 pipe = open_bench_pipeline(name, model, checkpoint, threads)
             except (_Skip, MtlError) as e:
                 row["status"] = f"skipped: {e}"
-                rows.append(row)
                 if bar:
                     bar.update(iters + warmup)
                 continue
             if name == "torch" and pipe.cfg.to_dict() != cfg.to_dict():
                 row["status"] = "skipped: checkpoint config differs from the model's metadata config"
-                rows.append(row)
                 pipe.close()
                 if bar:
                     bar.update(iters + warmup)
@@ -351,18 +433,31 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
             row.update(status="ok", model=pipe.spec.path, precision=pipe.spec.precision,
                        providers=pipe.backend.providers, fallback=pipe.fallback)
             try:
-                if bar:
-                    bar.update(warmup)
-                row.update(time_backend(pipe, frames, iters, warmup, (lambda: bar.update(1)) if bar else None))
-                results[name] = frame_outputs(pipe, frames)
+                warm_up(pipe, frames, warmup)
+                pipes[name] = pipe
+            except MtlError as e:
+                row["status"] = f"failed: {e}"
+                pipe.close()
+            row["peak_rss_mb"] = peak_rss_mb()
+            if bar:
+                bar.update(warmup + (0 if name in pipes else iters))
+        timed = time_backends(pipes, frames, iters, rounds, (lambda: bar.update(1)) if bar else None)
+        for row in rows:
+            name = row["backend"]
+            if name not in pipes:
+                continue
+            if "error" in timed[name]:
+                row["status"] = f"failed: {timed[name]['error']}"
+                continue
+            row.update(timed[name])
+            try:
+                results[name] = frame_outputs(pipes[name], frames)
                 row["metrics"] = task_metrics(results[name], frames, cfg)
             except MtlError as e:
                 row["status"] = f"failed: {e}"
-            finally:
-                pipe.close()
-            row["peak_rss_mb"] = peak_rss_mb()
-            rows.append(row)
     finally:
+        for pipe in pipes.values():
+            pipe.close()
         if bar:
             bar.close()
 
@@ -397,7 +492,8 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     report = {
         "mtl_bench": 1, "model": str(model), "data": str(data), "frames": len(frames),
         "frames_without_image_skipped": no_image, "frame_ids": [f.frame_id for f in frames],
-        "iters": iters, "warmup": warmup, "threads": threads, "compare": list(compare),
+        "iters": iters, "warmup": warmup, "rounds": max(1, min(rounds, iters)), "threads": threads,
+        "compare": list(compare),
         "model_config": {"image_hw": list(cfg.camera.image_hw), "grid": list(cfg.grid.shape),
                          "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem},
         **ckpt_info, "parity_note": parity_note, "device": device_state(threads), "rows": rows,
@@ -447,7 +543,8 @@ def to_markdown(report: dict) -> str:
     notes = [
         f"model `{report['model']}` (image {cfgd['image_hw'][0]}x{cfgd['image_hw'][1]}, BEV "
         f"{cfgd['bev_channels']}x{cfgd['grid'][0]}x{cfgd['grid'][1]}), data `{report['data']}`: {report['frames']} frames, "
-        f"{report['iters']} timed iterations after {report['warmup']} warm-up, batch 1, threads {report['threads']}",
+        f"{report['iters']} timed iterations (interleaved in {report.get('rounds', 1)} rounds) after "
+        f"{report['warmup']} warm-up, batch 1, threads {report['threads']}",
         f"CPU: {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}); GPU: {dev['gpu'] or 'none'}",
         "libraries: " + ", ".join(f"{k} {v}" for k, v in dev["libraries"].items()),
     ]
@@ -491,9 +588,12 @@ __all__ = [
     "boxes_identical",
     "device_state",
     "frame_outputs",
+    "onnx_conv_macs",
     "run_bench",
     "stats",
     "time_backend",
+    "time_backends",
     "to_markdown",
     "torch_pipeline",
+    "warm_up",
 ]

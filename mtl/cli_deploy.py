@@ -103,18 +103,21 @@ def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
 @_click.option("--frames", "n_frames", type=int, default=8, show_default=True, help="Distinct frames to cycle through.")
 @_click.option("--iters", type=int, default=100, show_default=True, help="Timed frames per backend.")
 @_click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames per backend first.")
+@_click.option("--rounds", type=int, default=5, show_default=True,
+               help="Interleave the timed frames in this many rounds over all backends (machine drift hits "
+                    "every column alike).")
 @_click.option("--threads", type=int, default=None, help="Threads for every backend (ORT intra-op, torch).")
 @_click.option("--out", "out_dir", type=_click.Path(file_okay=False), default="benchmarks/results", show_default=True,
                help="Directory for bench_<date>_<backends>.json / .md.")
 @_click.option("--no-progress", is_flag=True, help="No progress bar.")
-def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, threads, out_dir, no_progress):
+def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds, threads, out_dir, no_progress):
     """Per-stage latency (mean/p50/p90/p99), throughput, peak RSS and parity vs torch for each backend,
     printed as one table and written as JSON + markdown."""
     from .bench import run_bench
 
     names = tuple(c.strip() for c in compare.split(",") if c.strip())
     report = run_bench(model, data, names, checkpoint=checkpoint, iters=iters, warmup=warmup, threads=threads,
-                       n_frames=n_frames, out_dir=out_dir, progress=not no_progress)
+                       n_frames=n_frames, out_dir=out_dir, progress=not no_progress, rounds=rounds)
     _click.echo(report["markdown"])
     _click.echo(f"written: {report['written']['json']}\n         {report['written']['markdown']}")
 

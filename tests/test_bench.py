@@ -63,3 +63,83 @@ def test_bench_without_checkpoint_marks_torch_skipped(art, tmp_path):
     assert rows["onnxruntime"]["status"] == "ok" and "parity" not in rows["onnxruntime"]
     assert rows["onnxruntime-cuda"]["status"].startswith("skipped: onnxruntime-cuda: ")
     assert rep["parity_note"].startswith("no --checkpoint") and "written" not in rep
+
+
+def test_time_backends_interleaves_rounds_and_drops_a_failing_backend(art):
+    """Rounds alternate the backends (drift hits every column alike); a backend that fails mid-run is
+    reported with its error and skipped in later rounds while the others finish."""
+    from mtl.bench import time_backends
+    from mtl.errors import DataError
+    from mtl.runtime import Pipeline, iter_frames
+
+    class Recording(Pipeline):            # the real pipeline, with its calls logged (and an injected failure)
+        def __init__(self, name, log, fail_at=None):
+            p = Pipeline.open(art["onnx"], "onnxruntime", threads=1)
+            super().__init__(p.spec, p.backend, overlap=False)
+            self.name, self.log, self.fail_at = name, log, fail_at
+
+        def run_frame(self, frame, **kw):
+            self.log.append(self.name)
+            if self.fail_at is not None and len([n for n in self.log if n == self.name]) == self.fail_at:
+                raise DataError(frame.source, "injected backend failure")
+            return super().run_frame(frame, **kw)
+
+    frames = list(iter_frames(art["chunks"], None))
+    log: list[str] = []
+    pipes = {"a": Recording("a", log), "b": Recording("b", log), "c": Recording("c", log, fail_at=3)}
+    res = time_backends(pipes, frames, iters=6, rounds=3)
+    assert log == ["a", "a", "b", "b", "c", "c", "a", "a", "b", "b", "c", "a", "a", "b", "b"]
+    assert res["a"]["stages"]["total"]["n"] == 6 and res["b"]["stages"]["total"]["n"] == 6
+    assert "injected backend failure" in str(res["c"]["error"])
+    # more rounds than frames: one frame per round
+    log.clear()
+    res = time_backends({"a": pipes["a"]}, frames, iters=2, rounds=9)
+    assert log == ["a", "a"] and res["a"]["stages"]["total"]["n"] == 2
+    for p in pipes.values():
+        p.close()
+
+
+def test_bench_rejects_zero_rounds(art):
+    from mtl.bench import run_bench
+    from mtl.errors import DataError
+
+    with pytest.raises(DataError, match="--rounds must be >= 1"):
+        run_bench(art["onnx"], art["chunks"], ("onnxruntime",), iters=2, rounds=0, out_dir=None, progress=False)
+
+
+def test_onnx_conv_macs_hand_counted(tmp_path):
+    """Conv, grouped strided Conv, ConvTranspose, MatMul and Gemm(transB) MACs from shape inference,
+    against counts worked out by hand."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    import numpy as np
+
+    from mtl.bench import onnx_conv_macs
+
+    def init(name, shape):
+        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["y1"], pads=[1, 1, 1, 1]),                     # (1,8,10,10)
+        helper.make_node("Conv", ["g", "w2"], ["y2"], group=2, strides=[2, 2], pads=[1, 1, 1, 1]),  # (1,4,3,3)
+        helper.make_node("ConvTranspose", ["t", "w3"], ["y3"], strides=[2, 2]),              # (1,5,6,6)
+        helper.make_node("MatMul", ["m", "w4"], ["y4"]),                                      # (5,3)
+        helper.make_node("Gemm", ["q", "w5"], ["y5"], transB=1),                              # (2,6)
+    ]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(
+        nodes, "macs",
+        [vi("x", TensorProto.FLOAT, [1, 3, 10, 10]), vi("g", TensorProto.FLOAT, [1, 4, 6, 6]),
+         vi("t", TensorProto.FLOAT, [1, 2, 3, 3]), vi("m", TensorProto.FLOAT, [5, 7]), vi("q", TensorProto.FLOAT, [2, 4])],
+        [vi(f"y{i}", TensorProto.FLOAT, None) for i in range(1, 6)],
+        [init("w1", (8, 3, 3, 3)), init("w2", (4, 2, 3, 3)), init("w3", (2, 5, 2, 2)), init("w4", (7, 3)),
+         init("w5", (6, 4))])
+    path = tmp_path / "macs.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    r = onnx_conv_macs(path)
+    # Conv: 800 outputs x 27; grouped: 36 outputs x (2*3*3); ConvTranspose: 18 inputs x (5*2*2);
+    # MatMul: 15 outputs x K=7; Gemm: 12 outputs x K=4
+    assert [m for _, _, m in r["nodes"]] == [21600, 648, 360, 105, 48]
+    assert r["by_op"] == {"Conv": 22248, "ConvTranspose": 360, "MatMul": 105, "Gemm": 48}
+    assert r["total"] == 22761

@@ -260,6 +260,38 @@ def test_empty_cloud_and_nonfinite_points(pipe, art):
     np.testing.assert_array_equal(r2.outputs["bbox_heatmap"], r3.outputs["bbox_heatmap"])
 
 
+def test_overlapped_stages_match_the_sequential_pipeline_and_fail_the_same_way(art):
+    """With a helper thread (raster || PNG decode, argmax || box decode) every output, box and class map
+    equals the single-threaded pipeline's; a corrupt PNG or bad points still raise the same one-line error,
+    and the pipeline keeps working afterwards."""
+    frames = list(iter_frames(art["chunks"], art["cfg"]))
+    with Pipeline.open(art["onnx"], "onnxruntime", threads=2, overlap=True) as par, \
+            Pipeline.open(art["onnx"], "onnxruntime", threads=2, overlap=False) as seq:
+        assert par._pool is not None and seq._pool is None
+        first = None
+        for f in frames:
+            a, b = par.run_frame(f), seq.run_frame(f)
+            for k in ("bbox_heatmap", "bbox_reg", "sem_logits"):
+                np.testing.assert_array_equal(a.outputs[k], b.outputs[k])
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_array_equal(a.semantic, b.semantic)
+            assert a.info == b.info and {"decode_png", "bev_raster", "postprocess"} <= set(a.timings_ms)
+            first = first or a
+        bad_png = replace(frames[0], image_png=frames[0].image_png[:200])
+        bad_pts = replace(frames[0], points=np.zeros((5, 3), np.float32))
+        for bad, match in ((bad_png, "PNG does not decode"), (bad_pts, r"expected \(N, 4\)")):
+            errs = []
+            for p in (par, seq):
+                with pytest.raises(DataError, match=match) as e:
+                    p.run_frame(bad)
+                errs.append(str(e.value))
+            assert errs[0] == errs[1]
+        again = par.run_frame(frames[0])
+        np.testing.assert_array_equal(again.semantic, first.semantic)
+        np.testing.assert_array_equal(again.outputs["bbox_heatmap"], first.outputs["bbox_heatmap"])
+    assert par._pool is None                          # close() shut the helper thread down
+
+
 # ------------------------------------------------------------------------------------- TensorRT
 
 

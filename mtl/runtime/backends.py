@@ -109,6 +109,9 @@ class OrtBackend(Backend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if threads:
             so.intra_op_num_threads = int(threads)
+        # no busy-waiting pool threads after a run: they would hold a core that the runtime's helper
+        # thread (PNG decode || raster, argmax || box decode) and the rest of the vehicle stack need
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3          # EP init failures are reported by us, in one line
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         try:

@@ -5,7 +5,9 @@
         res = pipe.run_frame(frame)          # Result: boxes (m), scores, labels, names, semantic ids, timings
 
 Stages recorded in ``Result.timings_ms`` (absent when not run): decode_png, undistort_resize (raw frames),
-normalise, bev_raster, h2d / d2h (device backends), inference, postprocess, total.
+normalise, bev_raster, h2d / d2h (device backends), inference, postprocess, total. With a second core the
+BEV raster runs on a helper thread while the PNG decodes (and the semantic argmax while the boxes decode),
+so ``total`` is less than the sum of the stages; ``overlap=False`` runs everything on the calling thread.
 
 Before a frame is used it is checked against the model (``ModelMismatchError``, one line): camera
 calibration (raw: cams_lidars.json vs the model's; chunk: stored cam_matrix vs the model's scaled
@@ -15,7 +17,9 @@ counts vs the classes, and (engines) the sidecar against its ONNX, the TensorRT 
 """
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +44,26 @@ from .preprocess import (
 )
 
 
+def _use_worker(threads: int | None) -> bool:
+    """One helper thread overlaps independent numpy stages (PNG decode || BEV raster, semantic argmax ||
+    box decode) when there is a second core for it; both stages release the GIL in their C loops."""
+    return (os.cpu_count() or 1) >= 2 and (threads is None or threads >= 2)
+
+
 class Pipeline:
-    def __init__(self, spec: ModelSpec, backend: Backend):
+    def __init__(self, spec: ModelSpec, backend: Backend, overlap: bool | None = None):
         self.spec, self.backend = spec, backend
+        # the worker only runs between inferences, so it never competes with the backend's threads
+        use = _use_worker(None) if overlap is None else overlap
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mtl-runtime") if use else None
 
     @classmethod
-    def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> Pipeline:
+    def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
+             overlap: bool | None = None) -> Pipeline:
+        """``overlap``: run independent pre/post stages on a helper thread (default: when >= 2 cores and
+        ``threads`` is None or >= 2). Results are identical either way."""
         b, spec = open_backend(path, backend, threads)
-        return cls(spec, b)
+        return cls(spec, b, _use_worker(threads) if overlap is None else overlap)
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -86,24 +102,32 @@ class Pipeline:
         if not frame.has_image:
             raise DataError(src, f"frame {frame.frame_id} has no camera image (the model needs one)")
         self.check_frame(frame)
+        points = check_points(frame.points, src)
+        bev_job = self._submit(bev_input, points, self.spec, timer)   # (1, C, Hg, Wg) while the image decodes
+        try:
+            img = self._model_image(frame, src, timer)
+            image = image_input(img, self.spec, timer)                 # (1, 3, H, W)
+        except BaseException:
+            wait([bev_job])                                            # never leave it running on a failed frame
+            raise
+        bev, dropped = bev_job.result()
+        info = {"points": len(points), "points_dropped_nonfinite": dropped}
+        return {"image": image, "bev": bev}, info, (img if keep_image else None)
+
+    def _model_image(self, frame: RuntimeFrame, src: str, timer: StageTimer) -> np.ndarray:
+        """The (H, W, 3) uint8 model-size image: decoded, and for raw frames undistorted + resized."""
         img = frame.image
         if img is None:
             with timer("decode_png"):
                 img = decode_image(frame.image_png, src)
-        if frame.kind == KIND_RAW:
-            from ..a2d2 import prepare_image
+        if frame.kind != KIND_RAW:
+            return check_image(img, self.spec.image_hw, src, f"image of {frame.frame_id}")
+        from ..a2d2 import prepare_image
 
-            w0, h0 = self.cfg.camera.resolution_wh
-            img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")
-            with timer("undistort_resize"):
-                img = prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
-        else:
-            img = check_image(img, self.spec.image_hw, src, f"image of {frame.frame_id}")
-        image = image_input(img, self.spec, timer)
-        points = check_points(frame.points, src)
-        bev, dropped = bev_input(points, self.spec, timer)
-        info = {"points": len(points), "points_dropped_nonfinite": dropped}
-        return {"image": image, "bev": bev}, info, (img if keep_image else None)
+        w0, h0 = self.cfg.camera.resolution_wh
+        img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")
+        with timer("undistort_resize"):
+            return prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
 
     def infer(self, feeds: dict[str, np.ndarray], timer: StageTimer | None = None) -> dict[str, np.ndarray]:
         """Run the backend on model inputs; shapes and dtypes are checked against the model first."""
@@ -125,7 +149,19 @@ class Pipeline:
 
     def postprocess(self, outputs: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
         with timer("postprocess"):
-            return decode_outputs(outputs, self.cfg, self.spec.heatmap_activation, self.spec.decode)
+            return decode_outputs(outputs, self.cfg, self.spec.heatmap_activation, self.spec.decode,
+                                  submit=self._submit)
+
+    def _submit(self, fn, *args) -> Future:
+        """``fn(*args)`` on the helper thread, or right here (an already-finished future) without one."""
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001  re-raised by .result(), like the threaded path
+            f.set_exception(e)
+        return f
 
     # ------------------------------------------------------------------------------------ one frame
     def run_frame(self, frame: RuntimeFrame, keep_image: bool = False, keep_outputs: bool = True) -> Result:
@@ -149,6 +185,9 @@ class Pipeline:
         return self.run_frame(frame, keep_image=keep_image)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.backend.close()
 
     def __enter__(self) -> Pipeline:

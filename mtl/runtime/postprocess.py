@@ -7,6 +7,8 @@ are used as they are (filtered by ``cfg.decode.score_threshold``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +48,15 @@ def _class_counts(ids: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
 
 
 def decode_outputs(outputs: dict[str, np.ndarray], cfg: Config, heatmap_activation: str = "sigmoid",
-                   decoded_in_graph: bool = False) -> dict[str, np.ndarray]:
-    """Batch-1 outputs -> ``boxes``, ``scores``, ``labels`` and ``semantic`` (uint8 argmax)."""
+                   decoded_in_graph: bool = False, submit: Callable[..., Future] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Batch-1 outputs -> ``boxes``, ``scores``, ``labels`` and ``semantic`` (uint8 argmax).
+
+    ``submit(fn, *args) -> Future`` (``Pipeline``'s helper thread) runs the semantic argmax while the boxes
+    decode here; the result is the same either way."""
     d = cfg.decode
+    logits = np.asarray(outputs["sem_logits"][0])                      # (n_sem, H, W)
+    sem_job = submit(argmax_channels, logits) if submit is not None else None
     if decoded_in_graph and {"det_scores", "det_labels", "det_boxes"} <= set(outputs):
         scores = np.asarray(outputs["det_scores"], np.float32).reshape(-1)
         labels = np.asarray(outputs["det_labels"]).reshape(-1).astype(np.int64)
@@ -62,7 +70,7 @@ def decode_outputs(outputs: dict[str, np.ndarray], cfg: Config, heatmap_activati
             heat = sigmoid(heat)
         det = decode_detections(heat, np.asarray(outputs["bbox_reg"][0], np.float32), cfg.grid,
                                 k=d.max_detections, score_threshold=d.score_threshold, kernel=d.nms_kernel)
-    det["semantic"] = argmax_channels(np.asarray(outputs["sem_logits"][0]))
+    det["semantic"] = sem_job.result() if sem_job is not None else argmax_channels(logits)
     return det
 
 
