@@ -7,7 +7,10 @@
 Every column goes through the SAME numpy preprocess / postprocess (mtl.runtime.Pipeline); only inference
 differs. Without --model/--checkpoint/--data a default-config model (random weights, the latency does not
 depend on them) is exported with the real mtl.export code into a temp dir and synthetic chunk frames are
-written (image at the model size, --points LiDAR points). Writes JSON + markdown under --out.
+written (image at the model size, --points LiDAR points). The columns are timed interleaved (--rounds
+rounds, each running every runtime in turn) so machine drift hits them alike. The ORT column overlaps its
+independent numpy stages on a helper thread; the torch columns do not (their OpenMP workers busy-wait and
+would slow it down), each getting its best setting. Writes JSON + markdown under --out.
 Perf bar (benchmarks/README.md): ORT fp32 end-to-end >= 2x faster than torch eager, parity <= 1e-4.
 """
 from __future__ import annotations
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--points", type=int, default=50_000, help="points per synthetic frame")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="interleave the timed frames in this many rounds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -126,8 +130,9 @@ def main(argv=None) -> int:
         load_frames,
         parity,
         peak_rss_mb,
-        time_backend,
+        time_backends,
         torch_pipeline,
+        warm_up,
         write_results,
     )
     from mtl.runtime import ModelSpec, Pipeline
@@ -141,33 +146,36 @@ def main(argv=None) -> int:
         a.data = write_synthetic_chunks(tmp / "chunks", ort_pipe.cfg, a.frames, a.points)
     frames, _ = load_frames(a.data, ort_pipe.cfg, a.frames)
 
-    rows = []
-
-    def bench(name, pipe):
-        print(f"timing {name} ...", file=sys.stderr)
-        row = {"backend": name, "providers": pipe.backend.providers, **time_backend(pipe, frames, a.iters, a.warmup)}
-        row["outputs"] = frame_outputs(pipe, frames)
-        row["peak_rss_mb"] = peak_rss_mb()
-        rows.append(row)
-        return row
-
-    bench("onnxruntime", ort_pipe)
-    ref = bench("torch eager", torch_pipeline(a.checkpoint, a.threads))
+    pipes = {"onnxruntime": ort_pipe, "torch eager": torch_pipeline(a.checkpoint, a.threads)}
     compile_note = None
     if not a.no_compile:
         try:
             cb = TorchBackend(a.checkpoint, a.threads)
             cb.model = torch.compile(cb.model)
             cb.name = "torch.compile"
-            cp = Pipeline(ModelSpec.from_config(cb.cfg, a.checkpoint), cb)
+            # no helper thread, like the eager column (torch's OpenMP workers busy-wait)
+            cp = Pipeline(ModelSpec.from_config(cb.cfg, a.checkpoint), cb, overlap=False)
             import time as _t
 
+            print("compiling (torch.compile first call) ...", file=sys.stderr)
             t0 = _t.perf_counter()
             cp.run_frame(frames[0])
             compile_note = f"first call (compile) {(_t.perf_counter() - t0):.1f} s"
-            bench("torch.compile", cp)
+            pipes["torch.compile"] = cp
         except Exception as e:  # inductor needs a C++ compiler; report, never fake
             compile_note = f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    rows = []
+    for name, pipe in pipes.items():
+        warm_up(pipe, frames, a.warmup)
+        rows.append({"backend": name, "providers": pipe.backend.providers, "peak_rss_mb": peak_rss_mb()})
+    print(f"timing {', '.join(pipes)} (interleaved, {a.rounds} rounds) ...", file=sys.stderr)
+    timed = time_backends(pipes, frames, a.iters, a.rounds)
+    for row in rows:
+        if "error" in timed[row["backend"]]:
+            raise SystemExit(f"error: {row['backend']}: {timed[row['backend']]['error']}")
+        row.update(timed[row["backend"]])
+        row["outputs"] = frame_outputs(pipes[row["backend"]], frames)
+    ref = rows[1]
     t_ref = ref["stages"]["total"]["mean"]
     for row in rows:
         row["speedup_vs_torch_eager"] = round(t_ref / row["stages"]["total"]["mean"], 3)
@@ -179,7 +187,8 @@ def main(argv=None) -> int:
     cfg = ort_pipe.cfg
     report = {"bench_runtimes": 1, "model": str(a.model), "checkpoint": str(a.checkpoint), "data": str(a.data),
               "frames": len(frames), "points_per_frame": [len(f.points) for f in frames], "iters": a.iters,
-              "warmup": a.warmup, "threads": a.threads, "image_hw": list(cfg.camera.image_hw),
+              "rounds": a.rounds,
+              "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "image_hw": list(cfg.camera.image_hw),
               "grid": list(cfg.grid.shape), "compile_note": compile_note, "device": device_state(a.threads),
               "rows": rows}
     lines = ["| runtime | inference mean ms | total mean ms | total p50 | p90 | p99 | frames/s | x torch eager | "
@@ -194,8 +203,8 @@ def main(argv=None) -> int:
     dev = report["device"]
     md = ("# ORT runtime vs torch eager vs torch.compile\n\n" + "\n".join(lines) + "\n\n"
           f"- model image {cfg.camera.image_hw[0]}x{cfg.camera.image_hw[1]}, BEV {cfg.grid.n_channels}x"
-          f"{cfg.grid.shape[0]}x{cfg.grid.shape[1]}; {len(frames)} frames, {a.iters} iterations after {a.warmup} "
-          f"warm-up, batch 1, {a.threads} threads\n- CPU {dev['cpu_model']} ({dev['cpu_count']} cores, load avg "
+          f"{cfg.grid.shape[0]}x{cfg.grid.shape[1]}; {len(frames)} frames, {a.iters} iterations (interleaved in "
+          f"{a.rounds} rounds) after {a.warmup} warm-up, batch 1, {a.threads} threads\n- CPU {dev['cpu_model']} ({dev['cpu_count']} cores, load avg "
           f"{dev['load_avg']}); {compile_note or ''}\n")
     written = write_results(a.out, "runtimes", report, md)
     print(md)
