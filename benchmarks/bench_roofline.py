@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtimes import REPO, export_default, write_synthetic_chunks
+from bench_runtimes import REPO, model_and_frames
 
 CONV_OPS_TORCH = ("aten::mkldnn_convolution", "aten::_convolution_mode", "aten::thnn_conv2d",
                   "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution")
@@ -45,7 +45,6 @@ def sgemm_peak_gflops(threads: int, sizes: tuple[int, ...] = (256, 512, 768, 102
 
 
 def _sgemm(threads: int, n: int, iters: int) -> float:
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -133,24 +132,15 @@ def main(argv=None) -> int:
 
     from mtl.bench import (
         device_state,
-        load_frames,
         onnx_conv_macs,
         time_backends,
         torch_pipeline,
         warm_up,
         write_results,
     )
-    from mtl.runtime import Pipeline, StageTimer
+    from mtl.runtime import StageTimer
 
-    tmp = Path(tempfile.mkdtemp(prefix="mtl_roofline_"))
-    if a.model is None or a.checkpoint is None:
-        print("exporting a default-config model (random weights) ...", file=sys.stderr)
-        a.model, a.checkpoint = export_default(tmp / "export")
-    ort_pipe = Pipeline.open(a.model, "onnxruntime", threads=a.threads)
-    cfg = ort_pipe.cfg
-    if a.data is None:
-        a.data = write_synthetic_chunks(tmp / "chunks", cfg, a.frames, 50_000)
-    frames, _ = load_frames(a.data, cfg, a.frames)
+    ort_pipe, frames = model_and_frames(a, "mtl_roofline_")
 
     print("counting MACs, measuring the sgemm peak ...", file=sys.stderr)
     macs = onnx_conv_macs(a.model)

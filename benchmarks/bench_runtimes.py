@@ -106,6 +106,23 @@ def export_default(out: Path, cfg=None, seed: int = 0) -> tuple[Path, Path]:
     return onnx_path, ckpt
 
 
+def model_and_frames(a: argparse.Namespace, tmp_prefix: str, n_points: int = 50_000):
+    """``a.model`` / ``a.checkpoint`` / ``a.data`` or their defaults (a default-config random-init export,
+    synthetic chunks) -> (ORT fp32 Pipeline at ``a.threads``, up to ``a.frames`` frames). Fills ``a``."""
+    from mtl.bench import load_frames
+    from mtl.runtime import Pipeline
+
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    if a.model is None or a.checkpoint is None:
+        print("exporting a default-config model (random weights) ...", file=sys.stderr)
+        a.model, a.checkpoint = export_default(tmp / "export")
+    pipe = Pipeline.open(a.model, "onnxruntime", threads=a.threads)
+    if a.data is None:
+        a.data = write_synthetic_chunks(tmp / "chunks", pipe.cfg, a.frames, n_points)
+    frames, _ = load_frames(a.data, pipe.cfg, a.frames)
+    return pipe, frames
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
@@ -127,7 +144,6 @@ def main(argv=None) -> int:
         TorchBackend,
         device_state,
         frame_outputs,
-        load_frames,
         parity,
         peak_rss_mb,
         time_backends,
@@ -137,14 +153,7 @@ def main(argv=None) -> int:
     )
     from mtl.runtime import ModelSpec, Pipeline
 
-    tmp = Path(tempfile.mkdtemp(prefix="mtl_bench_rt_"))
-    if a.model is None or a.checkpoint is None:
-        print("exporting a default-config model (random weights) ...", file=sys.stderr)
-        a.model, a.checkpoint = export_default(tmp / "export")
-    ort_pipe = Pipeline.open(a.model, "onnxruntime", threads=a.threads)
-    if a.data is None:
-        a.data = write_synthetic_chunks(tmp / "chunks", ort_pipe.cfg, a.frames, a.points)
-    frames, _ = load_frames(a.data, ort_pipe.cfg, a.frames)
+    ort_pipe, frames = model_and_frames(a, "mtl_bench_rt_", a.points)
 
     pipes = {"onnxruntime": ort_pipe, "torch eager": torch_pipeline(a.checkpoint, a.threads)}
     compile_note = None
@@ -187,7 +196,6 @@ def main(argv=None) -> int:
     cfg = ort_pipe.cfg
     report = {"bench_runtimes": 1, "model": str(a.model), "checkpoint": str(a.checkpoint), "data": str(a.data),
               "frames": len(frames), "points_per_frame": [len(f.points) for f in frames], "iters": a.iters,
-              "rounds": a.rounds,
               "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "image_hw": list(cfg.camera.image_hw),
               "grid": list(cfg.grid.shape), "compile_note": compile_note, "device": device_state(a.threads),
               "rows": rows}
