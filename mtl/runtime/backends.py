@@ -346,6 +346,12 @@ class TensorRTBackend(Backend):
         for kind, ptr in self._alloc:
             (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
         self._alloc = []
+        for ev in getattr(self, "events", []):
+            cudart.cudaEventDestroy(ev)
+        self.events = []
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
