@@ -5,7 +5,8 @@ onnxruntime-cuda, onnxruntime-trt, tensorrt) the same preloaded frames go throug
 preprocess and postprocess (``mtl.runtime.Pipeline``); only the inference backend differs:
 
 - ``onnxruntime``        ``--model`` (fp32 ONNX) on the CPU EP
-- ``onnxruntime-fp16``   ``model_fp16.onnx`` next to ``--model``; ``-int8``: ``model_int8.onnx``
+- ``onnxruntime-fp16``   ``model_fp16.onnx`` next to ``--model``; ``-int8``: ``model_int8.onnx`` (TensorRT
+                         recipe); ``-int8-cpu``: ``model_int8_cpu.onnx`` (onnxruntime CPU recipe)
 - ``onnxruntime-cuda`` / ``onnxruntime-trt``   ``--model`` on the CUDA / TensorRT EP
 - ``tensorrt``           the ``*.engine`` next to ``--model`` (``model.engine`` preferred), native TensorRT
 - ``torch``              ``--checkpoint`` run eagerly (``torch.inference_mode``, same thread count); torch is
@@ -42,9 +43,9 @@ from .runtime.frames import RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
 from .runtime.preprocess import ModelSpec, StageTimer
 
-BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-cuda",
-                  "onnxruntime-trt", "tensorrt")
-DEFAULT_COMPARE = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt")
+BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu",
+                  "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+DEFAULT_COMPARE = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu", "tensorrt")
 TABLE_STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
                 "postprocess", "total")
 OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
@@ -172,6 +173,7 @@ def _model_paths(model: Path) -> dict[str, Path | None]:
     preferred = model.with_suffix(".engine")
     return {"onnxruntime": model, "onnxruntime-cuda": model, "onnxruntime-trt": model,
             "onnxruntime-fp16": model.parent / "model_fp16.onnx", "onnxruntime-int8": model.parent / "model_int8.onnx",
+            "onnxruntime-int8-cpu": model.parent / "model_int8_cpu.onnx",
             "tensorrt": preferred if preferred.is_file() else (engines[0] if engines else None)}
 
 
@@ -189,9 +191,10 @@ def open_bench_pipeline(name: str, model: Path, checkpoint: Path | None, threads
     if path is None or not path.is_file():
         want = {"tensorrt": f"no *.engine next to {model.name} (mtl export --trt)",
                 "onnxruntime-fp16": f"no model_fp16.onnx next to {model.name} (mtl export --fp16)",
-                "onnxruntime-int8": f"no model_int8.onnx next to {model.name} (mtl export --int8)"}
+                "onnxruntime-int8": f"no model_int8.onnx next to {model.name} (mtl export --int8)",
+                "onnxruntime-int8-cpu": f"no model_int8_cpu.onnx next to {model.name} (mtl export --int8-cpu)"}
         raise _Skip(want.get(name, f"{path} not found"))
-    kind = "onnxruntime" if name in ("onnxruntime-fp16", "onnxruntime-int8") else name
+    kind = "onnxruntime" if name in ("onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu") else name
     try:
         return Pipeline.open(path, kind, threads)
     except BackendUnavailableError as e:
@@ -571,6 +574,7 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     short = {"onnxruntime": "ort", "onnxruntime-fp16": "ort-fp16", "onnxruntime-int8": "ort-int8",
+             "onnxruntime-int8-cpu": "ort-int8cpu",
              "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt", "tensorrt": "trt", "torch": "torch"}
     tag = "+".join(short.get(c, c) for c in report["compare"]) or "none"
     base = out_dir / f"bench_{stamp}_{tag}"

@@ -25,11 +25,14 @@ def test_mtl_bench_writes_json_and_markdown_with_parity_and_skips(art, tmp_path)
                                   "--data", str(art["chunks"]), "--iters", "3", "--warmup", "1", "--threads", "1",
                                   "--out", str(out), "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    (js,) = out.glob("bench_*_torch+ort+ort-fp16+ort-int8+trt.json")
-    (md,) = out.glob("bench_*_torch+ort+ort-fp16+ort-int8+trt.md")
+    (js,) = out.glob("bench_*_torch+ort+ort-fp16+ort-int8+ort-int8cpu+trt.json")
+    (md,) = out.glob("bench_*_torch+ort+ort-fp16+ort-int8+ort-int8cpu+trt.md")
     rep = json.loads(js.read_text())
     rows = {row["backend"]: row for row in rep["rows"]}
-    assert list(rows) == ["onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt", "torch"]
+    assert list(rows) == ["onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu", "tensorrt",
+                          "torch"]
+    assert rows["onnxruntime-int8-cpu"]["status"] == ("skipped: no model_int8_cpu.onnx next to model.onnx "
+                                                      "(mtl export --int8-cpu)")
     assert rows["tensorrt"]["status"].startswith("skipped: ") and "engine" in rows["tensorrt"]["status"]
     assert rows["onnxruntime-fp16"]["status"] == "skipped: no model_fp16.onnx next to model.onnx (mtl export --fp16)"
     for name in ("onnxruntime", "torch"):

@@ -19,7 +19,7 @@ from mtl.errors import BackendUnavailableError, ModelMismatchError
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A tiny checkpoint, val + calib chunks and one full CLI export (fp32 + decode + fp16 + int8)."""
+    """A tiny checkpoint, val + calib chunks and one full CLI export (fp32 + decode + fp16 + int8 + int8-cpu)."""
     from mtl.cli import main
     from mtl.model import build_model
 
@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "metrics": {}, "epoch": 0}, ckpt)
     out = root / "out"
     res = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--decode", "--fp16", "--int8",
-                                    "--calib-data", str(calib), "--calib-frames", "4", "--val-data", str(val),
+                                    "--int8-cpu", "--calib-data", str(calib), "--calib-frames", "4", "--val-data", str(val),
                                     "--parity-frames", "3", "--gate-frames", "4"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     report = json.loads((out / "export_report.json").read_text())
@@ -122,6 +122,8 @@ def test_in_graph_decode_equals_numpy_decode(setup):
 
 
 def test_fp16_and_int8_variants_are_gated_and_recorded(setup):
+    from onnx import numpy_helper
+
     from mtl.export.metadata import read_onnx_metadata
 
     rep = setup["report"]
@@ -144,8 +146,49 @@ def test_fp16_and_int8_variants_are_gated_and_recorded(setup):
     m8 = onnx.load(str(setup["out"] / "model_int8.onnx"))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in m8.graph.node}
     assert rep["variants"]["int8"]["info"]["excluded_nodes"]          # final head convs stay float
+    for n in m8.graph.node:                                           # TensorRT recipe: symmetric INT8
+        if n.op_type == "QuantizeLinear":
+            zp = next(i for i in m8.graph.initializer if i.name == n.input[2])
+            assert zp.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(zp).any()
     # the fp16 in-graph decode is computed in fp32: identical to the numpy decode of its own heatmap
     assert rep["variants"]["fp16"]["parity"]["in_graph_decode"]["passed"]
+
+
+def test_int8_cpu_variant_is_uint8_gated_and_not_sent_to_tensorrt(setup):
+    """``--int8-cpu``: UINT8 activations, int32 biases, adds/concats/resizes quantized, metric-gated like the
+    other variants, flagged (by design) by the TensorRT check, and summarised in one line, not listed."""
+    from mtl.export.metadata import read_onnx_metadata
+
+    rep, path = setup["report"], setup["out"] / "model_int8_cpu.onnx"
+    v = rep["variants"]["int8_cpu"]
+    assert v["status"] == "ok" and v["path"] == path.name and v["gate"]["passed"] and v["gate"]["frames"] == 4
+    meta = read_onnx_metadata(path)
+    assert meta["precision"] == "int8" and meta["int8_target"] == "cpu"
+    assert read_onnx_metadata(setup["out"] / "model_int8.onnx")["int8_target"] == "tensorrt"
+    info = v["info"]
+    assert info["target"] == "cpu" and info["quantize_bias"] is True and "Add" in info["op_types"]
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    q_types = {inits[n.input[2]].data_type for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    assert q_types == {onnx.TensorProto.UINT8}
+    dq_inputs = {n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    assert any(inits[t].data_type == onnx.TensorProto.INT32 for t in dq_inputs if t in inits)   # int32 biases
+    producers = {o: n.op_type for n in m.graph.node for o in n.output}
+    int8_adds = [n for n in m.graph.node if n.op_type == "Add"
+                 and all(producers.get(i) == "DequantizeLinear" for i in n.input)]
+    assert len(int8_adds) >= 2                                        # the FPN skip-adds run between Q/DQ
+    assert info["decode_tail_nodes_float"] > 0                       # ... but the in-graph decode stays float
+    assert v["parity"]["in_graph_decode"]["passed"]
+    assert any(f["level"] == "error" for f in v["trt_check"])        # UINT8: not a TensorRT model
+    assert "TensorRT compatibility (int8_cpu): not a TensorRT model by design" in setup["output"]
+    onnx.checker.check_model(m, full_check=True)
+    # it runs in the torch-free runtime like any other variant
+    from mtl.runtime import Pipeline, iter_frames
+
+    with Pipeline.open(path, "onnxruntime", threads=1) as pipe:
+        frame = next(iter(iter_frames(setup["val"], pipe.cfg)))
+        r = pipe.run_frame(frame)
+        assert pipe.spec.precision == "int8" and r.semantic.shape == tuple(setup["cfg"].camera.image_hw)
 
 
 def _graph(nodes, inputs, outputs, inits=(), opset=18):

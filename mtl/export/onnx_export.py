@@ -206,13 +206,15 @@ def _reject(path: Path) -> str:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 18, fp16: bool = False,
-                      int8: bool = False, calib_data: str | Path | None = None, calib_frames: int = 32,
+                      int8: bool = False, int8_cpu: bool = False, calib_data: str | Path | None = None,
+                      calib_frames: int = 32,
                       val_data: str | Path | None = None, max_drop_miou: float = 0.02, max_drop_map: float = 0.02,
                       decode: bool = False, slim: bool = True, trt: bool = False, trt_profile: str | None = None,
                       parity: bool = True, parity_frames: int = 4, gate_frames: int = 128, atol: float = 1e-4,
                       batch: int = 1, dynamic_batch: bool = False, exclude_heads_int8: bool = True,
                       timing_cache: str | Path | None = None, echo=print) -> dict:
-    """``mtl export``: checkpoint -> DIR/model.onnx (+ model_fp16.onnx, model_int8.onnx, *.engine),
+    """``mtl export``: checkpoint -> DIR/model.onnx (+ model_fp16.onnx, model_int8.onnx, model_int8_cpu.onnx,
+    *.engine),
     DIR/export_report.json and DIR/export_report.md. Raises ``ParityError`` (after writing the report) when
     fp32 parity or a variant's metric gate fails; failed artefacts are renamed ``*.rejected``."""
     import platform
@@ -244,13 +246,15 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         raise ConfigError(None, f"--opset {opset}: the dynamo exporter needs opset >= {MIN_OPSET}")
     if batch < 1:
         raise ConfigError(None, f"--batch must be >= 1, got {batch}")
-    if int8 and not calib_data:
-        raise ConfigError(None, "--int8 needs --calib-data DIR (chunks for the calibration frames)")
+    if (int8 or int8_cpu) and not calib_data:
+        raise ConfigError(None, f"--{'int8' if int8 else 'int8-cpu'} needs --calib-data DIR (chunks for the "
+                                "calibration frames)")
     if parity and not (val_data or calib_data):
         raise ConfigError(None, "the parity report needs real frames: pass --val-data DIR (or --calib-data DIR), "
                                 "or --no-parity to skip parity and metric gates")
-    if parity and (fp16 or int8) and not val_data:
-        raise ConfigError(None, "--fp16/--int8 are gated on mIoU/mAP over --val-data DIR: pass it (or --no-parity)")
+    if parity and (fp16 or int8 or int8_cpu) and not val_data:
+        raise ConfigError(None, "--fp16/--int8/--int8-cpu are gated on mIoU/mAP over --val-data DIR: pass it (or "
+                                "--no-parity)")
     if trt:
         from .tensorrt_build import check_available
 
@@ -262,7 +266,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     report: dict[str, Any] = {
         "mtl_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha, "out_dir": str(out_dir),
-        "options": {"opset": opset, "fp16": fp16, "int8": int8, "decode": decode, "slim": slim, "trt": trt,
+        "options": {"opset": opset, "fp16": fp16, "int8": int8, "int8_cpu": int8_cpu, "decode": decode, "slim": slim,
+                    "trt": trt,
                     "trt_profile": list(profile) if profile else None, "batch": "dynamic" if dynamic_batch else batch,
                     "atol": atol, "parity": parity, "parity_frames": parity_frames, "gate_frames": gate_frames,
                     "max_drop_miou": max_drop_miou, "max_drop_map": max_drop_map, "calib_frames": calib_frames,
@@ -330,23 +335,31 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
             onnx.checker.check_model(p16, full_check=True)
             variants["fp16"] = (save_proto_atomic(p16, out_dir / "model_fp16.onnx"), p16, i16)
             report["timings_s"]["fp16_convert"] = round(time.perf_counter() - t0, 3)
-        if int8:
+        if int8 or int8_cpu:
             from .quantize import quantize_int8
 
-            t0 = time.perf_counter()
             calib = par.FrameSource(calib_data, cfg, max_frames=calib_frames)
             feeds = [f for f, _ in par.batched(calib, run_batch)]
-            p8, i8 = quantize_int8(proto, feeds, exclude_heads=exclude_heads_int8)
-            i8["calibration_data"] = str(calib_data)
-            i8["calibration_frames"] = len(calib)
-            write_onnx_metadata(p8, {**meta, "precision": "int8"})
-            onnx.checker.check_model(p8, full_check=True)
-            variants["int8"] = (save_proto_atomic(p8, out_dir / "model_int8.onnx"), p8, i8)
-            report["timings_s"]["int8_quantize"] = round(time.perf_counter() - t0, 3)
+            for name, target, on in (("int8", "tensorrt", int8), ("int8_cpu", "cpu", int8_cpu)):
+                if not on:
+                    continue
+                t0 = time.perf_counter()
+                p8, i8 = quantize_int8(proto, feeds, exclude_heads=exclude_heads_int8, target=target)
+                i8["calibration_data"] = str(calib_data)
+                i8["calibration_frames"] = len(calib)
+                write_onnx_metadata(p8, {**meta, "precision": "int8", "int8_target": target})
+                onnx.checker.check_model(p8, full_check=True)
+                variants[name] = (save_proto_atomic(p8, out_dir / f"model_{name}.onnx"), p8, i8)
+                report["timings_s"][f"{name}_quantize"] = round(time.perf_counter() - t0, 3)
         for name, (path, vproto, vinfo) in variants.items():
             findings = check_model(vproto, profile=profile)
             report["variants"][name] = _variant_entry(path, vproto, findings, vinfo)
-            echo(format_findings(findings, f"TensorRT compatibility ({name})"))
+            if name == "int8_cpu":        # UINT8 / non-zero zero points by design: one summary line
+                n_err = sum(f["level"] == "error" for f in findings)
+                echo(f"TensorRT compatibility (int8_cpu): not a TensorRT model by design ({n_err} finding(s), "
+                     "UINT8 activations with zero points; onnxruntime CPU only; details in export_report.json)")
+            else:
+                echo(format_findings(findings, f"TensorRT compatibility ({name})"))
             sessions[name] = ort_session(path)
             if parity:
                 rep = par.parity_report(model, cfg, sessions[name], parity_samples, decode=decode, batch=run_batch,
@@ -388,7 +401,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
 
             cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
             for name, entry in report["variants"].items():
-                if entry["status"] != "ok":
+                if entry["status"] != "ok" or name == "int8_cpu":    # int8_cpu is onnxruntime-CPU only
                     continue
                 if has_errors(entry["trt_check"]):
                     failures.append(f"{name}: not built with TensorRT (trt_check errors)")

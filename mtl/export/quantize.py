@@ -12,10 +12,16 @@ INT8 (``quantize_int8``): ``onnxruntime.quantization.quantize_static`` in QDQ fo
 symmetric INT8 activations and weights (zero point 0: TensorRT rejects non-zero zero points and UINT8),
 per-channel weights, biases left in float (TensorRT's DequantizeLinear has no INT32 input), MinMax
 calibration over dataset frames, only ``Conv`` / ``ConvTranspose`` / ``MatMul`` / ``Gemm`` quantized (the decode
-tail and resizes stay float) and, by default, the final head convs excluded (the last conv before each
+tail after the heatmap Sigmoid and the resizes stay float) and, by default, the final head convs excluded (the last conv before each
 output: heatmap logits, box regression, semantic logits), whose outputs have a wide range that int8 would
 turn directly into score / box / class errors. ``quant_pre_process`` (shape inference + basic graph
 optimisation) runs first when it succeeds.
+
+INT8 for the onnxruntime CPU (``quantize_int8(..., target="cpu")``, ``mtl export --int8-cpu`` ->
+``model_int8_cpu.onnx``): the recipe onnxruntime's x86 kernels are fast with - UINT8 asymmetric activations,
+INT8 symmetric per-channel weights (u8s8, VNNI) - and ``Add`` / ``Concat`` / ``Resize`` quantized as well as
+the convolutions, so the graph stays in int8 between convolutions instead of dequantising around every
+skip-add and upsample. Same calibration and head exclusion. Not for TensorRT (UINT8, non-zero zero points).
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from pathlib import Path
 
 FP16_EXTRA_BLOCK_OPS = ("Sigmoid",)
 INT8_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+INT8_CPU_OP_TYPES = INT8_OP_TYPES + ("Add", "Concat", "Resize")
+INT8_TARGETS = ("tensorrt", "cpu")
 
 
 def downstream_nodes(model, start_op: str = "Sigmoid") -> list[str]:
@@ -173,21 +181,29 @@ class FrameReader:
         self._it = iter(self._feeds)
 
 
-def quantize_int8(model, feeds: list[dict], exclude_heads: bool = True, pre_process: bool = True):
-    """fp32 ModelProto + calibration feeds -> INT8 QDQ ModelProto. Returns ``(proto, info)``."""
+def quantize_int8(model, feeds: list[dict], exclude_heads: bool = True, pre_process: bool = True,
+                  target: str = "tensorrt"):
+    """fp32 ModelProto + calibration feeds -> INT8 QDQ ModelProto. Returns ``(proto, info)``.
+
+    ``target``: "tensorrt" (symmetric INT8 activations, convolution-like ops only) or "cpu" (onnxruntime
+    CPU: UINT8 asymmetric activations, adds / concats / resizes quantized too); see the module docstring."""
     import copy
 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if target not in INT8_TARGETS:
+        raise ValueError(f"int8 target must be one of {INT8_TARGETS}, got {target!r}")
+    cpu = target == "cpu"
+    op_types = INT8_CPU_OP_TYPES if cpu else INT8_OP_TYPES
     model = copy.deepcopy(model)
     _ensure_node_names(model)
     # metadata is re-written by the caller; keep the quantizer's input small and generic
     del model.metadata_props[:]
-    info: dict = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
-                  "activation_type": "QInt8 symmetric", "weight_type": "QInt8 symmetric",
-                  "calibration": "MinMax", "calibration_frames": len(feeds), "op_types": list(INT8_OP_TYPES),
-                  "quantize_bias": False}
+    info: dict = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "target": target,
+                  "per_channel": True, "activation_type": "QUInt8 asymmetric" if cpu else "QInt8 symmetric",
+                  "weight_type": "QInt8 symmetric", "calibration": "MinMax", "calibration_frames": len(feeds),
+                  "op_types": list(op_types), "quantize_bias": cpu}
     with tempfile.TemporaryDirectory(prefix="mtl_int8_") as tmp:
         src = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(src))
@@ -204,13 +220,18 @@ def quantize_int8(model, feeds: list[dict], exclude_heads: bool = True, pre_proc
         m_src = onnx.load(str(src))
         exclude = final_convs(m_src) if exclude_heads else []
         info["excluded_nodes"] = exclude
+        # the in-graph decode (everything after the heatmap Sigmoid: peak test, TopK, index / box arithmetic)
+        # stays float, like in fp16: its Adds would otherwise be quantized by the CPU recipe
+        tail = [n for n in downstream_nodes(m_src, "Sigmoid") if n not in exclude]
+        info["decode_tail_nodes_float"] = len(tail)
         dst = Path(tmp) / "int8.onnx"
         quantize_static(
             str(src), str(dst), FrameReader(feeds), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(INT8_OP_TYPES), per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            op_types_to_quantize=list(op_types), per_channel=True,
+            activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude + tail, calibrate_method=CalibrationMethod.MinMax,
+            # the CPU recipe quantizes biases to int32 (what QLinearConv takes); TensorRT keeps them float
+            extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True, "QuantizeBias": cpu},
         )
         out = onnx.load(str(dst))
     _strip_unused_opsets(out)
