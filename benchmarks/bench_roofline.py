@@ -19,7 +19,6 @@ inference alone). Both bounds move with torch eager's own time, which varies run
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtimes import REPO, model_and_frames
+from bench_runtimes import common_args, model_and_frames
 
 CONV_OPS_TORCH = ("aten::mkldnn_convolution", "aten::_convolution_mode", "aten::thnn_conv2d",
                   "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution")
@@ -119,16 +118,7 @@ def torch_op_profile(checkpoint: Path, feeds: dict, threads: int, iters: int) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path)
-    ap.add_argument("--checkpoint", type=Path)
-    ap.add_argument("--data", type=Path)
-    ap.add_argument("--frames", type=int, default=4)
-    ap.add_argument("--iters", type=int, default=30, help="timed frames per pipeline (also profiler runs)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    a = ap.parse_args(argv)
+    a = common_args(__doc__).parse_args(argv)     # --iters: timed frames per pipeline and profiler runs
 
     from mtl.bench import (
         device_state,

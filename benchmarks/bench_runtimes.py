@@ -123,19 +123,25 @@ def model_and_frames(a: argparse.Namespace, tmp_prefix: str, n_points: int = 50_
     return pipe, frames
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path)
-    ap.add_argument("--checkpoint", type=Path)
-    ap.add_argument("--data", type=Path)
+def common_args(doc: str) -> argparse.ArgumentParser:
+    """The options every ORT-vs-torch benchmark script takes (model / checkpoint / data or the defaults)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="fp32 model.onnx (default: export a default-config model)")
+    ap.add_argument("--checkpoint", type=Path, help="the checkpoint --model was exported from")
+    ap.add_argument("--data", type=Path, help="chunks (default: synthetic chunk frames)")
     ap.add_argument("--frames", type=int, default=4)
-    ap.add_argument("--points", type=int, default=50_000, help="points per synthetic frame")
-    ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30, help="timed frames per runtime")
     ap.add_argument("--rounds", type=int, default=5, help="interleave the timed frames in this many rounds")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = common_args(__doc__)
+    ap.add_argument("--points", type=int, default=50_000, help="points per synthetic frame")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     a = ap.parse_args(argv)
 
     import torch
