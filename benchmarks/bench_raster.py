@@ -30,16 +30,6 @@ POINTS = (10_000, 50_000, 100_000, 200_000)
 TARGET_POINTS, TARGET_MS = 100_000, 3.0
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def random_cloud(n: int, seed: int = 0) -> np.ndarray:
     """(n, 4) float32 points in a box slightly larger than the default grid."""
     from mtl.config import GridConfig
@@ -90,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
 
+    from mtl.bench import cpu_model
     from mtl.io import write_bytes_atomic, write_json_atomic
 
     results = [time_raster(n, a.iters, a.warmup) for n in POINTS]
@@ -97,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "bev_raster",
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "device": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threads": 1,
+        "device": {"cpu_model": cpu_model() or "unknown", "cpu_count": os.cpu_count(), "threads": 1,
                    "load_avg": [round(x, 2) for x in os.getloadavg()]},
         "versions": {"numpy": np.__version__, "python": platform.python_version()},
         "results": results,

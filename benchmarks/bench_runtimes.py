@@ -16,7 +16,6 @@ Perf bar (benchmarks/README.md): ORT fp32 end-to-end >= 2x faster than torch eag
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -78,7 +77,7 @@ def export_default(out: Path, cfg=None, seed: int = 0) -> tuple[Path, Path]:
     """Random-init checkpoint + real fp32 ONNX export (mtl.export) of ``cfg`` (default Config())."""
     import torch
 
-    from mtl.config import Config
+    from mtl.config import Config, sha256_file
     from mtl.export.metadata import build_metadata, write_onnx_metadata
     from mtl.export.onnx_export import export_onnx_proto, save_proto_atomic
     from mtl.model import build_model
@@ -101,7 +100,7 @@ def export_default(out: Path, cfg=None, seed: int = 0) -> tuple[Path, Path]:
     proto, info = export_onnx_proto(model, cfg, opset=18)
     write_onnx_metadata(proto, build_metadata(cfg.to_dict(), batch=1, decode=False, precision="fp32",
                                               opset=info["opset"],
-                                              source_checkpoint_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest()))
+                                              source_checkpoint_sha256=sha256_file(ckpt)))
     onnx_path = save_proto_atomic(proto, out / "model.onnx")
     return onnx_path, ckpt
 

@@ -31,7 +31,7 @@ import numpy as np
 from .chunk import load_npz
 from .config import CameraConfig, ClassesConfig, a2d2_classes
 from .errors import DataError
-from .geometry import RemapTable, limit_period, remap, undistort_map
+from .geometry import NearestTable, RemapTable, limit_period, undistort_map
 from .io import decode_png
 
 KINDS = ("camera", "label", "lidar", "label3D")
@@ -314,9 +314,10 @@ def _maps(camera_cfg: CameraConfig, out_hw: tuple[int, int]) -> tuple[np.ndarray
 
 
 @lru_cache(maxsize=8)
-def _remap_table(camera_cfg: CameraConfig, out_hw: tuple[int, int]) -> RemapTable:
+def _remap_table(camera_cfg: CameraConfig, out_hw: tuple[int, int], nearest: bool = False
+                 ) -> RemapTable | NearestTable:
     w, h = camera_cfg.resolution_wh
-    return RemapTable(*_maps(camera_cfg, out_hw), (h, w))
+    return (NearestTable if nearest else RemapTable)(*_maps(camera_cfg, out_hw), (h, w))
 
 
 def _check_input(a: np.ndarray, camera_cfg: CameraConfig, ndim: int, what: str,
@@ -344,8 +345,7 @@ def prepare_label(ids: np.ndarray, camera_cfg: CameraConfig, out_hw: tuple[int, 
     """Original (H0, W0) uint8 class ids -> undistorted, resized (out_h, out_w) uint8 (nearest, so no
     invented classes at edges); pixels outside the original image get ``ignore_index``."""
     _check_input(ids, camera_cfg, 2, "label map", source)
-    map_x, map_y = _maps(camera_cfg, tuple(out_hw))
-    return remap(ids, map_x, map_y, nearest=True, fill=ignore_index)
+    return _remap_table(camera_cfg, tuple(out_hw), nearest=True).apply(ids, fill=ignore_index)
 
 
 __all__ = [

@@ -37,18 +37,20 @@ from typing import Any
 import numpy as np
 
 from .errors import BackendUnavailableError, DataError, MtlError
-from .geometry import decode_detections
 from .runtime.backends import Backend
 from .runtime.frames import RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
-from .runtime.preprocess import ModelSpec, StageTimer
+from .runtime.preprocess import REQUIRED_OUTPUTS, STAGES, ModelSpec, StageTimer
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu",
                   "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 DEFAULT_COMPARE = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu", "tensorrt")
-TABLE_STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
-                "postprocess", "total")
-OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
+TABLE_STAGES = STAGES
+OUTPUTS = REQUIRED_OUTPUTS
+# ONNX variants next to --model, run on the CPU EP: backend -> (file, the export flag that writes it, file tag)
+ORT_VARIANTS = {"onnxruntime-fp16": ("model_fp16.onnx", "--fp16", "ort-fp16"),
+                "onnxruntime-int8": ("model_int8.onnx", "--int8", "ort-int8"),
+                "onnxruntime-int8-cpu": ("model_int8_cpu.onnx", "--int8-cpu", "ort-int8cpu")}
 BOX_ATOL = 1e-4
 
 
@@ -111,15 +113,19 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def device_state(threads: int | None) -> dict:
-    cpu = platform.processor() or ""
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else ``platform.processor()`` (may be empty)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or ""
+
+
+def device_state(threads: int | None) -> dict:
+    cpu = cpu_model()
     gpu = None
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,"
                               "temperature.gpu,power.draw", "--format=csv,noheader"])
@@ -172,8 +178,7 @@ def _model_paths(model: Path) -> dict[str, Path | None]:
     engines = sorted(model.parent.glob("*.engine"))
     preferred = model.with_suffix(".engine")
     return {"onnxruntime": model, "onnxruntime-cuda": model, "onnxruntime-trt": model,
-            "onnxruntime-fp16": model.parent / "model_fp16.onnx", "onnxruntime-int8": model.parent / "model_int8.onnx",
-            "onnxruntime-int8-cpu": model.parent / "model_int8_cpu.onnx",
+            **{name: model.parent / file for name, (file, _, _) in ORT_VARIANTS.items()},
             "tensorrt": preferred if preferred.is_file() else (engines[0] if engines else None)}
 
 
@@ -190,11 +195,10 @@ def open_bench_pipeline(name: str, model: Path, checkpoint: Path | None, threads
     path = _model_paths(model).get(name)
     if path is None or not path.is_file():
         want = {"tensorrt": f"no *.engine next to {model.name} (mtl export --trt)",
-                "onnxruntime-fp16": f"no model_fp16.onnx next to {model.name} (mtl export --fp16)",
-                "onnxruntime-int8": f"no model_int8.onnx next to {model.name} (mtl export --int8)",
-                "onnxruntime-int8-cpu": f"no model_int8_cpu.onnx next to {model.name} (mtl export --int8-cpu)"}
+                **{n: f"no {file} next to {model.name} (mtl export {flag})"
+                   for n, (file, flag, _) in ORT_VARIANTS.items()}}
         raise _Skip(want.get(name, f"{path} not found"))
-    kind = "onnxruntime" if name in ("onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu") else name
+    kind = "onnxruntime" if name in ORT_VARIANTS else name
     try:
         return Pipeline.open(path, kind, threads)
     except BackendUnavailableError as e:
@@ -294,15 +298,11 @@ def boxes_equivalent(r: dict, g: dict, cfg) -> bool:
     """Decoded boxes equal (``BOX_ATOL``) except detections at tied / near-tied heatmap peaks or at the
     threshold / top-K boundary (``export.parity.compare_detections``): what an untrained net's flat heatmap
     legitimately flips under 1e-7 output differences."""
-    from .export.parity import compare_detections
+    from .export.parity import compare_detections, numpy_decode
 
     d = cfg.decode
-
-    def dec(o: dict) -> dict:
-        return decode_detections(o["bbox_heatmap"][0], o["bbox_reg"][0], cfg.grid, k=d.max_detections,
-                                 score_threshold=d.score_threshold, kernel=d.nms_kernel)
-
-    c = compare_detections(dec(r["outputs"]), dec(g["outputs"]), BOX_ATOL, d.score_threshold,
+    c = compare_detections(numpy_decode(r["outputs"], 0, cfg, d.score_threshold),
+                           numpy_decode(g["outputs"], 0, cfg, d.score_threshold), BOX_ATOL, d.score_threshold,
                            ref_heat=r["outputs"]["bbox_heatmap"][0], got_heat=g["outputs"]["bbox_heatmap"][0])
     return bool(c["passed"])
 
@@ -556,12 +556,14 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str) -> dict:
-    """Write ``OUT/<prefix>_<date-time>.json`` (the report) and ``.md`` (the table) atomically; returns both
-    paths. Shared by ``mtl bench`` and the scripts in benchmarks/."""
+def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str, suffix: str = "",
+                  stamp: str | None = None) -> dict:
+    """Write ``OUT/<prefix>_<date-time>[_<suffix>].json`` (the report) and ``.md`` (the table) atomically;
+    returns both paths. Shared by ``mtl bench`` and the scripts in benchmarks/."""
     from .io import write_bytes_atomic, write_json_atomic
 
-    base = Path(out_dir) / f"{prefix}_{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    stamp = stamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / f"{prefix}_{stamp}{'_' + suffix if suffix else ''}"
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
     write_json_atomic(json_path, report)
     write_bytes_atomic(md_path, markdown.encode())
@@ -569,20 +571,13 @@ def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str)
 
 
 def write_report(report: dict, out_dir: str | Path) -> dict:
-    from .io import write_bytes_atomic, write_json_atomic
-
-    out_dir = Path(out_dir)
+    """``mtl bench``'s files: ``bench_<date-time>_<backend tags>.json`` / ``.md``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    short = {"onnxruntime": "ort", "onnxruntime-fp16": "ort-fp16", "onnxruntime-int8": "ort-int8",
-             "onnxruntime-int8-cpu": "ort-int8cpu",
-             "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt", "tensorrt": "trt", "torch": "torch"}
+    short = {"onnxruntime": "ort", "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt", "tensorrt": "trt",
+             "torch": "torch", **{n: tag for n, (_, _, tag) in ORT_VARIANTS.items()}}
     tag = "+".join(short.get(c, c) for c in report["compare"]) or "none"
-    base = out_dir / f"bench_{stamp}_{tag}"
     body = {k: v for k, v in report.items() if k not in ("markdown", "written")}
-    json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    write_json_atomic(json_path, body)
-    write_bytes_atomic(md_path, (f"# mtl bench {stamp}\n\n" + report["markdown"]).encode())
-    return {"json": str(json_path), "markdown": str(md_path)}
+    return write_results(out_dir, "bench", body, f"# mtl bench {stamp}\n\n" + report["markdown"], tag, stamp)
 
 
 __all__ = [
@@ -590,6 +585,7 @@ __all__ = [
     "DEFAULT_COMPARE",
     "TorchBackend",
     "boxes_identical",
+    "cpu_model",
     "device_state",
     "frame_outputs",
     "onnx_conv_macs",

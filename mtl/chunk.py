@@ -60,16 +60,17 @@ class Frame:
         """(H, W, 3) uint8 RGB."""
         if not self.modality_mask & HAS_IMAGE:
             raise ChunkError(self.source, f"frame {self.frame_id}: has no camera image")
-        return self._decode(self.image_png, "image", "RGB")
+        return self.decode(self.image_png, "image", "RGB")
 
     def semantic(self) -> np.ndarray:
         """(H, W) uint8 class ids (255 = ignore)."""
         if not self.modality_mask & HAS_SEMANTIC:
             raise ChunkError(self.source, f"frame {self.frame_id}: has no semantic map")
-        return self._decode(self.semantic_png, "semantic", "L")
+        return self.decode(self.semantic_png, "semantic", "L")
 
-    def _decode(self, data: bytes, what: str, mode: str) -> np.ndarray:
-        # a PNG inside a chunk is chunk content: report ChunkError (exit code 3), not DataError
+    def decode(self, data: bytes, what: str, mode: str | None = None) -> np.ndarray:
+        """Decode one of this frame's PNGs (``mode`` None keeps the stored one). A PNG inside a chunk is
+        chunk content: a bad one is a ChunkError (exit code 3) naming the frame, not a DataError."""
         try:
             return decode_png(data, self.source, mode)
         except DataError as e:

@@ -10,15 +10,9 @@ def data() -> None:
 
 
 def _load_config(config_path: str | None):  # -> mtl.config.Config (imported lazily)
-    from .config import Config
-    from .errors import ConfigError
+    from .cli_train import _train_config
 
-    if config_path is None:
-        return Config()
-    try:
-        return Config.load(config_path)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(config_path, str(e)) from None
+    return _train_config(config_path, {})
 
 
 @data.command("convert")

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from .chunk import HAS_ALL, Chunk, list_chunks, load_npz, read_chunk
 from .config import Config
 from .errors import ChunkError
-from .geometry import RemapTable, bev_raster, heatmap_targets, normalise_image, remap, scale_cam_matrix
+from .geometry import NearestTable, RemapTable, bev_raster, heatmap_targets, normalise_image, scale_cam_matrix
 
 TENSOR_KEYS = ("image", "bev", "heatmap", "reg", "reg_mask", "semantic")
 LIST_KEYS = ("boxes", "box_class", "frame_id")
@@ -55,12 +55,7 @@ def _index_chunk(path: Path) -> tuple[int, np.ndarray]:
 
 def resize_image(image: np.ndarray, out_hw: tuple[int, int], nearest: bool = False, fill: int = 0) -> np.ndarray:
     """Resize (H, W[, C]) to ``out_hw`` with the pixel-centre convention of ``geometry.scale_cam_matrix``."""
-    h, w = image.shape[:2]
-    oh, ow = out_hw
-    v, u = np.mgrid[0:oh, 0:ow].astype(np.float32)
-    map_x = (u + 0.5) * (w / ow) - 0.5
-    map_y = (v + 0.5) * (h / oh) - 0.5
-    return remap(image, map_x, map_y, nearest=nearest, fill=fill)
+    return _resize_table(image.shape[:2], tuple(out_hw), nearest).apply(image, fill)
 
 
 def flip_about_cx(image: np.ndarray, cx: float, nearest: bool = False, fill: int = 0) -> np.ndarray:
@@ -68,16 +63,22 @@ def flip_about_cx(image: np.ndarray, cx: float, nearest: bool = False, fill: int
     if abs(cx - (image.shape[1] - 1) / 2) < 1e-6:
         return np.ascontiguousarray(image[:, ::-1])
     h, w = image.shape[:2]
-    if not nearest:   # the image flip runs on every other training sample: reuse its table
-        return _flip_table(float(cx), h, w).apply(image, fill)
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    return remap(image, (2 * cx - u).astype(np.float32), v, nearest=True, fill=fill)
+    return _flip_table(float(cx), h, w, nearest).apply(image, fill)   # every other training sample: cached
 
 
 @lru_cache(maxsize=8)
-def _flip_table(cx: float, h: int, w: int) -> RemapTable:
+def _resize_table(src_hw: tuple[int, int], out_hw: tuple[int, int], nearest: bool) -> RemapTable | NearestTable:
+    (h, w), (oh, ow) = src_hw, out_hw
+    v, u = np.mgrid[0:oh, 0:ow].astype(np.float32)
+    map_x = (u + 0.5) * (w / ow) - 0.5
+    map_y = (v + 0.5) * (h / oh) - 0.5
+    return (NearestTable if nearest else RemapTable)(map_x, map_y, (h, w))
+
+
+@lru_cache(maxsize=8)
+def _flip_table(cx: float, h: int, w: int, nearest: bool = False) -> RemapTable | NearestTable:
     v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    return RemapTable((2 * cx - u).astype(np.float32), v, (h, w))
+    return (NearestTable if nearest else RemapTable)((2 * cx - u).astype(np.float32), v, (h, w))
 
 
 def flip_lidar_boxes(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -461,19 +461,35 @@ class RemapTable:
         return np.ascontiguousarray(np.moveaxis(out, 0, -1)) if image.ndim == 3 else out[0]
 
 
+class NearestTable:
+    """``RemapTable`` for nearest sampling (label maps): the rounded flat source index and the outside
+    mask of every output pixel, computed once for fixed maps."""
+
+    def __init__(self, map_x: np.ndarray, map_y: np.ndarray, src_hw: tuple[int, int]):
+        h, w = src_hw
+        c = np.rint(map_x).astype(np.int64)
+        r = np.rint(map_y).astype(np.int64)
+        self.outside = ~((c >= 0) & (c < w) & (r >= 0) & (r < h))
+        self.index = (np.clip(r, 0, h - 1) * w + np.clip(c, 0, w - 1)).astype(np.intp)
+        self.src_hw = (h, w)
+
+    def apply(self, image: np.ndarray, fill: int | float = 0) -> np.ndarray:
+        h, w = self.src_hw
+        if image.shape[:2] != (h, w):
+            raise ValueError(f"remap table is for {h}x{w} images, got {image.shape[:2]}")
+        flat = np.ascontiguousarray(image).reshape(h * w, *image.shape[2:])
+        out = np.take(flat, self.index, axis=0)                              # (H', W'[, C])
+        out[self.outside] = fill
+        return out
+
+
 def remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, nearest: bool = False,
           fill: int | float = 0) -> np.ndarray:
     """Sample ``image`` (H, W[, C]) at float positions (like cv2.remap). Bilinear, or nearest for label
-    maps; positions outside the image get ``fill``. For fixed maps, build a ``RemapTable`` once."""
-    h, w = image.shape[:2]
-    if nearest:
-        c = np.rint(map_x).astype(np.int64)
-        r = np.rint(map_y).astype(np.int64)
-        valid = (c >= 0) & (c < w) & (r >= 0) & (r < h)
-        out = image[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)]
-        out[~valid] = fill
-        return out
-    return RemapTable(map_x, map_y, (h, w)).apply(image, fill)
+    maps; positions outside the image get ``fill``. For fixed maps, build a ``RemapTable`` /
+    ``NearestTable`` once."""
+    table = NearestTable if nearest else RemapTable
+    return table(map_x, map_y, image.shape[:2]).apply(image, fill)
 
 
 def bev_to_image_grid(grid: GridConfig, k: np.ndarray, image_hw: tuple[int, int],

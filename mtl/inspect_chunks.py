@@ -14,8 +14,7 @@ import numpy as np
 
 from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Chunk, Frame, list_chunks, read_chunk
 from .config import ClassesConfig
-from .errors import ChunkError, DataError
-from .io import decode_png
+from .errors import ChunkError
 
 
 def chunk_files(path: str | Path) -> list[Path]:
@@ -36,13 +35,6 @@ def _class_names(chunk: Chunk) -> tuple[list[str], list[str], int]:
     if not (isinstance(sem, list) and isinstance(det, list) and isinstance(ignore, int)):
         raise ChunkError(chunk.path, "meta sem_classes/det_classes/ignore_index have the wrong types")
     return [str(s) for s in sem], [str(d) for d in det], ignore
-
-
-def _decode(frame: Frame, data: bytes, what: str) -> np.ndarray:
-    try:
-        return decode_png(data, frame.source)
-    except DataError as e:
-        raise ChunkError(frame.source, f"frame {frame.frame_id}: {what} {e.reason}") from None
 
 
 class _Stats:
@@ -70,13 +62,13 @@ class _Stats:
             self.modalities[name] += bool(m & bit)
         image_hw = None
         if m & HAS_IMAGE:
-            img = _decode(f, f.image_png, "image")
+            img = f.decode(f.image_png, "image")
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 raise bad(f"image is {img.dtype} {img.shape}, expected 8-bit RGB")
             image_hw = img.shape[:2]
             self.image_sizes[f"{image_hw[0]}x{image_hw[1]}"] += 1
         if m & HAS_SEMANTIC:
-            sem = _decode(f, f.semantic_png, "semantic map")
+            sem = f.decode(f.semantic_png, "semantic map")
             if sem.dtype != np.uint8 or sem.ndim != 2:
                 raise bad(f"semantic map is {sem.dtype} {sem.shape}, expected 8-bit single-channel")
             if image_hw is not None and sem.shape != image_hw:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .a2d2 import raw_file_path
 from .config import CameraConfig, a2d2_classes, front_center_calib
 from .errors import DataError
 from .geometry import project_points, scale_cam_matrix, undistort_normalised
@@ -129,10 +130,6 @@ def scene_name(scene_idx: int, scene_size: int) -> str:
     """'YYYYMMDD_hhmmss' of scene ``scene_idx``; scenes start whole minutes apart and never overlap."""
     minutes = max(1, math.ceil(scene_size * FRAME_DT_US / 1e6 / 60))
     return (BASE_TIME + timedelta(minutes=scene_idx * minutes)).strftime("%Y%m%d_%H%M%S")
-
-
-def frame_file(root: Path, scene: str, kind: str, frame_id: str, ext: str) -> Path:
-    return root / scene / kind / "cam_front_center" / f"{scene.replace('_', '')}_{kind}_frontcenter_{frame_id}{ext}"
 
 
 def cams_lidars_json() -> dict:
@@ -963,6 +960,15 @@ def lidar_grid() -> _SpinGrid:
     return _SpinGrid(origin, np.radians(LIDAR_ELEVATIONS_DEG), -half, step, n_az)
 
 
+@lru_cache(maxsize=4)
+def _scan_order(n: int, n_az: int) -> np.ndarray:
+    """Scan order of the (elevation, azimuth) grid rays: column by column, as the head spins clockwise
+    (decreasing camera azimuth). Depends on the grid only, so it is sorted once."""
+    order = np.lexsort((np.arange(n) // n_az, -(np.arange(n) % n_az)))
+    order.flags.writeable = False
+    return order
+
+
 def lidar_scan(prims: Prims, street: Street, ego: Ego, ground_z: float, k: np.ndarray,
                image_wh: tuple[int, int], cam_tstamp: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A2D2 lidar npz arrays (points in the camera view frame, kept only where they project into the
@@ -982,8 +988,7 @@ def lidar_scan(prims: Prims, street: Street, ego: Ego, ground_z: float, k: np.nd
     pts = grid.origin + np.where(keep, t + noise, 0.0)[:, None] * dirs
     u, v, depth = project_points(pts, k)
     keep &= (depth > 0.5) & (u >= 0) & (u < image_wh[0]) & (v >= 0) & (v < image_wh[1])
-    # scan order: column by column (as the head spins clockwise, i.e. decreasing camera azimuth)
-    order = np.lexsort((np.arange(n) // grid.n_az, -(np.arange(n) % grid.n_az)))
+    order = _scan_order(n, grid.n_az)
     idx = order[keep[order]]
     pts, u, v = pts[idx], u[idx], v[idx]
     _, rot = _lidar_pose()
@@ -1135,14 +1140,14 @@ def _scene_start_us(scene: str) -> int:
 def write_frame(root: Path, frame: dict) -> None:
     """Write the four A2D2 files (+ camera info sidecar) of one rendered frame, each atomically."""
     scene, fid = frame["scene"], frame["frame_id"]
-    cam_png = frame_file(root, scene, "camera", fid, ".png")
+    cam_png = raw_file_path(root, scene, "camera", fid)
     write_bytes_atomic(cam_png, encode_png(frame["image"]))
-    write_bytes_atomic(frame_file(root, scene, "label", fid, ".png"), encode_png(frame["label"]))
-    npz = frame_file(root, scene, "lidar", fid, ".npz")
+    write_bytes_atomic(raw_file_path(root, scene, "label", fid), encode_png(frame["label"]))
+    npz = raw_file_path(root, scene, "lidar", fid)
     write_bytes_atomic(npz, npz_bytes(frame["lidar"]))
-    write_bytes_atomic(frame_file(root, scene, "label3D", fid, ".json"),
+    write_bytes_atomic(raw_file_path(root, scene, "label3D", fid),
                        (json.dumps(frame["boxes"], indent=4) + "\n").encode())
-    write_json_atomic(frame_file(root, scene, "camera", fid, ".json"), {
+    write_json_atomic(cam_png.with_suffix(".json"), {
         "cam_name": "front_center", "cam_tstamp": frame["cam_tstamp"], "lidar_ids": LIDAR_IDS,
         "image_png": cam_png.name, "pcld_npz": npz.name,
     })

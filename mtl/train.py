@@ -266,7 +266,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if not torch.isfinite(grad_norm) and not scaler.is_enabled():
+            if not scaler.is_enabled() and not torch.isfinite(grad_norm):   # (AMP skips such steps itself)
                 raise TrainingDivergedError(out, f"non-finite gradient norm at epoch {epoch + 1} step {step}; "
                                                  "last good checkpoint kept (lower --lr?)")
             scaler.step(optimizer)
@@ -276,11 +276,13 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
 
             bs = b["image"].shape[0]
             n_seen += bs
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
-            sums["total"] = sums.get("total", 0.0) + float(loss.detach()) * bs
+            # one device->host copy for all logged values (each float() on a CUDA tensor is a sync)
+            *term_vals, loss_val = torch.stack([*(v.detach() for v in terms.values()), loss.detach()]).tolist()
+            for k, v in zip(terms, term_vals):
+                sums[k] = sums.get(k, 0.0) + v * bs
+            sums["total"] = sums.get("total", 0.0) + loss_val * bs
             if it is not train_loader:
-                it.set_postfix(loss=f"{float(loss):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                it.set_postfix(loss=f"{loss_val:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0 and batch_in_epoch < steps_per_epoch:
                 # running sums over all ranks so far; on resume rank 0 carries them, the others start at 0
                 g_seen, g_sums = _reduce_sums(n_seen, {**sums, "bad": float(n_bad)}, device, world)

@@ -2,7 +2,6 @@
 weights and metrics of an uninterrupted run with the same seed (deterministic CPU mode)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from test_dataset import tiny_cfg, write_tiny_chunks
+from test_train import _rows
 
 EPOCHS = 3
 
@@ -35,10 +35,6 @@ def _cmd(data, run, *extra):
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _rows(run):
-    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
 
 def _load(path):

@@ -195,6 +195,12 @@ def _variant_entry(path: Path, proto, findings: list[dict], info: dict) -> dict:
             "trt_check": findings, "info": info, "status": "ok"}
 
 
+def _for_tensorrt(info: dict) -> bool:
+    """Whether a variant is meant for TensorRT: every one but the INT8 recipe for the onnxruntime CPU
+    (``quantize_int8`` records its ``target``)."""
+    return info.get("target", "tensorrt") == "tensorrt"
+
+
 def _reject(path: Path) -> str:
     """Move a failed artefact aside (``<name>.rejected``) so the runtime never picks it up."""
     import os
@@ -354,9 +360,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         for name, (path, vproto, vinfo) in variants.items():
             findings = check_model(vproto, profile=profile)
             report["variants"][name] = _variant_entry(path, vproto, findings, vinfo)
-            if name == "int8_cpu":        # UINT8 / non-zero zero points by design: one summary line
+            if not _for_tensorrt(vinfo):    # UINT8 / non-zero zero points by design: one summary line
                 n_err = sum(f["level"] == "error" for f in findings)
-                echo(f"TensorRT compatibility (int8_cpu): not a TensorRT model by design ({n_err} finding(s), "
+                echo(f"TensorRT compatibility ({name}): not a TensorRT model by design ({n_err} finding(s), "
                      "UINT8 activations with zero points; onnxruntime CPU only; details in export_report.json)")
             else:
                 echo(format_findings(findings, f"TensorRT compatibility ({name})"))
@@ -401,7 +407,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
 
             cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
             for name, entry in report["variants"].items():
-                if entry["status"] != "ok" or name == "int8_cpu":    # int8_cpu is onnxruntime-CPU only
+                if entry["status"] != "ok" or not _for_tensorrt(entry["info"]):   # int8_cpu: onnxruntime CPU only
                     continue
                 if has_errors(entry["trt_check"]):
                     failures.append(f"{name}: not built with TensorRT (trt_check errors)")

@@ -217,13 +217,12 @@ def parity_report(model, cfg: Config, session, samples: list[dict], *, decode: b
         sem_total += int(a.size)
         for i in range(n_real):
             heat_ref, heat_got = ref["bbox_heatmap"][i], got["bbox_heatmap"][i]
-            det_cmp = _merge_det(det_cmp, compare_detections(numpy_decode(ref, i, cfg, thr),
-                                                             numpy_decode(got, i, cfg, thr), box_atol, thr,
-                                                             margin=max(atol, 1e-4), ref_heat=heat_ref,
+            got_det = numpy_decode(got, i, cfg, thr)          # compared with torch and with the in-graph decode
+            det_cmp = _merge_det(det_cmp, compare_detections(numpy_decode(ref, i, cfg, thr), got_det, box_atol,
+                                                             thr, margin=max(atol, 1e-4), ref_heat=heat_ref,
                                                              got_heat=heat_got))
             if decode:
-                graph_cmp = _merge_det(graph_cmp, compare_detections(numpy_decode(got, i, cfg, thr),
-                                                                     graph_decode(got, i, thr), 1e-4, thr))
+                graph_cmp = _merge_det(graph_cmp, compare_detections(got_det, graph_decode(got, i, thr), 1e-4, thr))
     failures = []
     if gate:
         for n, s in stats.items():

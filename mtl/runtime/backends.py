@@ -247,15 +247,6 @@ def _cuda_check(result: Any, what: str) -> Any:
     return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
 
 
-def cuda_device_info(cudart: Any) -> dict:
-    n = _cuda_check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount (no NVIDIA driver / GPU?)")
-    if not n:
-        raise BackendUnavailableError(None, "tensorrt: no CUDA device")
-    props = _cuda_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"gpu_name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-
-
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
@@ -264,7 +255,10 @@ class TensorRTBackend(Backend):
         self._alloc: list[tuple[str, int]] = []
         trt, cudart = _import_tensorrt()
         self.trt, self.cudart = trt, cudart
-        dev = cuda_device_info(cudart)
+        # the GPU identity exactly as the builder wrote it into the sidecar (same name normalisation)
+        from ..export.tensorrt_build import gpu_info
+
+        dev = gpu_info()
         if str(meta["tensorrt_version"]) != trt.__version__:
             raise ModelMismatchError(self.path, f"engine was built with TensorRT {meta['tensorrt_version']} but "
                                                 f"{trt.__version__} is installed (rebuild the engine)")

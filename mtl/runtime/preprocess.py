@@ -28,13 +28,12 @@ import numpy as np
 
 from ..config import CameraConfig, Config
 from ..errors import DataError, ModelMismatchError
+from ..export.metadata import BASE_OUTPUTS as REQUIRED_OUTPUTS
+from ..export.metadata import METADATA_FORMAT, METADATA_KEY
 from ..geometry import bev_raster, cam_matrix, normalise_image, scale_cam_matrix
 
-METADATA_KEY = "mtl"
-METADATA_FORMAT = 1
 STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
           "postprocess", "total")
-REQUIRED_OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
 
 
 # ------------------------------------------------------------------------------------------ timing
