@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def synthetic_frame(cfg, rng: np.random.Generator, fid: str, n_points: int, hw=None):
     """A chunk Frame with a structured image (blocks + noise: decodes like a real photo, not like noise)
     and ``n_points`` LiDAR points spread over the BEV grid (ground + objects)."""
-    from mtl.chunk import Frame
+    from mtl.data.chunk import Frame
     from mtl.geometry import cam_matrix, scale_cam_matrix
     from mtl.io import encode_png
 
@@ -57,7 +57,7 @@ def synthetic_frame(cfg, rng: np.random.Generator, fid: str, n_points: int, hw=N
 
 
 def write_synthetic_chunks(out: Path, cfg, n_frames: int, n_points: int, seed: int = 0, hw=None) -> Path:
-    from mtl.chunk import write_chunk
+    from mtl.data.chunk import write_chunk
 
     rng = np.random.default_rng(seed)
     frames = [synthetic_frame(cfg, rng, f"synthetic/{i:04d}", n_points, hw) for i in range(n_frames)]

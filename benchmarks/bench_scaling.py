@@ -7,7 +7,7 @@
 1. Points: 10k, 25k, 50k, 100k, 200k points per frame -> ``bev_raster`` ms and end-to-end ``total`` ms of the
    ORT fp32 runtime (same image, the model and everything else fixed).
 2. Image preprocess: a 1920x1208 ORIGINAL camera PNG (raw A2D2 frame) -> PNG decode + undistort/resize to the
-   model size (``mtl.a2d2.prepare_image``) + normalise, vs a chunk frame already stored at model size.
+   model size (``mtl.data.a2d2.prepare_image``) + normalise, vs a chunk frame already stored at model size.
 3. ``--model-sizes``: model input sizes 160x256, 320x512, 480x768 (one tiny-width model exported per size):
    inference and total ms.
 Writes JSON + markdown under --out (benchmarks/results by default).
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
 
-    from mtl.a2d2 import prepare_image
+    from mtl.data.a2d2 import prepare_image
     from mtl.bench import device_state, stats, write_results
     from mtl.geometry import normalise_image
     from mtl.io import decode_png

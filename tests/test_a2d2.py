@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import a2d2, geometry
+from mtl import geometry
+from mtl.data import a2d2
 from mtl.config import CameraConfig, ClassesConfig, a2d2_classes
 from mtl.errors import DataError
 

@@ -26,8 +26,8 @@ from test_convert import ALL, write_raw_tree
 from test_dataset import tiny_cfg, write_tiny_chunks
 from test_runtime import tiny_artifacts
 
-from mtl import a2d2
-from mtl.chunk import read_chunk
+from mtl.data import a2d2
+from mtl.data.chunk import read_chunk
 from mtl.cli import main
 from mtl.errors import ChunkError, DataError, ModelMismatchError
 from mtl.geometry import bev_raster
@@ -249,7 +249,7 @@ def _infer(model: Path, data: Path, tmp: Path) -> list[str]:
 
 
 def _classes_differ(tmp: Path, art: dict) -> tuple[list[str], Path]:
-    from mtl.chunk import write_chunk
+    from mtl.data.chunk import write_chunk
 
     chunk = read_chunk(min(art["chunks"].glob("*.npz")))
     names = list(art["cfg"].classes.det_classes)
@@ -260,7 +260,7 @@ def _classes_differ(tmp: Path, art: dict) -> tuple[list[str], Path]:
 
 
 def _calibration_differs(tmp: Path, art: dict) -> tuple[list[str], Path]:
-    from mtl.chunk import write_chunk
+    from mtl.data.chunk import write_chunk
 
     frames = list(read_chunk(min(art["chunks"].glob("*.npz"))))
     for f in frames:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl.chunk import (
+from mtl.data.chunk import (
     HAS_ALL,
     HAS_BOXES,
     HAS_IMAGE,

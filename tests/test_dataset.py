@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mtl.chunk import HAS_ALL, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, write_chunk
+from mtl.data.chunk import HAS_ALL, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, write_chunk
 from mtl.config import Config
 from mtl.geometry import cam_matrix, points_in_boxes, project_points, scale_cam_matrix
 from mtl.io import encode_png

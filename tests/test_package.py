@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-TORCH_FREE = ["mtl", "mtl.config", "mtl.errors", "mtl.io", "mtl.chunk", "mtl.geometry", "mtl.cli"]
+TORCH_FREE = ["mtl", "mtl.config", "mtl.errors", "mtl.io", "mtl.data.chunk", "mtl.geometry", "mtl.cli"]
 
 
 def _imports_torch(modules: list[str]) -> list[str]:
@@ -35,7 +35,7 @@ def test_optional_torch_free_modules_do_not_import_torch():
         except ModuleNotFoundError:  # parent package missing
             return False
 
-    present = [m for m in ("mtl.metrics", "mtl.a2d2", "mtl.synth", "mtl.convert", "mtl.inspect_chunks",
+    present = [m for m in ("mtl.metrics", "mtl.data.a2d2", "mtl.data.synth", "mtl.data.convert", "mtl.data.inspect",
                            "mtl.viz", "mtl.export.metadata") if exists(m)]
     if not present:
         pytest.skip("no optional torch-free modules installed")

@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 from click.testing import CliRunner
 from test_dataset import tiny_cfg, write_tiny_chunks
 
-from mtl.chunk import read_chunk, write_chunk
+from mtl.data.chunk import read_chunk, write_chunk
 from mtl.cli import main
 from mtl.errors import BackendUnavailableError, DataError, ModelMismatchError
 from mtl.runtime import Pipeline, RuntimeFrame, iter_frames
@@ -138,8 +138,8 @@ def test_decode_in_graph_model_gives_the_same_boxes(art, pipe, tmp_path):
 def test_raw_a2d2_frame_matches_the_converted_chunk_frame(tmp_path):
     from test_convert import COMPLETE, write_raw_tree
 
-    from mtl.a2d2 import read_camera_config
-    from mtl.convert import convert
+    from mtl.data.a2d2 import read_camera_config
+    from mtl.data.convert import convert
 
     raw = write_raw_tree(tmp_path / "raw", COMPLETE[:2])
     base = runtime_cfg()

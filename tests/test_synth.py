@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import geometry, synth
+from mtl import geometry
+from mtl.data import synth
 from mtl.config import CameraConfig, a2d2_classes
 from mtl.errors import DataError
 

@@ -55,7 +55,7 @@ def _read(path):
 
 
 def test_import_is_torch_free():
-    code = "import sys, mtl.viz, mtl.cli_train; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, mtl.viz, mtl.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

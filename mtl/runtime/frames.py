@@ -72,7 +72,7 @@ def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = Fal
 
 
 def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
-    from ..chunk import HAS_IMAGE, HAS_LIDAR, list_chunks, read_chunk
+    from ..data.chunk import HAS_IMAGE, HAS_LIDAR, list_chunks, read_chunk
 
     files = [path] if path.is_file() else list_chunks(path)
     for cf in files:
@@ -84,7 +84,7 @@ def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
                 image_png=f.image_png if f.modality_mask & HAS_IMAGE else None,
                 cam_matrix=np.asarray(f.cam_matrix, np.float64), meta=chunk.meta, source=str(cf))
             if with_gt:
-                from ..chunk import HAS_BOXES, HAS_SEMANTIC
+                from ..data.chunk import HAS_BOXES, HAS_SEMANTIC
 
                 if f.modality_mask & HAS_BOXES:
                     fr.gt_boxes, fr.gt_labels = np.asarray(f.boxes), np.asarray(f.box_class, np.int64)
@@ -94,7 +94,7 @@ def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
 
 
 def _raw_frames(root: Path, cfg: Config | None, with_gt: bool) -> Iterator[RuntimeFrame]:
-    from .. import a2d2
+    from ..data import a2d2
 
     camera = a2d2.read_camera_config(root / "cams_lidars.json", (cfg.camera.name if cfg else "front_center"),
                                      cfg.camera if cfg else None)

@@ -122,7 +122,7 @@ class Pipeline:
                 img = decode_image(frame.image_png, src)
         if frame.kind != KIND_RAW:
             return check_image(img, self.spec.image_hw, src, f"image of {frame.frame_id}")
-        from ..a2d2 import prepare_image
+        from ..data.a2d2 import prepare_image
 
         w0, h0 = self.cfg.camera.resolution_wh
         img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")

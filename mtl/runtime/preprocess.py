@@ -4,7 +4,7 @@
 ``mtl`` (or the TensorRT sidecar), the declared input/output tensors and the derived calibration. Every
 check that compares a frame with the model lives here and raises ``ModelMismatchError`` with one line.
 
-Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.a2d2``):
+Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.data.a2d2``):
   raw A2D2 frame: PNG decode -> undistort + resize (``a2d2.prepare_image``) -> ``normalise_image``
   chunk frame:    PNG decode (image already undistorted at model size; size + cam_matrix verified)
                   -> ``normalise_image``
@@ -12,7 +12,7 @@ Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.a2d2``):
 
 Decision on non-finite points: a NaN/inf row is dropped and reported as ``points_dropped`` in the result
 (``bev_raster`` would ignore a NaN coordinate anyway, but a NaN reflectance inside the grid would poison
-a cell mean). The raw A2D2 reader (``mtl.a2d2.read_lidar``) and the chunk reader refuse such files at
+a cell mean). The raw A2D2 reader (``mtl.data.a2d2.read_lidar``) and the chunk reader refuse such files at
 read time, so drops only happen for arrays handed to ``Pipeline.run`` directly.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`mtl` command line. Each stage's commands live in its own torch-free-at-import module
-(cli_data, cli_train, cli_deploy); heavy imports happen inside the command bodies so `mtl --help` is fast.
+(mtl.cli.data, mtl.cli.train, mtl.cli.deploy); heavy imports happen inside the command bodies so `mtl --help` is fast.
 """
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import MtlError
+from .. import __version__
+from ..errors import MtlError
 
 
 class _Group(click.Group):
@@ -29,15 +29,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import cli_data, cli_deploy, cli_train
+    from . import data, deploy, train
 
-    main.add_command(cli_data.data)
-    for mod in (cli_train, cli_deploy):
+    main.add_command(data.data)
+    for mod in (train, deploy):
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
 
 
 _register()
-
-if __name__ == "__main__":
-    main()

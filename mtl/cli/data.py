@@ -10,7 +10,7 @@ def data() -> None:
 
 
 def _load_config(config_path: str | None):  # -> mtl.config.Config (imported lazily)
-    from .cli_train import _train_config
+    from .train import _train_config
 
     return _train_config(config_path, {})
 
@@ -37,7 +37,7 @@ def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite,
     Frames are paired by scene and frame id; by default a frame needs camera, label, lidar and label3D
     (others are skipped and counted per reason). Writes DIR/summary.json and prints a one-line summary.
     """
-    from .convert import convert, format_summary
+    from ..data.convert import convert, format_summary
 
     summary = convert(root, out, _load_config(config_path), chunk_size=chunk_size, image_size=image_size,
                       partial=partial, skip_bad=skip_bad, overwrite=overwrite, workers=workers,
@@ -55,7 +55,7 @@ def inspect_cmd(path, as_json):
     """
     import json
 
-    from .inspect_chunks import format_report, inspect_chunks
+    from ..data.inspect import format_report, inspect_chunks
 
     report = inspect_chunks(path)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
@@ -77,7 +77,7 @@ def synth_cmd(out, frames, seed, workers, scene_size, overwrite, no_progress):
     Camera, semantic label, LiDAR and 3D boxes are ray-cast from one procedural street scene per frame,
     so `mtl data convert --a2d2 OUT` reads it like real A2D2. Writes OUT/synth_summary.json.
     """
-    from .synth import generate
+    from ..data.synth import generate
 
     s = generate(out, frames, seed, workers=workers, scene_size=scene_size, overwrite=overwrite,
                  progress=not no_progress)

@@ -18,8 +18,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import ChunkError, DataError, MtlError
-from .io import atomic_path, decode_png
+from ..errors import ChunkError, DataError, MtlError
+from ..io import atomic_path, decode_png
 
 FORMAT_VERSION = 1
 HAS_IMAGE, HAS_SEMANTIC, HAS_LIDAR, HAS_BOXES = 1, 2, 4, 8

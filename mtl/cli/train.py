@@ -11,8 +11,8 @@ COMMANDS: list = []
 
 def _train_config(config_path, overrides: dict):  # -> mtl.config.Config (imported lazily)
     """defaults <- --config FILE <- CLI flags (only the flags given)."""
-    from .config import Config
-    from .errors import ConfigError
+    from ..config import Config
+    from ..errors import ConfigError
 
     try:
         cfg = Config.load(config_path) if config_path else Config()
@@ -56,7 +56,7 @@ def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lam
     Writes RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt, RUN/metrics.jsonl (one JSON line per
     epoch) and debug images. Under `torchrun --nproc_per_node=N` it trains with DDP (no other change).
     """
-    from .train import train
+    from ..train import train
 
     cfg = _train_config(config_path, {
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
@@ -84,8 +84,8 @@ COMMANDS.append(train_cmd)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def eval_cmd(checkpoint, data, out, batch_size, workers, skip_bad, no_progress):
     """Evaluate a checkpoint: per-class IoU / AP table, mIoU, mAP, pixel accuracy (+ JSON with --out)."""
-    from .evaluate import evaluate_checkpoint, format_table
-    from .io import write_json_atomic
+    from ..evaluate import evaluate_checkpoint, format_table
+    from ..io import write_json_atomic
 
     metrics, cfg = evaluate_checkpoint(checkpoint, data, batch_size=batch_size, workers=workers,
                                        progress=not no_progress, skip_bad=skip_bad)
@@ -112,7 +112,7 @@ def viz_cmd(run, out):
     detection, throughput (and other). Prints the PNG path. (Per-epoch debug images are written during
     `mtl train` by mtl.viz.write_debug_images, in epoch_NNN/ folders under the run.)
     """
-    from .viz import plot_curves
+    from ..viz import plot_curves
 
     click.echo(str(plot_curves(run, out=out)))
 

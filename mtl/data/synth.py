@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from .a2d2 import raw_file_path
-from .config import CameraConfig, a2d2_classes, front_center_calib
-from .errors import DataError
-from .geometry import project_points, scale_cam_matrix, undistort_normalised
-from .io import encode_png, write_bytes_atomic, write_json_atomic
+from ..config import CameraConfig, a2d2_classes, front_center_calib
+from ..errors import DataError
+from ..geometry import project_points, scale_cam_matrix, undistort_normalised
+from ..io import encode_png, write_bytes_atomic, write_json_atomic
 
 SYNTH_VERSION = 1
 CAMERA_HEIGHT = 1.70             # m; ground plane z = -CAMERA_HEIGHT in the camera view frame

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .a2d2 import (
     RawFramePaths,
     find_frames,
@@ -42,10 +42,10 @@ from .a2d2 import (
     read_lidar,
 )
 from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, write_chunk
-from .config import CameraConfig, ClassesConfig, Config, a2d2_classes
-from .errors import ConfigError, DataError, MtlError
-from .geometry import cam_matrix, scale_cam_matrix
-from .io import encode_png, write_json_atomic
+from ..config import CameraConfig, ClassesConfig, Config, a2d2_classes
+from ..errors import ConfigError, DataError, MtlError
+from ..geometry import cam_matrix, scale_cam_matrix
+from ..io import encode_png, write_json_atomic
 
 # bump when the same raw input would produce different chunk contents
 CONVERTER_VERSION = 1
@@ -313,7 +313,7 @@ def convert(
                               + ("" if partial else "; --partial keeps frames that have a camera image or LiDAR"))
 
     meta = {
-        "source": "a2d2", "source_root": str(root.resolve()), "converter": "mtl.convert",
+        "source": "a2d2", "source_root": str(root.resolve()), "converter": "mtl.data.convert",
         "converter_version": CONVERTER_VERSION, "mtl_version": __version__, "partial": partial,
         "sem_classes": list(cfg.classes.sem_classes), "det_classes": list(cfg.classes.det_classes),
         "ignore_index": cfg.classes.ignore_index, "image_hw": list(camera.image_hw),

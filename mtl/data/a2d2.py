@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from .chunk import load_npz
-from .config import CameraConfig, ClassesConfig, a2d2_classes
-from .errors import DataError
-from .geometry import NearestTable, RemapTable, limit_period, undistort_map
-from .io import decode_png
+from ..config import CameraConfig, ClassesConfig, a2d2_classes
+from ..errors import DataError
+from ..geometry import NearestTable, RemapTable, limit_period, undistort_map
+from ..io import decode_png
 
 KINDS = ("camera", "label", "lidar", "label3D")
 _EXT = {"camera": ".png", "label": ".png", "lidar": ".npz", "label3D": ".json"}

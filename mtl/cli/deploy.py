@@ -49,7 +49,7 @@ def export_cmd(checkpoint, out_dir, opset, fp16, int8, int8_cpu, calib_data, cal
     optional fp16 / int8 variants (each gated on mIoU / mAP drop), a static TensorRT-compatibility check and
     optional TensorRT engines. Exits non-zero (ParityError, code 8) when parity or a gate fails; the report
     is still written and failed artefacts are renamed *.rejected."""
-    from .export.onnx_export import export_checkpoint
+    from ..export.onnx_export import export_checkpoint
 
     export_checkpoint(checkpoint, out_dir, opset=opset, fp16=fp16, int8=int8, int8_cpu=int8_cpu, calib_data=calib_data,
                       calib_frames=calib_frames, val_data=val_data, max_drop_miou=max_drop_miou,
@@ -83,7 +83,7 @@ _RUNTIME_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt
 def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
     """Run the torch-free runtime on every frame: OUT/<id>.json (boxes in metres with class names, scores,
     timing), OUT/<id>_sem.png (class-id PNG), optional overlays, OUT/summary.json."""
-    from .runtime.pipeline import infer_directory
+    from ..runtime.pipeline import infer_directory
 
     s = infer_directory(model, data, out, backend=backend, threads=threads, overlay_images=overlay, limit=limit,
                         progress=not no_progress, log=lambda m: _click.echo(m, err=True))
@@ -119,7 +119,7 @@ def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
 def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds, threads, out_dir, no_progress):
     """Per-stage latency (mean/p50/p90/p99), throughput, peak RSS and parity vs torch for each backend,
     printed as one table and written as JSON + markdown."""
-    from .bench import run_bench
+    from ..bench import run_bench
 
     names = tuple(c.strip() for c in compare.split(",") if c.strip())
     report = run_bench(model, data, names, checkpoint=checkpoint, iters=iters, warmup=warmup, threads=threads,
