@@ -78,7 +78,7 @@ def export_default(out: Path, cfg=None, seed: int = 0) -> tuple[Path, Path]:
     import torch
 
     from mtl.config import Config, sha256_file
-    from mtl.export.metadata import build_metadata, write_onnx_metadata
+    from mtl.contract import build_metadata, write_onnx_metadata
     from mtl.export.onnx_export import export_onnx_proto, save_proto_atomic
     from mtl.model import build_model
 

@@ -40,13 +40,13 @@ from .errors import BackendUnavailableError, DataError, MtlError
 from .runtime.backends import Backend
 from .runtime.frames import RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
-from .runtime.preprocess import REQUIRED_OUTPUTS, STAGES, ModelSpec, StageTimer
+from .contract import OUTPUTS
+from .runtime.preprocess import STAGES, ModelSpec, StageTimer
 
 BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu",
                   "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 DEFAULT_COMPARE = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu", "tensorrt")
 TABLE_STAGES = STAGES
-OUTPUTS = REQUIRED_OUTPUTS
 # ONNX variants next to --model, run on the CPU EP: backend -> (file, the export flag that writes it, file tag)
 ORT_VARIANTS = {"onnxruntime-fp16": ("model_fp16.onnx", "--fp16", "ort-fp16"),
                 "onnxruntime-int8": ("model_int8.onnx", "--int8", "ort-int8"),
@@ -379,7 +379,7 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
               threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = "benchmarks/results",
               rounds: int = 5,
               progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    from .runtime.backends import read_onnx_metadata
+    from .contract import read_onnx_metadata
 
     model = Path(model)
     checkpoint = Path(checkpoint) if checkpoint else None

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
+from .contract import OUTPUTS
 from .geometry import bev_to_image_grid, cam_matrix, scale_cam_matrix
-
-OUTPUT_NAMES = ("bbox_heatmap", "bbox_reg", "sem_logits")
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1, k: int = 3) -> nn.Sequential:

@@ -50,7 +50,7 @@ def _frame_feeds(setup):
 
 def test_fp32_export_names_metadata_checker_parity(setup):
     from mtl.config import Config
-    from mtl.export.metadata import read_onnx_metadata
+    from mtl.contract import read_onnx_metadata
 
     path = setup["out"] / "model.onnx"
     m = onnx.load(str(path))
@@ -124,7 +124,7 @@ def test_in_graph_decode_equals_numpy_decode(setup):
 def test_fp16_and_int8_variants_are_gated_and_recorded(setup):
     from onnx import numpy_helper
 
-    from mtl.export.metadata import read_onnx_metadata
+    from mtl.contract import read_onnx_metadata
 
     rep = setup["report"]
     for name, fname in (("fp16", "model_fp16.onnx"), ("int8", "model_int8.onnx")):
@@ -157,7 +157,7 @@ def test_fp16_and_int8_variants_are_gated_and_recorded(setup):
 def test_int8_cpu_variant_is_uint8_gated_and_not_sent_to_tensorrt(setup):
     """``--int8-cpu``: UINT8 activations, int32 biases, adds/concats/resizes quantized, metric-gated like the
     other variants, flagged (by design) by the TensorRT check, and summarised in one line, not listed."""
-    from mtl.export.metadata import read_onnx_metadata
+    from mtl.contract import read_onnx_metadata
 
     rep, path = setup["report"], setup["out"] / "model_int8_cpu.onnx"
     v = rep["variants"]["int8_cpu"]
@@ -249,7 +249,7 @@ def test_trt_check_dynamic_batch_needs_a_profile(setup):
 
 
 def test_metadata_errors_and_sidecar_roundtrip(setup, tmp_path):
-    from mtl.export import metadata as md
+    import mtl.contract as md
 
     bare = onnx.load(str(setup["out"] / "model.onnx"))
     del bare.metadata_props[:]
@@ -296,7 +296,7 @@ def test_export_trt_without_tensorrt_exits_with_clear_message(setup, tmp_path):
 
 def test_tensorrt_engine_build(setup, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU machine)")
-    from mtl.export.metadata import read_sidecar
+    from mtl.contract import read_sidecar
     from mtl.export.tensorrt_build import build_engine, gpu_info
 
     try:

@@ -19,12 +19,13 @@ def _inputs(cfg, b=2):
 
 
 def test_output_shapes_and_names():
-    from mtl.model import OUTPUT_NAMES, build_model
+    from mtl.contract import OUTPUTS
+    from mtl.model import build_model
 
     cfg = tiny_cfg()
     model = build_model(cfg).eval()
     out = model(*_inputs(cfg, 3))
-    assert tuple(out) == OUTPUT_NAMES
+    assert tuple(out) == OUTPUTS
     hh, ww = cfg.grid.head_shape
     assert out["bbox_heatmap"].shape == (3, cfg.classes.n_det, hh, ww)
     assert out["bbox_reg"].shape == (3, 8, hh, ww)

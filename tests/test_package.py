@@ -26,6 +26,18 @@ def test_core_modules_do_not_import_torch():
     assert _imports_torch(TORCH_FREE) == []
 
 
+def test_runtime_imports_neither_torch_nor_the_exporter():
+    """The vehicle runtime depends on the artefact contract (mtl.contract), never on mtl.export."""
+    code = (
+        "import json, sys\n"
+        "import mtl.runtime\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] == 'torch' or k == 'mtl.export'\n"
+        "                        or k.startswith('mtl.export.') or k == 'onnx' or k.startswith('onnx.'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 def test_optional_torch_free_modules_do_not_import_torch():
     import importlib.util
 
@@ -36,7 +48,7 @@ def test_optional_torch_free_modules_do_not_import_torch():
             return False
 
     present = [m for m in ("mtl.metrics", "mtl.data.a2d2", "mtl.data.synth", "mtl.data.convert", "mtl.data.inspect",
-                           "mtl.viz", "mtl.export.metadata") if exists(m)]
+                           "mtl.viz", "mtl.contract") if exists(m)]
     if not present:
         pytest.skip("no optional torch-free modules installed")
     assert _imports_torch(present) == []

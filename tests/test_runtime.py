@@ -52,7 +52,7 @@ def save_tiny_checkpoint(cfg, path: Path, seed: int = 0) -> Path:
 
 def export_tiny(ckpt: Path, onnx_path: Path, decode: bool = False, meta_edit=None) -> Path:
     """Real export (mtl.export.onnx_export + metadata) of a checkpoint; ``meta_edit(meta)`` may tamper."""
-    from mtl.export.metadata import build_metadata, write_onnx_metadata
+    from mtl.contract import build_metadata, write_onnx_metadata
     from mtl.export.onnx_export import export_onnx_proto, save_proto_atomic
     from mtl.model import load_checkpoint
 
@@ -62,7 +62,7 @@ def export_tiny(ckpt: Path, onnx_path: Path, decode: bool = False, meta_edit=Non
                           source_checkpoint_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest())
     if meta_edit is not None:
         meta_edit(meta)
-        from mtl.export.metadata import METADATA_KEY
+        from mtl.contract import METADATA_KEY
 
         keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
         del proto.metadata_props[:]

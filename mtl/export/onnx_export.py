@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from .metadata import BASE_OUTPUTS, DECODE_OUTPUTS
+from ..contract import DECODE_OUTPUTS, OUTPUTS
 
 MIN_OPSET = 18
 
@@ -40,7 +40,7 @@ class ExportWrapper(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return list(BASE_OUTPUTS) + (list(DECODE_OUTPUTS) if self.decode else [])
+        return list(OUTPUTS) + (list(DECODE_OUTPUTS) if self.decode else [])
 
     def forward(self, image: torch.Tensor, bev: torch.Tensor):
         out = self.model(image, bev)
@@ -233,7 +233,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     from ..io import write_bytes_atomic, write_json_atomic
     from ..model import load_checkpoint
     from . import parity as par
-    from .metadata import build_metadata, write_onnx_metadata
+    from ..contract import build_metadata, write_onnx_metadata
     from .trt_check import check_model, format_findings, has_errors
 
     t_start = time.perf_counter()

@@ -22,7 +22,7 @@ from typing import Any
 from ..config import sha256_file
 from ..errors import BackendUnavailableError, ModelMismatchError
 from ..io import write_bytes_atomic
-from .metadata import read_onnx_metadata, write_sidecar
+from ..contract import gpu_info, read_onnx_metadata, write_sidecar
 
 
 def import_tensorrt():
@@ -39,34 +39,6 @@ def import_tensorrt():
 
 def trt_major(trt) -> int:
     return int(str(trt.__version__).split(".")[0])
-
-
-def gpu_info(device: int = 0) -> dict[str, Any]:
-    """Name and compute capability of CUDA device ``device`` via cuda-python (``cuda.bindings.runtime``)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6 layout
-        except ImportError:
-            raise BackendUnavailableError(None, "cuda-python is not installed (`pip install cuda-python`), needed "
-                                                "to query the GPU for the engine sidecar") from None
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or not count:
-        raise BackendUnavailableError(None, f"no usable CUDA device (cudaGetDeviceCount: {_err_name(err)}); "
-                                            "TensorRT engines need an NVIDIA GPU and driver")
-    if device >= count:
-        raise BackendUnavailableError(None, f"CUDA device {device} does not exist ({count} device(s))")
-    err, prop = cudart.cudaGetDeviceProperties(device)
-    if int(err) != 0:
-        raise BackendUnavailableError(None, f"cudaGetDeviceProperties failed: {_err_name(err)}")
-    name = prop.name
-    name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
-    return {"gpu_name": name.strip(), "compute_capability": f"{prop.major}.{prop.minor}", "device": device}
-
-
-def _err_name(err) -> str:
-    return getattr(err, "name", str(err))
 
 
 def check_available() -> tuple[Any, dict]:

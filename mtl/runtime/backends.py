@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import sha256_file
+from ..contract import gpu_info, read_onnx_metadata, read_sidecar, sidecar_path
 from ..errors import BackendUnavailableError, ModelMismatchError
 from .preprocess import ModelSpec, StageTimer
 
@@ -70,27 +71,6 @@ def _import_ort():
     except ImportError as e:
         raise BackendUnavailableError(None, f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
     return ort
-
-
-def read_onnx_metadata(path: str | Path, session: Any = None) -> dict:
-    """The validated ``mtl`` metadata of an ONNX model, read through onnxruntime (the runtime needs no
-    ``onnx`` package and the weights are loaded once, by the session that runs them)."""
-    from ..export.metadata import METADATA_KEY as KEY
-    from ..export.metadata import parse_metadata
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelMismatchError(path, "model file not found")
-    if session is None:
-        ort = _import_ort()
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise ModelMismatchError(path, f"not a loadable ONNX model ({type(e).__name__}: "
-                                           f"{str(e).strip().splitlines()[0][:200]})") from None
-    return parse_metadata(session.get_modelmeta().custom_metadata_map.get(KEY), path)
 
 
 class OrtBackend(Backend):
@@ -159,22 +139,6 @@ class OrtBackend(Backend):
 
 
 # ---------------------------------------------------------------------------------------- TensorRT
-
-
-def sidecar_path(engine: str | Path) -> Path:
-    from ..export.metadata import sidecar_path as _sp
-
-    return _sp(engine)
-
-
-def read_sidecar(engine: str | Path) -> dict:
-    """The validated sidecar of an engine (``mtl.export.metadata.read_sidecar``)."""
-    from ..export.metadata import read_sidecar as _rs
-
-    engine = Path(engine)
-    if not engine.is_file():
-        raise ModelMismatchError(engine, "engine file not found")
-    return _rs(engine)
 
 
 def sidecar_onnx(engine: Path, meta: dict) -> Path | None:
@@ -256,8 +220,6 @@ class TensorRTBackend(Backend):
         trt, cudart = _import_tensorrt()
         self.trt, self.cudart = trt, cudart
         # the GPU identity exactly as the builder wrote it into the sidecar (same name normalisation)
-        from ..export.tensorrt_build import gpu_info
-
         dev = gpu_info()
         if str(meta["tensorrt_version"]) != trt.__version__:
             raise ModelMismatchError(self.path, f"engine was built with TensorRT {meta['tensorrt_version']} but "

@@ -28,8 +28,7 @@ import numpy as np
 
 from ..config import CameraConfig, Config
 from ..errors import DataError, ModelMismatchError
-from ..export.metadata import BASE_OUTPUTS as REQUIRED_OUTPUTS
-from ..export.metadata import METADATA_FORMAT, METADATA_KEY
+from ..contract import METADATA_FORMAT, METADATA_KEY, OUTPUTS, validate_metadata
 from ..geometry import bev_raster, cam_matrix, normalise_image, scale_cam_matrix
 
 STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
@@ -90,8 +89,6 @@ class ModelSpec:
     @staticmethod
     def from_metadata(meta: dict, path: str | Path) -> ModelSpec:
         """Validate the metadata contract (ONNX key ``mtl`` / engine sidecar) and rebuild the Config."""
-        from ..export.metadata import validate_metadata
-
         validate_metadata(meta, path)
         try:
             cfg = Config.from_dict(meta["config"])
@@ -103,7 +100,7 @@ class ModelSpec:
             bev_shape = tuple(_dim(v) for v in inputs["bev"])
         except (KeyError, TypeError):
             raise ModelMismatchError(path, "mtl metadata lacks inputs.image / inputs.bev shapes") from None
-        outputs = tuple(meta.get("outputs") or REQUIRED_OUTPUTS)
+        outputs = tuple(meta.get("outputs") or OUTPUTS)
         spec = ModelSpec(path=str(path), cfg=cfg, meta=meta, image_shape=image_shape, bev_shape=bev_shape,
                          outputs=outputs, decode=bool(meta.get("decode", False)),
                          precision=str(meta.get("precision", "fp32")),
@@ -117,7 +114,7 @@ class ModelSpec:
         h, w = cfg.camera.image_hw
         meta = {"format": METADATA_FORMAT, "config": cfg.to_dict(), "decode": False, "precision": "fp32"}
         return ModelSpec(path=str(path), cfg=cfg, meta=meta, image_shape=(1, 3, h, w),
-                         bev_shape=(1, cfg.grid.n_channels, *cfg.grid.shape), outputs=REQUIRED_OUTPUTS,
+                         bev_shape=(1, cfg.grid.n_channels, *cfg.grid.shape), outputs=OUTPUTS,
                          decode=False, precision="fp32", heatmap_activation=heatmap_activation)
 
     def check_consistent(self) -> None:
@@ -136,7 +133,7 @@ class ModelSpec:
         if tuple(self.bev_shape[2:]) != tuple(cfg.grid.shape):
             raise ModelMismatchError(p, f"metadata bev input is {self.bev_shape[2]}x{self.bev_shape[3]} but the config's "
                                         f"grid is {cfg.grid.shape[0]}x{cfg.grid.shape[1]}")
-        missing = [o for o in REQUIRED_OUTPUTS if o not in self.outputs]
+        missing = [o for o in OUTPUTS if o not in self.outputs]
         if missing:
             raise ModelMismatchError(p, f"model lacks outputs {missing} (has {list(self.outputs)})")
         if self.heatmap_activation not in ("sigmoid", "none"):

@@ -1,6 +1,8 @@
-"""ONNX / TensorRT-sidecar metadata: the contract between ``mtl export`` and the torch-free runtime.
+"""The artefact contract between ``mtl export`` and the torch-free runtime: output names, the ``mtl``
+metadata (build / validate / read / write), the TensorRT engine sidecar and the GPU identity recorded in it.
 
-Torch-free (the runtime imports it); ``onnx`` is optional (falls back to onnxruntime to read metadata).
+Both ``mtl.export`` and ``mtl.runtime`` import this module; the runtime never imports ``mtl.export``.
+Torch-free; ``onnx`` is optional (metadata is read through onnxruntime when it is absent).
 
 ONNX ``metadata_props`` key ``"mtl"`` holds one JSON object::
 
@@ -24,11 +26,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelMismatchError
+from .errors import BackendUnavailableError, ModelMismatchError
 
 METADATA_KEY = "mtl"
 METADATA_FORMAT = 1
-BASE_OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
+# the model's outputs, in this order, in torch (``Model.forward``'s dict), ONNX and every runtime backend
+OUTPUTS = ("bbox_heatmap", "bbox_reg", "sem_logits")
+# appended by ``mtl export --decode`` (in-graph peak NMS + top-K + box decode)
 DECODE_OUTPUTS = ("det_scores", "det_labels", "det_boxes")
 PRECISIONS = ("fp32", "fp16", "int8")
 REQUIRED_KEYS = ("mtl_version", "format", "config", "inputs", "outputs", "decode", "precision", "opset",
@@ -39,10 +43,10 @@ SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision
 def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision: str, opset: int,
                    source_checkpoint_sha256: str, mtl_version: str | None = None, **extra: Any) -> dict:
     """The ``mtl`` metadata object for a model exported from a config dict (``cfg.to_dict()``)."""
-    from ..config import Config
+    from .config import Config
 
     if mtl_version is None:
-        from .. import __version__ as mtl_version
+        from . import __version__ as mtl_version
     cfg = Config.from_dict(cfg_dict)
     h, w = cfg.camera.image_hw
     gh, gw = cfg.grid.shape
@@ -51,7 +55,7 @@ def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision:
         "format": METADATA_FORMAT,
         "config": cfg.to_dict(),
         "inputs": {"image": [batch, 3, int(h), int(w)], "bev": [batch, cfg.grid.n_channels, gh, gw]},
-        "outputs": list(BASE_OUTPUTS) + (list(DECODE_OUTPUTS) if decode else []),
+        "outputs": list(OUTPUTS) + (list(DECODE_OUTPUTS) if decode else []),
         "decode": bool(decode),
         "precision": precision,
         "opset": int(opset),
@@ -81,11 +85,11 @@ def validate_metadata(meta: Any, source: str | Path) -> dict:
     if not isinstance(ins, dict) or set(ins) != {"image", "bev"} or not all(
             isinstance(v, list) and len(v) == 4 for v in ins.values()):
         raise ModelMismatchError(source, f"mtl metadata 'inputs' must map image/bev to 4-D shapes, got {ins!r}")
-    expect = list(BASE_OUTPUTS) + (list(DECODE_OUTPUTS) if meta["decode"] else [])
+    expect = list(OUTPUTS) + (list(DECODE_OUTPUTS) if meta["decode"] else [])
     if list(meta["outputs"]) != expect:
         raise ModelMismatchError(source, f"mtl metadata outputs {meta['outputs']} != expected {expect}")
     try:
-        from ..config import Config
+        from .config import Config
 
         Config.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as e:
@@ -95,7 +99,7 @@ def validate_metadata(meta: Any, source: str | Path) -> dict:
 
 def config_from_metadata(meta: dict):
     """The ``mtl.config.Config`` recorded in the metadata."""
-    from ..config import Config
+    from .config import Config
 
     return Config.from_dict(meta["config"])
 
@@ -122,11 +126,22 @@ def write_onnx_metadata(model_proto, meta: dict) -> None:
     model_proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=False))
 
 
-def read_onnx_metadata(path: str | Path) -> dict:
-    """Validated ``mtl`` metadata of an ONNX file (weights are not loaded)."""
+def read_onnx_metadata(path: str | Path, session: Any = None) -> dict:
+    """Validated ``mtl`` metadata of an ONNX file.
+
+    ``session``: an onnxruntime session already holding the model (the runtime: weights are loaded once, by
+    the session that runs them). Without one, ``onnx`` reads the file if installed, else onnxruntime."""
     path = Path(path)
-    if not path.is_file():
+    if session is None and not path.is_file():
         raise ModelMismatchError(path, "ONNX model not found")
+    if session is not None:
+        props = dict(session.get_modelmeta().custom_metadata_map)
+    else:
+        props = _read_props(path)
+    return parse_metadata(props.get(METADATA_KEY), path)
+
+
+def _read_props(path: Path) -> dict:
     try:
         import onnx
     except ImportError:
@@ -136,16 +151,19 @@ def read_onnx_metadata(path: str | Path) -> dict:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
             raise ModelMismatchError(path, f"not a readable ONNX model ({type(e).__name__}: {e})") from None
-        props = {p.key: p.value for p in proto.metadata_props}
-    else:
-        try:
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            props = dict(sess.get_modelmeta().custom_metadata_map)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidGraph types
-            raise ModelMismatchError(path, f"not a readable ONNX model ({type(e).__name__}: {e})") from None
-    return parse_metadata(props.get(METADATA_KEY), path)
+        return {p.key: p.value for p in proto.metadata_props}
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelMismatchError(path, "neither onnx nor onnxruntime is installed: cannot read the model") from None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidGraph types
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelMismatchError(path, f"not a loadable ONNX model ({type(e).__name__}: {msg})") from None
+    return dict(sess.get_modelmeta().custom_metadata_map)
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -156,7 +174,7 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 def write_sidecar(engine_path: str | Path, meta: dict) -> Path:
     """Write the TensorRT sidecar atomically (the ONNX metadata plus the TensorRT build facts)."""
-    from ..io import write_json_atomic
+    from .io import write_json_atomic
 
     validate_metadata(meta, sidecar_path(engine_path))
     missing = [k for k in SIDECAR_KEYS if k not in meta]
@@ -184,14 +202,45 @@ def read_sidecar(engine_path: str | Path) -> dict:
     return meta
 
 
+def gpu_info(device: int = 0) -> dict[str, Any]:
+    """Name and compute capability of CUDA device ``device`` via cuda-python (``cuda.bindings.runtime``):
+    the identity the engine builder writes into the sidecar and the TensorRT backend compares, with one
+    name normalisation for both."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6 layout
+        except ImportError:
+            raise BackendUnavailableError(None, "cuda-python is not installed (`pip install cuda-python`), needed "
+                                                "to query the GPU for the engine sidecar") from None
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or not count:
+        raise BackendUnavailableError(None, f"no usable CUDA device (cudaGetDeviceCount: {_err_name(err)}); "
+                                            "TensorRT engines need an NVIDIA GPU and driver")
+    if device >= count:
+        raise BackendUnavailableError(None, f"CUDA device {device} does not exist ({count} device(s))")
+    err, prop = cudart.cudaGetDeviceProperties(device)
+    if int(err) != 0:
+        raise BackendUnavailableError(None, f"cudaGetDeviceProperties failed: {_err_name(err)}")
+    name = prop.name
+    name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
+    return {"gpu_name": name.strip(), "compute_capability": f"{prop.major}.{prop.minor}", "device": device}
+
+
+def _err_name(err) -> str:
+    return getattr(err, "name", str(err))
+
+
 __all__ = [
-    "BASE_OUTPUTS",
+    "OUTPUTS",
     "DECODE_OUTPUTS",
     "METADATA_FORMAT",
     "METADATA_KEY",
     "PRECISIONS",
     "SIDECAR_KEYS",
     "build_metadata",
+    "gpu_info",
     "config_from_metadata",
     "parse_metadata",
     "read_onnx_metadata",
