@@ -23,7 +23,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from test_convert import ALL, write_raw_tree
-from test_dataset import tiny_cfg, write_tiny_chunks
+from conftest import tiny_cfg, write_tiny_chunks
 from test_runtime import tiny_artifacts
 
 from mtl.data import a2d2

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_dataset import tiny_cfg, write_tiny_chunks
+from conftest import tiny_cfg, write_tiny_chunks
 from test_train import _rows
 
 EPOCHS = 3

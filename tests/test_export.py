@@ -12,7 +12,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner
-from test_dataset import tiny_cfg, write_tiny_chunks
+from conftest import tiny_cfg, write_tiny_chunks
 
 from mtl.errors import BackendUnavailableError, ModelMismatchError
 

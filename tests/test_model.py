@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_dataset import tiny_cfg
+from conftest import tiny_cfg
 
 from mtl.errors import ModelMismatchError
 

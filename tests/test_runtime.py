@@ -19,7 +19,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner
-from test_dataset import tiny_cfg, write_tiny_chunks
+from conftest import tiny_cfg, write_tiny_chunks
 
 from mtl.data.chunk import read_chunk, write_chunk
 from mtl.cli import main

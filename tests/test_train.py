@@ -15,7 +15,7 @@ pytest.importorskip("mtl.losses", reason="mtl/losses.py not written yet")
 pytest.importorskip("mtl.metrics", reason="mtl/metrics.py not written yet")
 
 from click.testing import CliRunner
-from test_dataset import tiny_cfg, write_tiny_chunks
+from conftest import tiny_cfg, write_tiny_chunks
 
 from mtl.cli import main
 
