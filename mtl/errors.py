@@ -56,3 +56,17 @@ class ParityError(MtlError):
     """An exported model differs from torch (or its metric drop exceeds the gate)."""
 
     exit_code = 8
+
+
+class OutputError(MtlError):
+    """An output location would destroy or mix what is there (refused without ``--overwrite`` /
+    ``--resume``), is being written by another mtl process, or lies inside the input data."""
+
+    exit_code = 9
+
+
+class StorageError(MtlError):
+    """The environment refused a read or write: disk full, read-only file system, permission denied,
+    too many open files, I/O error. Nothing half-written is left behind (writes are atomic)."""
+
+    exit_code = 10

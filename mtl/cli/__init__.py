@@ -18,8 +18,23 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MtlError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            _fail(e)
+        except OSError as e:
+            from ..io import storage_error
+
+            err = storage_error(e)
+            if err is None:
+                raise                 # not the environment's refusal: a bug, keep the traceback
+            _fail(err)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (Ctrl-C); finished outputs are intact, nothing half-written was kept",
+                       err=True)
+            sys.exit(130)
+
+
+def _fail(e: MtlError) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(e.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
