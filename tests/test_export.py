@@ -248,14 +248,15 @@ def test_trt_check_dynamic_batch_needs_a_profile(setup):
     assert not has_errors(check_model(proto, profile=(1, 2, 4)))
 
 
-def _rows(findings) -> list[tuple]:
+def _finding_rows(findings) -> list[tuple]:
     return [(f["level"], f["code"], f["message"], f.get("node")) for f in findings]
 
 
 def _graph_level_model():
     """Opset 22, dynamic dims, a DOUBLE output, DOUBLE / UINT16 initializers, int64 constants beyond int32
     (one a Slice bound), an If whose branch holds an unsupported op, and a model-local function."""
-    from onnx import TensorProto as T, helper, numpy_helper
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
 
     vi = helper.make_tensor_value_info
     inits = [numpy_helper.from_array(np.array([1.5], np.float64), "dbl"),
@@ -284,7 +285,8 @@ def _graph_level_model():
 
 
 def test_trt_check_graph_level_findings():
-    from onnx import TensorProto as T, helper
+    from onnx import TensorProto as T
+    from onnx import helper
 
     from mtl.export.trt_check import check_model
 
@@ -299,14 +301,14 @@ def test_trt_check_graph_level_findings():
          None),
     ]
     opset_info = ("info", "opset", "opset 22 needs a recent TensorRT 10 (10.0 parses up to 20)", None)
-    assert _rows(check_model(_graph_level_model())) == [
+    assert _finding_rows(check_model(_graph_level_model())) == [
         opset_info,
-        ("error", "dynamic-dim", "input 'x' dim 0 ('b') is dynamic but no optimisation profile is given "
-                                 "(--trt-profile min:opt:max)", None),
-        ("error", "dynamic-dim", "input 'x' dim 1 ('h') is dynamic but no optimisation profile is given "
-                                 "(--trt-profile min:opt:max)", None),
+        ("error", "dynamic-dim", ("input 'x' dim 0 ('b') is dynamic but no optimisation profile is given "
+                                  "(--trt-profile min:opt:max)"), None),
+        ("error", "dynamic-dim", ("input 'x' dim 1 ('h') is dynamic but no optimisation profile is given "
+                                  "(--trt-profile min:opt:max)"), None),
         *common_tail]
-    assert _rows(check_model(_graph_level_model(), profile=(1, 2, 4))) == [
+    assert _finding_rows(check_model(_graph_level_model(), profile=(1, 2, 4))) == [
         opset_info,
         ("error", "dynamic-dim", "input 'x' dim 1 ('h') is dynamic; the profile only covers the batch dim", None),
         *common_tail]
@@ -314,14 +316,16 @@ def test_trt_check_graph_level_findings():
     relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                              [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])],
                              [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])])
-    assert _rows(check_model(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)]))) == [
+    plain = helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)])
+    assert _finding_rows(check_model(plain)) == [
         ("info", "ok", "all 1 nodes / 1 op types are in TensorRT 10.15's ONNX operator list", None)]
-    assert _rows(check_model(helper.make_model(relu, opset_imports=[helper.make_opsetid("com.microsoft", 1)]))) == [
-        ("error", "opset", "model imports no default ONNX opset", None)]
+    contrib_only = helper.make_model(relu, opset_imports=[helper.make_opsetid("com.microsoft", 1)])
+    assert _finding_rows(check_model(contrib_only)) == [("error", "opset", "model imports no default ONNX opset", None)]
 
 
 def test_trt_check_per_op_restrictions():
-    from onnx import TensorProto as T, helper, numpy_helper
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
 
     from mtl.export.trt_check import check_model
 
@@ -346,7 +350,7 @@ def test_trt_check_per_op_restrictions():
              n("ReduceMean", ["x", "ax"], ["rm"], name="rm")]
     m = helper.make_model(helper.make_graph(nodes, "g", ins, outs, inits), opset_imports=[helper.make_opsetid("", 18)])
     e = "op-restriction"
-    assert _rows(check_model(m)) == [
+    assert _finding_rows(check_model(m)) == [
         ("error", e, "GridSample: input must be 4-D (got rank 5)", "gs"),
         ("error", e, "GridSample: mode 'area' unsupported", "gs"),
         ("error", e, "GridSample: padding_mode 'wrap' unsupported", "gs"),
