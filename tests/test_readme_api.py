@@ -26,7 +26,7 @@ def readme_python_blocks(section: str = "## Python API") -> list[str]:
     start = text.index(section + "\n")
     end = text.find("\n## ", start + len(section))
     body = text[start: end if end >= 0 else len(text)]
-    return re.findall(r"^```python\n(.*?)^```$", body, flags=re.S | re.M)
+    return re.findall(r"^```python\n(.*?)^```$", body, flags=re.DOTALL | re.MULTILINE)
 
 
 def run_example(workdir: Path) -> list[str]:
