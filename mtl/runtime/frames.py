@@ -99,7 +99,14 @@ def detect_source(path: str | Path) -> str:
 
 def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = False,
                 limit: int | None = None) -> Iterator[RuntimeFrame]:
-    """Frames of ``path`` in a stable order. ``cfg`` (the model's) is needed for raw ground truth."""
+    """``RuntimeFrame``s of ``path`` in a stable order, read lazily (one chunk / one raw frame at a time).
+
+    ``path``: a directory of NPZ chunks, one ``.npz`` chunk, or a raw A2D2 tree (``cams_lidars.json`` +
+    ``<scene>/{camera,lidar,label,label3D}/cam_front_center/``), detected by ``detect_source``. ``cfg`` (the
+    model's, ``pipe.cfg``) names the camera of a raw tree and is needed for raw ground truth; ``with_gt``
+    attaches ``gt_boxes`` (M, 7) metres, ``gt_labels`` (M,) and ``gt_semantic`` (H, W) uint8 at model size;
+    ``limit`` stops after that many frames. Raises ``DataError`` for a path that is neither (and the chunk /
+    raw readers' errors for a bad file)."""
     kind = detect_source(path)
     it = _chunk_frames(Path(path), with_gt) if kind == KIND_CHUNK else _raw_frames(Path(path), cfg, with_gt)
     for i, f in enumerate(it):
