@@ -10,7 +10,7 @@ Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.data.a2d2`
                   -> ``normalise_image``
   LiDAR:          finite check (non-finite rows are DROPPED and counted) -> ``geometry.bev_raster``
 
-Decision on non-finite points: a NaN/inf row is dropped and reported as ``points_dropped`` in the result
+Decision on non-finite points: a NaN/inf row is dropped and reported as ``points_dropped_nonfinite`` in ``Result.info``
 (``bev_raster`` would ignore a NaN coordinate anyway, but a NaN reflectance inside the grid would poison
 a cell mean). The raw A2D2 reader (``mtl.data.a2d2.read_lidar``) and the chunk reader refuse such files at
 read time, so drops only happen for arrays handed to ``Pipeline.run`` directly.
