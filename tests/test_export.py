@@ -248,6 +248,131 @@ def test_trt_check_dynamic_batch_needs_a_profile(setup):
     assert not has_errors(check_model(proto, profile=(1, 2, 4)))
 
 
+def _finding_rows(findings) -> list[tuple]:
+    return [(f["level"], f["code"], f["message"], f.get("node")) for f in findings]
+
+
+def _graph_level_model():
+    """Opset 22, dynamic dims, a DOUBLE output, DOUBLE / UINT16 initializers, int64 constants beyond int32
+    (one a Slice bound), an If whose branch holds an unsupported op, and a model-local function."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    vi = helper.make_tensor_value_info
+    inits = [numpy_helper.from_array(np.array([1.5], np.float64), "dbl"),
+             numpy_helper.from_array(np.array([7], np.uint16), "u16"),
+             numpy_helper.from_array(np.array([2**40], np.int64), "huge"),
+             numpy_helper.from_array(np.array([0], np.int64), "st"),
+             numpy_helper.from_array(np.array([2**62], np.int64), "en")]       # "to the end": not flagged
+    then_g = helper.make_graph([helper.make_node("Unique", ["x"], ["t0"]),
+                                helper.make_node("Cast", ["x"], ["t1"], to=T.DOUBLE)], "then", [],
+                               [vi("t1", T.DOUBLE, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e1"])], "else", [], [vi("e1", T.FLOAT, None)])
+    k = numpy_helper.from_array(np.array([-2**40], np.int64))
+    nodes = [helper.make_node("Cast", ["x"], ["y"], to=T.DOUBLE),
+             helper.make_node("Slice", ["x", "st", "en"], ["s"]),
+             helper.make_node("If", ["c"], ["o"], then_branch=then_g, else_branch=else_g, name="branch"),
+             helper.make_node("Twice", ["x"], ["f"], domain="local.fn"),
+             helper.make_node("Constant", [], ["k"], value=k),
+             helper.make_node("ReduceSum", ["x", "k"], ["r"])]
+    fn = helper.make_function("local.fn", "Twice", ["a"], ["b2"], [helper.make_node("Add", ["a", "a"], ["b2"])],
+                              [helper.make_opsetid("", 22)])
+    g = helper.make_graph(nodes, "g", [vi("x", T.FLOAT, ["b", "h"]), vi("c", T.BOOL, [])],
+                          [vi("y", T.DOUBLE, None), vi("s", T.FLOAT, None), vi("o", T.FLOAT, None),
+                           vi("f", T.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid("local.fn", 1)],
+                             functions=[fn])
+
+
+def test_trt_check_graph_level_findings():
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    from mtl.export.trt_check import check_model
+
+    common_tail = [
+        ("error", "io-dtype", "output 'y' has dtype DOUBLE, not a TensorRT I/O type", None),
+        ("warning", "initializer-dtype", "initializer 'dbl' is DOUBLE: TensorRT casts it down to FLOAT", None),
+        ("error", "initializer-dtype", "initializer 'u16' has dtype UINT16, unsupported", None),
+        ("warning", "op-restriction", "Cast: cast to DOUBLE: TensorRT computes it in FLOAT", "Cast@main"),
+        ("warning", "op-restriction", "Cast: cast to DOUBLE: TensorRT computes it in FLOAT", "Cast@branch/then_branch"),
+        ("error", "unsupported-op", "Unique (1 node) is not supported by TensorRT's ONNX parser", None),
+        ("warning", "int64-range", "2 int64 constant(s) outside the int32 range (e.g. 'huge'); older parsers clamp them",
+         None),
+    ]
+    opset_info = ("info", "opset", "opset 22 needs a recent TensorRT 10 (10.0 parses up to 20)", None)
+    assert _finding_rows(check_model(_graph_level_model())) == [
+        opset_info,
+        ("error", "dynamic-dim", ("input 'x' dim 0 ('b') is dynamic but no optimisation profile is given "
+                                  "(--trt-profile min:opt:max)"), None),
+        ("error", "dynamic-dim", ("input 'x' dim 1 ('h') is dynamic but no optimisation profile is given "
+                                  "(--trt-profile min:opt:max)"), None),
+        *common_tail]
+    assert _finding_rows(check_model(_graph_level_model(), profile=(1, 2, 4))) == [
+        opset_info,
+        ("error", "dynamic-dim", "input 'x' dim 1 ('h') is dynamic; the profile only covers the batch dim", None),
+        *common_tail]
+
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+                             [helper.make_tensor_value_info("y", T.FLOAT, [1, 4])])
+    plain = helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)])
+    assert _finding_rows(check_model(plain)) == [
+        ("info", "ok", "all 1 nodes / 1 op types are in TensorRT 10.15's ONNX operator list", None)]
+    contrib_only = helper.make_model(relu, opset_imports=[helper.make_opsetid("com.microsoft", 1)])
+    assert _finding_rows(check_model(contrib_only)) == [("error", "opset", "model imports no default ONNX opset", None)]
+
+
+def test_trt_check_per_op_restrictions():
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from mtl.export.trt_check import check_model
+
+    vi, n = helper.make_tensor_value_info, helper.make_node
+    ins = [vi("v5", T.FLOAT, [1, 2, 3, 4, 5]), vi("g", T.FLOAT, [1, 3, 4, 2]), vi("x", T.FLOAT, [1, 2, 8, 8]),
+           vi("zp_in", T.INT8, []), vi("kk", T.INT64, [1]), vi("ax", T.INT64, [1])]
+    outs = [vi(o, T.FLOAT, None) for o in ("gs", "r1", "r2", "mp", "ap", "sn", "dq", "cs", "tv", "rm")]
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "sc"),
+             numpy_helper.from_array(np.array(0, np.uint8), "zpu8"),
+             numpy_helper.from_array(np.zeros((1, 1), np.int64), "idx")]
+    nodes = [n("GridSample", ["v5", "g"], ["gs"], mode="area", padding_mode="wrap", name="gs"),
+             n("Resize", ["x", "", "", "sz"], ["r1"], mode="cubic", coordinate_transformation_mode="tf_crop_and_resize",
+               antialias=1, keep_aspect_ratio_policy="not_larger", name="r1"),
+             n("Resize", ["x", "", "", "sz"], ["r2"], mode="nearest", nearest_mode="banker", name="r2"),
+             n("MaxPool", ["x"], ["mp", "mpi"], kernel_shape=[3], dilations=[2], name="mp"),
+             n("AveragePool", ["x"], ["ap"], kernel_shape=[2, 2], name="ap"),
+             n("ScatterND", ["x", "idx", "x"], ["sn"], reduction="add", name="sn"),
+             n("QuantizeLinear", ["x", "sc", "zp_in"], ["q"], name="q"),
+             n("DequantizeLinear", ["q", "sc", "zpu8"], ["dq"], name="dq"),
+             n("Cast", ["x"], ["cs"], to=T.STRING, name="cs"),
+             n("TopK", ["x", "kk"], ["tv", "ti"], sorted=0, name="tk"),
+             n("ReduceMean", ["x", "ax"], ["rm"], name="rm")]
+    m = helper.make_model(helper.make_graph(nodes, "g", ins, outs, inits), opset_imports=[helper.make_opsetid("", 18)])
+    e = "op-restriction"
+    assert _finding_rows(check_model(m)) == [
+        ("error", e, "GridSample: input must be 4-D (got rank 5)", "gs"),
+        ("error", e, "GridSample: mode 'area' unsupported", "gs"),
+        ("error", e, "GridSample: padding_mode 'wrap' unsupported", "gs"),
+        ("error", e, "Resize: mode 'cubic' unsupported (nearest / linear only)", "r1"),
+        ("error", e, "Resize: coordinate_transformation_mode 'tf_crop_and_resize' unsupported", "r1"),
+        ("error", e, "Resize: antialiasing is not supported", "r1"),
+        ("error", e, "Resize: keep_aspect_ratio_policy must be 'stretch'", "r1"),
+        ("error", e, "Resize: nearest_mode 'banker' unsupported", "r2"),
+        ("error", e, "MaxPool: only 2-D or 3-D pooling (kernel_shape [3])", "mp"),
+        ("error", e, "MaxPool: dilations must be all ones", "mp"),
+        ("error", e, "MaxPool: the `Indices` output is unsupported", "mp"),
+        ("error", e, "ScatterND: reduction 'add' unsupported (none only)", "sn"),
+        ("warning", e, "QuantizeLinear: zero point is not a constant; TensorRT needs it to be 0", "q"),
+        ("error", e, "DequantizeLinear: UINT8 quantization is unsupported (UINT8 is only a network I/O type); use INT8",
+         "dq"),
+        ("error", e, "Cast: cast to STRING unsupported", "cs"),
+        ("error", e, "TopK: `sorted` must be 1", "tk"),
+        ("error", e, "TopK: `K` must be a build-time constant (initializer / Constant)", "tk"),
+        ("error", e, "ReduceMean: input 1 (axes) must be a build-time constant", "rm"),
+    ]
+
+
 def test_metadata_errors_and_sidecar_roundtrip(setup, tmp_path):
     import mtl.contract as md
 

@@ -38,6 +38,19 @@ def test_runtime_imports_neither_torch_nor_the_exporter():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_runtime_all_lists_exactly_its_public_names():
+    """``mtl.runtime.__all__`` names every public object the package binds (and nothing else)."""
+    import inspect
+
+    import mtl.runtime as rt
+
+    public = {n for n, v in vars(rt).items()
+              if not n.startswith("_") and not inspect.ismodule(v) and n != "annotations"}   # __future__ import
+    assert sorted(rt.__all__) == sorted(public) and len(set(rt.__all__)) == len(rt.__all__)
+    assert all(getattr(rt, n) is not None for n in rt.__all__)
+    assert {"Pipeline", "iter_frames", "RuntimeFrame", "Result", "overlay", "BACKENDS"} <= set(rt.__all__)
+
+
 def test_optional_torch_free_modules_do_not_import_torch():
     import importlib.util
 

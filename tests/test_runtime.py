@@ -260,6 +260,78 @@ def test_empty_cloud_and_nonfinite_points(pipe, art):
     np.testing.assert_array_equal(r2.outputs["bbox_heatmap"], r3.outputs["bbox_heatmap"])
 
 
+def test_pipeline_run_checks_its_inputs_with_one_line_errors(art, pipe):
+    h, w = art["cfg"].camera.image_hw
+    img = np.zeros((h, w, 3), np.uint8)
+    cases = [
+        (img.astype(np.float32), None, DataError,
+         r"image is float32 \(32, 64, 3\), expected uint8 \(H, W, 3\) RGB at the model size 32x64$"),
+        (img[..., 0], None, DataError, r"image is uint8 \(32, 64\), expected uint8 \(H, W, 3\)"),
+        (np.zeros((h, w, 4), np.uint8), None, DataError, r"image is uint8 \(32, 64, 4\), expected uint8 \(H, W, 3\)"),
+        (img.tolist(), None, DataError, "image is a list, expected a numpy uint8 \\(H, W, 3\\) RGB array"),
+        (np.zeros((1208, 1920, 3), np.uint8), None, ModelMismatchError,
+         r"image size mismatch: image is 1208x1920 but the model input is 32x64; Pipeline.run takes the undistorted"),
+        (img, np.zeros((10, 3), np.float32), DataError, r"points has shape \(10, 3\), expected \(N, 4\)"),
+        (img, np.zeros(4, np.float32), DataError, r"points has shape \(4,\), expected \(N, 4\)"),
+        (img, np.zeros((5, 4), np.int64), DataError, r"points must be a float array \(x, y, z, reflectance\), got dtype int64"),
+        (img, [[1, 2, 3, 4]], DataError, "points must be a float array .* got dtype int64"),
+        (img, np.full((2, 4), "x"), DataError, "points must be a float array .* got dtype <U1"),
+        (img, np.zeros((3, 4), bool), DataError, "points must be a float array .* got dtype bool"),
+    ]
+    for image, points, err, match in cases:
+        with pytest.raises(err, match=match) as e:
+            pipe.run(image, points, frame_id="cam0/7")
+        assert str(e.value).startswith("cam0/7: ") and "\n" not in str(e.value), str(e.value)
+
+    with pytest.raises(DataError, match=r"^cam0/7: frame cam0/7 cam_matrix is float64 \(2, 2\), expected \(3, 3\)"):
+        pipe.run(img, None, frame_id="cam0/7", cam_matrix=np.eye(2))
+    with pytest.raises(ModelMismatchError, match=r"calibration mismatch: frame cam0/7 cam_matrix fx=1.00"):
+        pipe.run(img, None, frame_id="cam0/7", cam_matrix=np.eye(3))
+    pipe.run(img, None, cam_matrix=pipe.spec.model_cam_matrix)      # the model's own intrinsics pass
+
+    # accepted: float64 / float16 points are used as float32, NaN/inf rows dropped and counted, None = no LiDAR
+    pts = np.array([[5, 0, -1, 0.5], [np.nan, 1, 0, 0.2], [6, 1, -1, np.inf], [7, 2, -1, 0.25]])
+    r64, r16 = pipe.run(img, pts), pipe.run(img, pts.astype(np.float16))
+    clean = pipe.run(img, pts[[0, 3]].astype(np.float32))
+    assert r64.info == r16.info == {"points": 4, "points_dropped_nonfinite": 2}
+    for r in (r64, r16):
+        for k in ("bbox_heatmap", "bbox_reg", "sem_logits"):
+            np.testing.assert_array_equal(r.outputs[k], clean.outputs[k])
+    none = pipe.run(img, None, keep_image=True)
+    assert none.info == {"points": 0, "points_dropped_nonfinite": 0} and np.array_equal(none.image, img)
+    assert "decode_png" not in none.timings_ms and "undistort_resize" not in none.timings_ms
+
+
+def test_reprs_show_shapes_and_sizes_never_bytes_or_arrays(art, pipe):
+    f = next(iter_frames(art["chunks"], pipe.cfg, with_gt=True))
+    n, kb = len(f.points), len(f.image_png) / 1e3
+    assert repr(f) == (f"RuntimeFrame(id='tiny/3_000', kind='chunk', points=({n}, 4) float32, image_png={kb:.1f} kB, "
+                       f"gt: boxes {len(f.gt_boxes)}, semantic 32x64)")
+    big = replace(f, frame_id="scene/" + "9" * 500, points=np.ones((250_000, 4), np.float32),
+                  image_png=b"\x89PNG" + bytes(3_100_000), gt_boxes=None, gt_semantic=None)
+    assert repr(big).startswith("RuntimeFrame(id='scene/999") and "...9999" in repr(big)
+    assert "points=(250000, 4) float32, image_png=3.1 MB)" in repr(big) and len(repr(big)) < 200
+    decoded = replace(f, image=np.zeros((32, 64, 3), np.uint8), image_png=None, gt_boxes=None, gt_semantic=None)
+    assert repr(decoded).endswith(f"points=({n}, 4) float32, image=(32, 64, 3) uint8)")
+    assert repr(replace(decoded, image=None)).endswith("image=None)")
+
+    res = pipe.run_frame(f, keep_image=True)
+    text = repr(res)
+    assert len(res.boxes) > 3 and len(text) < 400 and "\n" not in text
+    head = ", ".join(f"{a} {b:.2f}" for a, b in zip(res.label_names[:3], res.scores[:3]))
+    assert text.startswith(f"Result(id='tiny/3_000', detections={len(res.boxes)} [{head}, +{len(res.boxes) - 3} more], "
+                           f"semantic=(32, 64) uint8, points={n}, outputs=[bbox_heatmap, bbox_reg, sem_logits], "
+                           f"image=(32, 64, 3) uint8, total=")
+    assert text.endswith(f"total={res.timings_ms['total']:.1f} ms)")
+    nan = pipe.run(np.zeros((32, 64, 3), np.uint8), np.array([[5, 0, -1, 0.5], [np.nan, 0, 0, 0]], np.float32))
+    assert "points=2 (1 non-finite dropped)" in repr(nan)
+
+    assert repr(pipe) == (f"Pipeline(model={str(art['onnx'])!r}, backend='onnxruntime', precision='fp32', image=32x64, "
+                          "bev=(8, 64, 64), det_classes=4, sem_classes=18)")
+    for t in (repr(f), repr(big), text, repr(pipe)):
+        assert "array(" not in t and "\\x" not in t and "b'" not in t and "[[" not in t
+
+
 def test_overlapped_stages_match_the_sequential_pipeline_and_fail_the_same_way(art):
     """With a helper thread (raster || PNG decode, argmax || box decode) every output, box and class map
     equals the single-threaded pipeline's; a corrupt PNG or bad points still raise the same one-line error,

@@ -24,6 +24,7 @@ Per-op restrictions that are checked (others are listed in ``RESTRICTIONS`` for 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,68 +149,111 @@ def _dtype_names():
 
 def check_model(model: Any, profile: tuple[int, int, int] | None = None) -> list[dict[str, Any]]:
     """Findings for an ONNX model (path or ModelProto). ``profile`` = (min, opt, max) batch: allows a dynamic
-    batch dim. Never raises on an unsupported model; raises only if the file cannot be read."""
-    import numpy as np
+    batch dim. Never raises on an unsupported model; raises only if the file cannot be read.
+
+    Order of the findings: opset, dynamic input dims, I/O dtypes, initializers, per-node restrictions (graph
+    order, subgraphs depth first), unsupported ops, int64 range; ``ok`` (info) when nothing else was found."""
     import onnx
-    from onnx import numpy_helper, shape_inference
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
-    findings: list[dict[str, Any]] = []
-    ok_types, down_types = _dtype_names()
     tname = {v: k for k, v in onnx.TensorProto.DataType.items()}
+    findings = _opset_findings(model) + _dynamic_dim_findings(model, profile) + _io_dtype_findings(model, tname)
+    init_findings, constants = _initializer_findings(model, tname)
+    walk = _Walk(constants=constants, ranks=_tensor_ranks(model), tname=tname,
+                 local_funcs={(f.domain, f.name) for f in model.functions}, findings=findings + init_findings)
+    _visit(model.graph, "main", walk)
+    findings = walk.findings
+    for op, n in sorted(walk.unsupported.items()):
+        findings.append(_finding("error", "unsupported-op",
+                                 f"{op} ({n} node{'s' if n > 1 else ''}) is not supported by TensorRT's ONNX parser"))
+    findings += _int64_range_findings(walk.constants, walk.slice_bounds)
+    if not any(f["level"] in ("error", "warning") for f in findings):
+        findings.append(_finding("info", "ok", f"all {sum(1 for _ in model.graph.node)} nodes / "
+                                               f"{len({n.op_type for n in model.graph.node})} op types are in "
+                                               f"TensorRT {TRT_TABLE_VERSION}'s ONNX operator list"))
+    return findings
 
-    # ---- opset / domains
+
+# ------------------------------------------------------------------------------------ graph level
+
+
+def _opset_findings(model) -> list[dict[str, Any]]:
     opset = None
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             opset = int(imp.version)
     if opset is None:
-        findings.append(_finding("error", "opset", "model imports no default ONNX opset"))
-    elif not OPSET_MIN <= opset <= OPSET_MAX:
-        findings.append(_finding("error", "opset", f"opset {opset} outside TensorRT's supported range "
-                                                   f"[{OPSET_MIN}, {OPSET_MAX}] (onnx-tensorrt {TRT_TABLE_VERSION})"))
-    elif opset > 20:
-        findings.append(_finding("info", "opset", f"opset {opset} needs a recent TensorRT 10 (10.0 parses up to 20)"))
+        return [_finding("error", "opset", "model imports no default ONNX opset")]
+    if not OPSET_MIN <= opset <= OPSET_MAX:
+        return [_finding("error", "opset", f"opset {opset} outside TensorRT's supported range "
+                                           f"[{OPSET_MIN}, {OPSET_MAX}] (onnx-tensorrt {TRT_TABLE_VERSION})")]
+    if opset > 20:
+        return [_finding("info", "opset", f"opset {opset} needs a recent TensorRT 10 (10.0 parses up to 20)")]
+    return []
 
-    # ---- I/O dims and dtypes
-    inits = {i.name: i for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        for d_i, d in enumerate(tt.shape.dim):
+
+def _graph_inputs(model) -> list:
+    """The graph's real inputs (older exporters also list initializers as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def _dynamic_dim_findings(model, profile: tuple[int, int, int] | None) -> list[dict[str, Any]]:
+    out = []
+    for vi in _graph_inputs(model):
+        for d_i, d in enumerate(vi.type.tensor_type.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 continue
             label = d.dim_param or "?"
             if profile is None:
-                findings.append(_finding("error", "dynamic-dim",
-                                         f"input {vi.name!r} dim {d_i} ({label!r}) is dynamic but no optimisation "
-                                         "profile is given (--trt-profile min:opt:max)"))
+                out.append(_finding("error", "dynamic-dim",
+                                    f"input {vi.name!r} dim {d_i} ({label!r}) is dynamic but no optimisation "
+                                    "profile is given (--trt-profile min:opt:max)"))
             elif d_i != 0:
-                findings.append(_finding("error", "dynamic-dim",
-                                         f"input {vi.name!r} dim {d_i} ({label!r}) is dynamic; the profile only "
-                                         "covers the batch dim"))
-    for kind, vis in (("input", [v for v in model.graph.input if v.name not in inits]), ("output", model.graph.output)):
+                out.append(_finding("error", "dynamic-dim",
+                                    f"input {vi.name!r} dim {d_i} ({label!r}) is dynamic; the profile only "
+                                    "covers the batch dim"))
+    return out
+
+
+def _io_dtype_findings(model, tname: dict[int, str]) -> list[dict[str, Any]]:
+    ok_types, down_types = _dtype_names()
+    out = []
+    for kind, vis in (("input", _graph_inputs(model)), ("output", model.graph.output)):
         for vi in vis:
             et = vi.type.tensor_type.elem_type
             if et in down_types or et not in ok_types:
-                findings.append(_finding("error", "io-dtype", f"{kind} {vi.name!r} has dtype "
-                                                              f"{tname.get(et, et)}, not a TensorRT I/O type"))
+                out.append(_finding("error", "io-dtype", f"{kind} {vi.name!r} has dtype "
+                                                         f"{tname.get(et, et)}, not a TensorRT I/O type"))
+    return out
 
-    # ---- initializers / constants
-    constants: dict[str, np.ndarray] = {}
+
+def _initializer_findings(model, tname: dict[int, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Dtype findings for the initializers, and the small integer ones as numpy constants (TopK K, axes,
+    zero points, Slice bounds, int64 range)."""
+    import numpy as np
+    from onnx import TensorProto as T
+    from onnx import numpy_helper
+
+    ok_types, down_types = _dtype_names()
+    out, constants = [], {}
     for init in model.graph.initializer:
         et = init.data_type
         if et in down_types:
-            findings.append(_finding("warning", "initializer-dtype",
-                                     f"initializer {init.name!r} is DOUBLE: TensorRT casts it down to FLOAT"))
+            out.append(_finding("warning", "initializer-dtype",
+                                f"initializer {init.name!r} is DOUBLE: TensorRT casts it down to FLOAT"))
         elif et not in ok_types:
-            findings.append(_finding("error", "initializer-dtype",
-                                     f"initializer {init.name!r} has dtype {tname.get(et, et)}, unsupported"))
-        if et in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(init.dims, dtype=np.int64) <= 4096 or et in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT8E4M3FN
-                    ) and np.prod(init.dims, dtype=np.int64) <= 1 << 20:
+            out.append(_finding("error", "initializer-dtype",
+                                f"initializer {init.name!r} has dtype {tname.get(et, et)}, unsupported"))
+        size = np.prod(init.dims, dtype=np.int64)
+        if (et in (T.INT64, T.INT32) and size <= 4096) or (et in (T.INT8, T.UINT8, T.FLOAT8E4M3FN) and size <= 1 << 20):
             constants[init.name] = numpy_helper.to_array(init)
+    return out, constants
+
+
+def _tensor_ranks(model) -> dict[str, int]:
+    from onnx import shape_inference
 
     try:
         inferred = shape_inference.infer_shapes(model)
@@ -219,51 +263,63 @@ def check_model(model: Any, profile: tuple[int, int, int] | None = None) -> list
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         if vi.type.tensor_type.HasField("shape"):
             ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    return ranks
 
-    slice_bounds: set[str] = set()
-    unsupported: dict[str, int] = {}
-    local_funcs = {(f.domain, f.name) for f in model.functions}
 
-    def visit(graph, where: str) -> None:
-        for node in graph.node:
-            if node.op_type == "Constant":
-                for a in node.attribute:
-                    if a.name == "value" and a.t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32,
-                                                                onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
-                        constants[node.output[0]] = numpy_helper.to_array(a.t)
-        for node in graph.node:
-            name = node.name or f"{node.op_type}@{where}"
-            if node.domain not in ("", "ai.onnx"):
-                if (node.domain, node.op_type) in local_funcs:
-                    continue  # model-local functions are inlined by the parser
-                unsupported[f"{node.domain}::{node.op_type}"] = unsupported.get(f"{node.domain}::{node.op_type}", 0) + 1
-                continue
-            if node.op_type in UNSUPPORTED_OPS or node.op_type not in SUPPORTED_OPS:
-                unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
-                continue
-            _check_node(node, name, constants, ranks, slice_bounds, findings, tname)
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g, f"{name}/{a.name}")
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        visit(g, f"{name}/{a.name}")
-
-    visit(model.graph, "main")
-    for op, n in sorted(unsupported.items()):
-        findings.append(_finding("error", "unsupported-op",
-                                 f"{op} ({n} node{'s' if n > 1 else ''}) is not supported by TensorRT's ONNX parser"))
+def _int64_range_findings(constants: dict[str, Any], slice_bounds: set[str]) -> list[dict[str, Any]]:
+    import numpy as np
 
     big = [k for k, v in constants.items() if v.dtype == np.int64 and v.size and k not in slice_bounds
            and (v.max() > np.iinfo(np.int32).max or v.min() < np.iinfo(np.int32).min)]
-    if big:
-        findings.append(_finding("warning", "int64-range", f"{len(big)} int64 constant(s) outside the int32 range "
-                                                           f"(e.g. {big[0]!r}); older parsers clamp them"))
-    if not any(f["level"] in ("error", "warning") for f in findings):
-        findings.append(_finding("info", "ok", f"all {sum(1 for _ in model.graph.node)} nodes / "
-                                               f"{len({n.op_type for n in model.graph.node})} op types are in "
-                                               f"TensorRT {TRT_TABLE_VERSION}'s ONNX operator list"))
-    return findings
+    if not big:
+        return []
+    return [_finding("warning", "int64-range", f"{len(big)} int64 constant(s) outside the int32 range "
+                                               f"(e.g. {big[0]!r}); older parsers clamp them")]
+
+
+# ------------------------------------------------------------------------------------ node level
+
+
+@dataclass
+class _Walk:
+    """What one pass over the graph and its subgraphs reads and collects."""
+
+    constants: dict[str, Any]                 # small integer initializers / Constant outputs (numpy)
+    ranks: dict[str, int]                     # tensor name -> rank (shape inference, best effort)
+    tname: dict[int, str]                     # ONNX elem type -> name
+    local_funcs: set[tuple[str, str]]         # (domain, name) of model-local functions
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    unsupported: dict[str, int] = field(default_factory=dict)    # op -> node count
+    slice_bounds: set[str] = field(default_factory=set)          # Slice starts/ends (INT64_MAX is legal there)
+
+
+def _visit(graph, where: str, walk: _Walk) -> None:
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import numpy_helper
+
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type in (T.INT64, T.INT32, T.INT8, T.UINT8):
+                    walk.constants[node.output[0]] = numpy_helper.to_array(a.t)
+    for node in graph.node:
+        name = node.name or f"{node.op_type}@{where}"
+        if node.domain not in ("", "ai.onnx"):
+            if (node.domain, node.op_type) not in walk.local_funcs:   # model-local functions are inlined
+                op = f"{node.domain}::{node.op_type}"
+                walk.unsupported[op] = walk.unsupported.get(op, 0) + 1
+            continue
+        if node.op_type in UNSUPPORTED_OPS or node.op_type not in SUPPORTED_OPS:
+            walk.unsupported[node.op_type] = walk.unsupported.get(node.op_type, 0) + 1
+            continue
+        _check_node(node, name, walk)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _visit(a.g, f"{name}/{a.name}", walk)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    _visit(g, f"{name}/{a.name}", walk)
 
 
 def _attr(node, name: str, default=None):
@@ -276,84 +332,117 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _check_node(node, name, constants, ranks, slice_bounds, findings, tname) -> None:
-    import numpy as np
-
+def _check_node(node, name: str, walk: _Walk) -> None:
+    """Per-op restrictions of one supported node -> ``op-restriction`` findings ("<op>: <what>")."""
     op = node.op_type
-
-    def err(msg: str, code: str = "op-restriction") -> None:
-        findings.append(_finding("error", code, f"{op}: {msg}", name))
-
-    def warn(msg: str, code: str = "op-restriction") -> None:
-        findings.append(_finding("warning", code, f"{op}: {msg}", name))
-
-    if op == "TopK":
-        if _attr(node, "sorted", 1) != 1:
-            err("`sorted` must be 1")
-        k = constants.get(node.input[1]) if len(node.input) > 1 else None
-        if k is None:
-            err("`K` must be a build-time constant (initializer / Constant)")
-        elif int(np.asarray(k).reshape(-1)[0]) >= TOPK_MAX_K:
-            err(f"K = {int(np.asarray(k).reshape(-1)[0])} must be less than {TOPK_MAX_K}")
-    elif op == "GridSample":
-        r = ranks.get(node.input[0])
-        if r is not None and r != 4:
-            err(f"input must be 4-D (got rank {r})")
-        mode = _attr(node, "mode", "bilinear")
-        if mode not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
-            err(f"mode {mode!r} unsupported")
-        pad = _attr(node, "padding_mode", "zeros")
-        if pad not in ("zeros", "border", "reflection"):
-            err(f"padding_mode {pad!r} unsupported")
-    elif op == "Resize":
-        mode = _attr(node, "mode", "nearest")
-        if mode not in ("nearest", "linear"):
-            err(f"mode {mode!r} unsupported (nearest / linear only)")
-        ctm = _attr(node, "coordinate_transformation_mode", "half_pixel")
-        if ctm not in _RESIZE_COORD:
-            err(f"coordinate_transformation_mode {ctm!r} unsupported")
-        if mode == "nearest" and _attr(node, "nearest_mode", "round_prefer_floor") not in _RESIZE_NEAREST:
-            err(f"nearest_mode {_attr(node, 'nearest_mode')!r} unsupported")
-        if _attr(node, "antialias", 0):
-            err("antialiasing is not supported")
-        if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
-            err("keep_aspect_ratio_policy must be 'stretch'")
-    elif op in ("MaxPool", "AveragePool", "LpPool"):
-        ks = _attr(node, "kernel_shape", [])
-        if len(ks) not in (2, 3):
-            err(f"only 2-D or 3-D pooling (kernel_shape {list(ks)})")
-        dil = _attr(node, "dilations", None)
-        if dil and any(int(d) != 1 for d in dil):
-            err("dilations must be all ones")
-        if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
-            err("the `Indices` output is unsupported")
-    elif op == "ScatterND":
-        if _attr(node, "reduction", "none") != "none":
-            err(f"reduction {_attr(node, 'reduction')!r} unsupported (none only)")
-    elif op in ("QuantizeLinear", "DequantizeLinear"):
-        zp_name = node.input[2] if len(node.input) > 2 else ""
-        if zp_name:
-            zp = constants.get(zp_name)
-            if zp is None:
-                warn("zero point is not a constant; TensorRT needs it to be 0")
-            else:
-                if np.any(np.asarray(zp).astype(np.float64) != 0):
-                    err("zero point must be 0 (symmetric quantization)")
-                if np.asarray(zp).dtype == np.uint8:
-                    err("UINT8 quantization is unsupported (UINT8 is only a network I/O type); use INT8")
-    elif op == "Cast":
-        to = _attr(node, "to")
-        tn = tname.get(to, str(to))
-        if tn == "DOUBLE":
-            warn("cast to DOUBLE: TensorRT computes it in FLOAT")
-        elif tn in ("STRING", "COMPLEX64", "COMPLEX128", "UINT16", "UINT32", "UINT64", "INT16"):
-            err(f"cast to {tn} unsupported")
+    issues = _op_issues(node, walk)
     if op in _AXES_INPUT:
         i = _AXES_INPUT[op]
-        if len(node.input) > i and node.input[i] and node.input[i] not in constants:
-            err(f"input {i} (axes) must be a build-time constant")
+        if len(node.input) > i and node.input[i] and node.input[i] not in walk.constants:
+            issues.append(("error", f"input {i} (axes) must be a build-time constant"))
+    for level, msg in issues:
+        walk.findings.append(_finding(level, "op-restriction", f"{op}: {msg}", name))
     if op == "Slice":
-        slice_bounds.update(n for n in node.input[1:3] if n)
+        walk.slice_bounds.update(n for n in node.input[1:3] if n)
+
+
+def _op_issues(node, walk: _Walk) -> list[tuple[str, str]]:
+    """(level, message) for the ops whose attributes / constant inputs TensorRT restricts."""
+    op = node.op_type
+    if op == "TopK":
+        return _topk_issues(node, walk.constants)
+    if op == "GridSample":
+        return _grid_sample_issues(node, walk.ranks)
+    if op == "Resize":
+        return _resize_issues(node)
+    if op in ("MaxPool", "AveragePool", "LpPool"):
+        return _pool_issues(node)
+    if op == "ScatterND" and _attr(node, "reduction", "none") != "none":
+        return [("error", f"reduction {_attr(node, 'reduction')!r} unsupported (none only)")]
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        return _qdq_issues(node, walk.constants)
+    if op == "Cast":
+        tn = walk.tname.get(_attr(node, "to"), str(_attr(node, "to")))
+        if tn == "DOUBLE":
+            return [("warning", "cast to DOUBLE: TensorRT computes it in FLOAT")]
+        if tn in ("STRING", "COMPLEX64", "COMPLEX128", "UINT16", "UINT32", "UINT64", "INT16"):
+            return [("error", f"cast to {tn} unsupported")]
+    return []
+
+
+def _topk_issues(node, constants: dict[str, Any]) -> list[tuple[str, str]]:
+    import numpy as np
+
+    out = []
+    if _attr(node, "sorted", 1) != 1:
+        out.append(("error", "`sorted` must be 1"))
+    k = constants.get(node.input[1]) if len(node.input) > 1 else None
+    if k is None:
+        out.append(("error", "`K` must be a build-time constant (initializer / Constant)"))
+    elif int(np.asarray(k).reshape(-1)[0]) >= TOPK_MAX_K:
+        out.append(("error", f"K = {int(np.asarray(k).reshape(-1)[0])} must be less than {TOPK_MAX_K}"))
+    return out
+
+
+def _grid_sample_issues(node, ranks: dict[str, int]) -> list[tuple[str, str]]:
+    out = []
+    r = ranks.get(node.input[0])
+    if r is not None and r != 4:
+        out.append(("error", f"input must be 4-D (got rank {r})"))
+    mode = _attr(node, "mode", "bilinear")
+    if mode not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
+        out.append(("error", f"mode {mode!r} unsupported"))
+    pad = _attr(node, "padding_mode", "zeros")
+    if pad not in ("zeros", "border", "reflection"):
+        out.append(("error", f"padding_mode {pad!r} unsupported"))
+    return out
+
+
+def _resize_issues(node) -> list[tuple[str, str]]:
+    out = []
+    mode = _attr(node, "mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        out.append(("error", f"mode {mode!r} unsupported (nearest / linear only)"))
+    ctm = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    if ctm not in _RESIZE_COORD:
+        out.append(("error", f"coordinate_transformation_mode {ctm!r} unsupported"))
+    if mode == "nearest" and _attr(node, "nearest_mode", "round_prefer_floor") not in _RESIZE_NEAREST:
+        out.append(("error", f"nearest_mode {_attr(node, 'nearest_mode')!r} unsupported"))
+    if _attr(node, "antialias", 0):
+        out.append(("error", "antialiasing is not supported"))
+    if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        out.append(("error", "keep_aspect_ratio_policy must be 'stretch'"))
+    return out
+
+
+def _pool_issues(node) -> list[tuple[str, str]]:
+    out = []
+    ks = _attr(node, "kernel_shape", [])
+    if len(ks) not in (2, 3):
+        out.append(("error", f"only 2-D or 3-D pooling (kernel_shape {list(ks)})"))
+    dil = _attr(node, "dilations", None)
+    if dil and any(int(d) != 1 for d in dil):
+        out.append(("error", "dilations must be all ones"))
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        out.append(("error", "the `Indices` output is unsupported"))
+    return out
+
+
+def _qdq_issues(node, constants: dict[str, Any]) -> list[tuple[str, str]]:
+    import numpy as np
+
+    zp_name = node.input[2] if len(node.input) > 2 else ""
+    if not zp_name:
+        return []
+    zp = constants.get(zp_name)
+    if zp is None:
+        return [("warning", "zero point is not a constant; TensorRT needs it to be 0")]
+    out = []
+    if np.any(np.asarray(zp).astype(np.float64) != 0):
+        out.append(("error", "zero point must be 0 (symmetric quantization)"))
+    if np.asarray(zp).dtype == np.uint8:
+        out.append(("error", "UINT8 quantization is unsupported (UINT8 is only a network I/O type); use INT8"))
+    return out
 
 
 def has_errors(findings: list[dict]) -> bool:

@@ -1,6 +1,8 @@
-"""Torch-free runtime: ``Pipeline.open(model, backend)`` -> ``run_frame(frame)`` -> ``Result``.
+"""Torch-free runtime: ``Pipeline.open(model, backend)`` -> ``run_frame(frame)`` (frames from ``iter_frames``)
+or ``run(image, points)`` (arrays in memory) -> ``Result``.
 
-Nothing under ``mtl.runtime`` imports torch (tests/test_runtime.py checks it in a subprocess).
+README "Python API" is the user-facing example (run verbatim by tests/test_readme_api.py). Nothing under
+``mtl.runtime`` imports torch (tests/test_runtime.py checks it in a subprocess).
 """
 from __future__ import annotations
 

@@ -40,6 +40,43 @@ class RuntimeFrame:
     def has_image(self) -> bool:
         return self.image is not None or bool(self.image_png)
 
+    def __repr__(self) -> str:
+        # never the PNG bytes or whole arrays: shapes, dtypes and sizes only
+        image = (f"image={describe_array(self.image)}" if self.image is not None else
+                 f"image_png={describe_size(len(self.image_png))}" if self.image_png else "image=None")
+        parts = [f"id={clip(self.frame_id)!r}", f"kind={self.kind!r}", f"points={describe_array(self.points)}", image]
+        gt = []
+        if self.gt_boxes is not None:
+            gt.append(f"boxes {len(self.gt_boxes)}")
+        if self.gt_semantic is not None:
+            gt.append("semantic " + "x".join(str(d) for d in np.shape(self.gt_semantic)))
+        if gt:
+            parts.append("gt: " + ", ".join(gt))
+        return f"RuntimeFrame({', '.join(parts)})"
+
+
+def describe_array(a: object) -> str:
+    """``(58213, 4) float32`` for an array, ``None`` / the type name for anything else (for reprs)."""
+    if a is None:
+        return "None"
+    if not isinstance(a, np.ndarray):
+        return type(a).__name__
+    return f"{tuple(a.shape)} {a.dtype}"
+
+
+def describe_size(n_bytes: int) -> str:
+    """``412.3 kB`` (decimal units, for reprs)."""
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def clip(text: str, n: int = 80) -> str:
+    """``text`` cut in the middle to at most ``n`` characters (keeps reprs bounded for long ids / paths)."""
+    text = str(text)
+    return text if len(text) <= n else text[: n // 2 - 2] + "..." + text[-(n - n // 2 - 1):]
+
 
 def sanitise_frame_id(frame_id: str) -> str:
     """File-name-safe id: ``20180807_145028/000000091`` -> ``20180807_145028__000000091``."""
@@ -62,7 +99,14 @@ def detect_source(path: str | Path) -> str:
 
 def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = False,
                 limit: int | None = None) -> Iterator[RuntimeFrame]:
-    """Frames of ``path`` in a stable order. ``cfg`` (the model's) is needed for raw ground truth."""
+    """``RuntimeFrame``s of ``path`` in a stable order, read lazily (one chunk / one raw frame at a time).
+
+    ``path``: a directory of NPZ chunks, one ``.npz`` chunk, or a raw A2D2 tree (``cams_lidars.json`` +
+    ``<scene>/{camera,lidar,label,label3D}/cam_front_center/``), detected by ``detect_source``. ``cfg`` (the
+    model's, ``pipe.cfg``) names the camera of a raw tree and is needed for raw ground truth; ``with_gt``
+    attaches ``gt_boxes`` (M, 7) metres, ``gt_labels`` (M,) and ``gt_semantic`` (H, W) uint8 at model size;
+    ``limit`` stops after that many frames. Raises ``DataError`` for a path that is neither (and the chunk /
+    raw readers' errors for a bad file)."""
     kind = detect_source(path)
     it = _chunk_frames(Path(path), with_gt) if kind == KIND_CHUNK else _raw_frames(Path(path), cfg, with_gt)
     for i, f in enumerate(it):
@@ -119,4 +163,5 @@ def _raw_frames(root: Path, cfg: Config | None, with_gt: bool) -> Iterator[Runti
         yield fr
 
 
-__all__ = ["KIND_CHUNK", "KIND_RAW", "RuntimeFrame", "detect_source", "iter_frames", "sanitise_frame_id"]
+__all__ = ["KIND_CHUNK", "KIND_RAW", "RuntimeFrame", "clip", "describe_array", "describe_size", "detect_source",
+           "iter_frames", "sanitise_frame_id"]

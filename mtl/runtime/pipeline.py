@@ -28,7 +28,7 @@ import numpy as np
 from ..config import Config
 from ..errors import DataError, ModelMismatchError
 from .backends import Backend, open_backend
-from .frames import KIND_RAW, RuntimeFrame
+from .frames import KIND_CHUNK, KIND_RAW, RuntimeFrame, clip
 from .postprocess import Result, decode_outputs
 from .preprocess import (
     ModelSpec,
@@ -38,6 +38,7 @@ from .preprocess import (
     check_camera,
     check_classes,
     check_image,
+    check_model_image,
     check_points,
     decode_image,
     image_input,
@@ -51,6 +52,9 @@ def _use_worker(threads: int | None) -> bool:
 
 
 class Pipeline:
+    """One exported model ready to run frames; ``Pipeline.open(path)`` builds it, ``close()`` (or ``with``)
+    releases the backend and the helper thread."""
+
     def __init__(self, spec: ModelSpec, backend: Backend, overlap: bool | None = None):
         self.spec, self.backend = spec, backend
         # the worker only runs between inferences, so it never competes with the backend's threads
@@ -60,10 +64,32 @@ class Pipeline:
     @classmethod
     def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
              overlap: bool | None = None) -> Pipeline:
-        """``overlap``: run independent pre/post stages on a helper thread (default: when >= 2 cores and
-        ``threads`` is None or >= 2). Results are identical either way."""
+        """Open an exported model; everything else (config, classes, calibration) comes from its metadata.
+
+        Args:
+            path: ``model*.onnx`` written by ``mtl export`` (metadata key ``mtl``), or a TensorRT ``.engine``
+                with its ``.engine.json`` sidecar.
+            backend: one of ``BACKENDS``: ``auto`` (engine -> tensorrt; ONNX -> TensorRT EP, CUDA EP, CPU, the
+                first that initialises; ``pipe.fallback`` says why a step down happened), ``onnxruntime``
+                (CPU), ``onnxruntime-cuda``, ``onnxruntime-trt``, ``tensorrt``.
+            threads: onnxruntime intra-op threads (None: onnxruntime's default).
+            overlap: run independent pre/post stages on a helper thread (default: when >= 2 cores and
+                ``threads`` is None or >= 2). Results are identical either way.
+
+        Raises:
+            ModelMismatchError: no/invalid ``mtl`` metadata, declared inputs/outputs that disagree with the
+                config or the graph, an engine sidecar for another ONNX / TensorRT version / GPU.
+            BackendUnavailableError: the requested backend cannot run here (package, driver or EP missing).
+        """
         b, spec = open_backend(path, backend, threads)
         return cls(spec, b, _use_worker(threads) if overlap is None else overlap)
+
+    def __repr__(self) -> str:
+        hw, bev = self.spec.image_hw, tuple(self.spec.bev_shape[1:])
+        cls = self.cfg.classes
+        return (f"Pipeline(model={clip(self.spec.path)!r}, backend={self.backend_name!r}, "
+                f"precision={self.spec.precision!r}, image={hw[0]}x{hw[1]}, bev={bev}, "
+                f"det_classes={len(cls.det_classes)}, sem_classes={len(cls.sem_classes)})")
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -165,6 +191,32 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------ one frame
     def run_frame(self, frame: RuntimeFrame, keep_image: bool = False, keep_outputs: bool = True) -> Result:
+        """One frame through preprocess -> model -> postprocess.
+
+        Args:
+            frame: a ``RuntimeFrame`` from ``iter_frames`` (a chunk frame: undistorted image at the model size,
+                stored ``cam_matrix``; a raw A2D2 frame: the original distorted image + ``camera``, undistorted
+                and resized here) or built by hand. It needs a camera image (``image_png`` bytes or a decoded
+                ``image``); ``points`` is (N, 4) x, y, z (metres, cam_front_center view frame: x forward, y
+                left, z up), reflectance 0..1, and may be empty. Rows with a NaN/inf value are dropped and
+                counted in ``info["points_dropped_nonfinite"]``.
+            keep_image: keep the model-size uint8 RGB image in ``Result.image`` (``overlay`` needs it).
+            keep_outputs: keep the raw model outputs (batch 1) in ``Result.outputs``.
+
+        Returns:
+            ``Result``: ``boxes`` (n, 7) float32 x, y, z, l, w, h (metres), yaw (rad); ``scores`` (n,) float32,
+            descending, above ``cfg.decode.score_threshold``, n <= ``cfg.decode.max_detections``; ``labels``
+            (n,) int64 into ``cfg.classes.det_classes`` and ``label_names``; ``semantic`` (H, W) uint8 ids into
+            ``cfg.classes.sem_classes`` at the model image size; ``outputs`` {name: array (1, C, h, w)};
+            ``timings_ms`` {stage: ms} (stages run, plus ``total``); ``info`` {``points``,
+            ``points_dropped_nonfinite``}.
+
+        Raises:
+            DataError: no camera image, a PNG that does not decode, an image that is not uint8 (H, W, 3), points
+                that are not (N, 4) numeric, a raw frame without calibration, a ``cam_matrix`` that is not 3x3.
+            ModelMismatchError: calibration (``cam_matrix`` / ``camera``), image size or class names (chunk
+                meta) different from the model's. Nothing is run for a refused frame.
+        """
         timer = StageTimer()
         t0 = time.perf_counter()
         feeds, info, img = self.preprocess(frame, timer, keep_image)
@@ -179,9 +231,34 @@ class Pipeline:
 
     def run(self, image: np.ndarray, points: np.ndarray | None, frame_id: str = "frame",
             cam_matrix: np.ndarray | None = None, keep_image: bool = False) -> Result:
-        """Convenience: an undistorted model-size (H, W, 3) uint8 image + (N, 4) points."""
-        frame = RuntimeFrame(frame_id=frame_id, kind="chunk", points=points if points is not None else
-                             np.zeros((0, 4), np.float32), image=image, cam_matrix=cam_matrix, source=frame_id)
+        """One frame from arrays in memory (no files): the direct entry for a vehicle with pixels and points.
+
+        Args:
+            image: the front-centre camera image, already undistorted and resized to the model's input size:
+                numpy uint8 (H, W, 3) RGB with (H, W) == ``pipe.spec.image_hw`` (the model's
+                ``camera.image_hw``). A raw distorted sensor image is not accepted here; make the model-size
+                one with ``mtl.data.a2d2.prepare_image(raw_rgb, pipe.cfg.camera, pipe.spec.image_hw)``.
+            points: LiDAR (N, 4) float array (float16/32/64; used as float32): x, y, z in metres in the
+                cam_front_center view frame (x forward, y left, z up), reflectance 0..1. N may be 0; ``None``
+                means no LiDAR. Rows with a NaN/inf value are dropped and counted in
+                ``result.info["points_dropped_nonfinite"]``, as in ``run_frame``.
+            frame_id: names the result, and the source in error messages.
+            cam_matrix: optional (3, 3) intrinsics of ``image``; when given they must equal the model's
+                (``pipe.spec.model_cam_matrix``): a guard that the image was prepared with its calibration.
+            keep_image: keep ``image`` in ``Result.image`` (for ``overlay``).
+
+        Returns:
+            ``Result``, as ``run_frame`` (no ``decode_png`` / ``undistort_resize`` timings).
+
+        Raises:
+            DataError: ``image`` not a numpy uint8 (H, W, 3) array; ``points`` not an (N, 4) float array;
+                ``cam_matrix`` not 3x3. One line, naming ``frame_id``.
+            ModelMismatchError: ``image`` not at the model size; ``cam_matrix`` not the model's.
+        """
+        image = check_model_image(image, self.spec.image_hw, frame_id)
+        points = check_points(points, frame_id, floats_only=True)
+        frame = RuntimeFrame(frame_id=frame_id, kind=KIND_CHUNK, points=points, image=image, cam_matrix=cam_matrix,
+                             source=frame_id)
         return self.run_frame(frame, keep_image=keep_image)
 
     def close(self) -> None:

@@ -20,18 +20,42 @@ from ..geometry import decode_detections, sigmoid
 
 @dataclass
 class Result:
+    """One frame's predictions (``Pipeline.run_frame`` / ``Pipeline.run``)."""
+
     frame_id: str
-    boxes: np.ndarray                       # (n, 7) x, y, z, l, w, h, yaw (metres, rad)
-    scores: np.ndarray                      # (n,)
-    labels: np.ndarray                      # (n,) int64 detection class ids
-    label_names: list[str]
-    semantic: np.ndarray                    # (H, W) uint8 class ids at model size
-    outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # raw outputs (batch 1)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    image: np.ndarray | None = field(repr=False, default=None)  # model-size uint8 RGB (keep_image=True)
+    boxes: np.ndarray                       # (n, 7) float32 x, y, z, l, w, h (metres), yaw (rad), score-sorted
+    scores: np.ndarray                      # (n,) float32, descending, > cfg.decode.score_threshold
+    labels: np.ndarray                      # (n,) int64 ids into cfg.classes.det_classes
+    label_names: list[str]                  # (n,) the class names of ``labels``
+    semantic: np.ndarray                    # (H, W) uint8 ids into cfg.classes.sem_classes, model image size
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # raw outputs (batch 1; keep_outputs=True)
+    timings_ms: dict[str, float] = field(default_factory=dict)    # stage -> ms (preprocess.STAGES)
+    info: dict[str, Any] = field(default_factory=dict)            # points, points_dropped_nonfinite
+    image: np.ndarray | None = None         # model-size uint8 RGB (keep_image=True)
+
+    def __repr__(self) -> str:
+        from .frames import clip, describe_array
+
+        shown = [f"{n} {s:.2f}" for n, s in zip(self.label_names[:3], self.scores[:3])]
+        if len(self.label_names) > 3:
+            shown.append(f"+{len(self.label_names) - 3} more")
+        parts = [f"id={clip(self.frame_id)!r}", f"detections={len(self.boxes)} [{', '.join(shown)}]",
+                 f"semantic={describe_array(self.semantic)}"]
+        if "points" in self.info:
+            dropped = self.info.get("points_dropped_nonfinite", 0)
+            parts.append(f"points={self.info['points']}" + (f" ({dropped} non-finite dropped)" if dropped else ""))
+        if self.outputs:
+            parts.append(f"outputs=[{', '.join(clip(k, 24) for k in list(self.outputs)[:8])}]")
+        if self.image is not None:
+            parts.append(f"image={describe_array(self.image)}")
+        if "total" in self.timings_ms:
+            parts.append(f"total={self.timings_ms['total']:.1f} ms")
+        return f"Result({', '.join(parts)})"
 
     def to_json(self, sem_classes: tuple[str, ...] = ()) -> dict:
+        """JSON-ready dict (what ``mtl infer`` writes): ``frame_id``, ``detections`` (one dict per box: ``class``,
+        ``label``, ``score``, ``x y z l w h`` in metres, ``yaw`` in rad), ``n_detections``, ``semantic`` (shape,
+        ``sem_classes`` and the pixel count per class present), ``timing_ms`` and ``info``'s keys."""
         dets = [{"class": n, "label": int(lab), "score": round(float(s), 6),
                  **{k: round(float(v), 6) for k, v in zip(("x", "y", "z", "l", "w", "h", "yaw"), b)}}
                 for b, s, lab, n in zip(self.boxes, self.scores, self.labels, self.label_names)]

@@ -10,7 +10,7 @@ Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.data.a2d2`
                   -> ``normalise_image``
   LiDAR:          finite check (non-finite rows are DROPPED and counted) -> ``geometry.bev_raster``
 
-Decision on non-finite points: a NaN/inf row is dropped and reported as ``points_dropped`` in the result
+Decision on non-finite points: a NaN/inf row is dropped and reported as ``points_dropped_nonfinite`` in ``Result.info``
 (``bev_raster`` would ignore a NaN coordinate anyway, but a NaN reflectance inside the grid would poison
 a cell mean). The raw A2D2 reader (``mtl.data.a2d2.read_lidar``) and the chunk reader refuse such files at
 read time, so drops only happen for arrays handed to ``Pipeline.run`` directly.
@@ -186,8 +186,11 @@ def check_classes(meta: dict, spec: ModelSpec, source: str) -> None:
 
 def check_cam_matrix(k_frame: np.ndarray, spec: ModelSpec, source: str, what: str = "frame cam_matrix") -> None:
     k_model = spec.model_cam_matrix
-    k_frame = np.asarray(k_frame, np.float64)
-    if k_frame.shape != (3, 3) or not np.allclose(k_frame, k_model, rtol=1e-4, atol=1e-3):
+    k_frame = np.asarray(k_frame)
+    if k_frame.shape != (3, 3) or k_frame.dtype.kind not in "fiu":
+        raise DataError(source, f"{what} is {k_frame.dtype} {k_frame.shape}, expected (3, 3) intrinsics")
+    k_frame = k_frame.astype(np.float64)
+    if not np.allclose(k_frame, k_model, rtol=1e-4, atol=1e-3):
         def fmt(k):
             return f"fx={k[0, 0]:.2f} fy={k[1, 1]:.2f} cx={k[0, 2]:.2f} cy={k[1, 2]:.2f}"
         raise ModelMismatchError(source, f"calibration mismatch: {what} {fmt(k_frame)} but the model expects "
@@ -223,13 +226,15 @@ def decode_image(png: bytes, source: str) -> np.ndarray:
     return decode_png(png, source, "RGB")
 
 
-def check_points(points: Any, source: str) -> np.ndarray:
-    """(N, 4) float points (x, y, z, reflectance 0..1); other shapes / dtypes -> DataError."""
+def check_points(points: Any, source: str, floats_only: bool = False) -> np.ndarray:
+    """(N, 4) points (x, y, z metres, reflectance 0..1) as float32; None or an empty array -> (0, 4).
+    Other shapes / dtypes -> DataError; ``floats_only`` (``Pipeline.run``) refuses integer arrays too."""
     if points is None:
         return np.zeros((0, 4), np.float32)
     a = np.asarray(points)
-    if a.dtype.kind not in "fiu":
-        raise DataError(source, f"points must be numeric (x, y, z, reflectance), got dtype {a.dtype}")
+    if a.dtype.kind not in ("f" if floats_only else "fiu"):
+        kind = "a float array" if floats_only else "numeric"
+        raise DataError(source, f"points must be {kind} (x, y, z, reflectance), got dtype {a.dtype}")
     if a.size == 0:
         return np.zeros((0, 4), np.float32)
     if a.ndim != 2 or a.shape[1] != 4:
@@ -246,6 +251,20 @@ def check_image(image: Any, hw: tuple[int, int], source: str, what: str) -> np.n
                                          f"input is {hw[0]}x{hw[1]} (convert the data with --image-size "
                                          f"{hw[0]}x{hw[1]} or export a model for this size)")
     return a
+
+
+def check_model_image(image: Any, hw: tuple[int, int], source: str) -> np.ndarray:
+    """``Pipeline.run``'s image: a numpy uint8 (H, W, 3) RGB array already at the model size ``hw``."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(source, f"image is a {type(image).__name__}, expected a numpy uint8 (H, W, 3) RGB array")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(source, f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3) RGB at the model "
+                                f"size {hw[0]}x{hw[1]}")
+    if tuple(image.shape[:2]) != tuple(hw):
+        raise ModelMismatchError(source, f"image size mismatch: image is {image.shape[0]}x{image.shape[1]} but the "
+                                         f"model input is {hw[0]}x{hw[1]}; Pipeline.run takes the undistorted image "
+                                         f"at the model size (mtl.data.a2d2.prepare_image makes it from a raw one)")
+    return image
 
 
 def bev_input(points: np.ndarray, spec: ModelSpec, timer: StageTimer) -> tuple[np.ndarray, int]:
@@ -275,6 +294,7 @@ __all__ = [
     "check_camera",
     "check_classes",
     "check_image",
+    "check_model_image",
     "check_points",
     "decode_image",
     "image_input",
