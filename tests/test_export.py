@@ -86,7 +86,7 @@ def test_fp32_export_names_metadata_checker_parity(setup):
 
 def test_torch_and_ort_sigmoid_heatmap_match(setup):
     """The graph's bbox_heatmap is sigmoid(logits) of the torch model."""
-    from mtl.export.onnx_export import ort_session
+    from mtl.export.onnx_io import ort_session
 
     sess = ort_session(setup["out"] / "model.onnx")
     feeds = _frame_feeds(setup)[0]
@@ -97,7 +97,7 @@ def test_torch_and_ort_sigmoid_heatmap_match(setup):
 
 
 def test_in_graph_decode_equals_numpy_decode(setup):
-    from mtl.export.onnx_export import ort_session
+    from mtl.export.onnx_io import ort_session
     from mtl.geometry import decode_detections
 
     cfg = setup["cfg"]
@@ -328,7 +328,7 @@ def test_gate_failure_exits_nonzero_keeps_fp32_and_report(setup, tmp_path):
 def test_tampered_graph_fails_parity(setup):
     from onnx import numpy_helper
 
-    from mtl.export.onnx_export import ort_session
+    from mtl.export.onnx_io import ort_session
     from mtl.export.parity import FrameSource, parity_report
 
     m = onnx.load(str(setup["out"] / "model.onnx"))
