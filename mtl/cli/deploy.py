@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click as _ck
 
-from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, OPTIONAL  # import-light: the variant table
+# the variant table is import-light (no torch / onnx): the export flags and the bench columns come from it
+from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, GATED_PRECISIONS, OPTIONAL
 
 COMMANDS: list = []
 
@@ -29,7 +30,7 @@ def _variant_flags(f):
 @_ck.option("--calib-data", type=_ck.Path(file_okay=False), default=None, help="Chunks for INT8 calibration.")
 @_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True, help="Calibration frames.")
 @_ck.option("--val-data", type=_ck.Path(file_okay=False), default=None,
-            help="Chunks for the parity report and the fp16/int8 metric gates.")
+            help=f"Chunks for the parity report and the {GATED_PRECISIONS} metric gates.")
 @_ck.option("--gate-frames", type=_ck.IntRange(min=0), default=128, show_default=True,
             help="Frames for the metric gate (evenly spaced; 0 = all of --val-data).")
 @_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True, help="Allowed mIoU drop of a variant vs fp32.")

@@ -34,7 +34,7 @@ from . import parity as par
 from .onnx_io import ort_session, save_proto_atomic
 from .options import ExportOptions
 from .report import gate_line, parity_line, render_markdown, wrote_line
-from .variants import FP32, Variant, variant
+from .variants import FP32, GATED_PRECISIONS, Variant, variant
 
 Echo = Callable[[str], None]
 Built = tuple[Variant, Path, Any, dict]    # (row, written file, ModelProto, builder info)
@@ -253,7 +253,7 @@ def metric_gate(job: Job, gated: list[Variant], sessions: dict[str, Any]) -> Non
     if not o.parity:
         for v in gated:
             variants[v.name]["gate"] = None
-        job.echo("metric gate: skipped (--no-parity): the fp16/int8 variants are NOT validated")
+        job.echo(f"metric gate: skipped (--no-parity): the {GATED_PRECISIONS} variants are NOT validated")
         return
     t0 = time.perf_counter()
     frames = par.FrameSource(o.val_data, job.cfg, max_frames=o.gate_frames)

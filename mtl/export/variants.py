@@ -88,6 +88,7 @@ VARIANTS: tuple[Variant, ...] = (
             calibrated=True, extra_metadata=(("int8_target", "cpu"),)),
 )
 OPTIONAL = tuple(v for v in VARIANTS if v.flag)    # the ones a flag asks for (all but fp32)
+GATED_PRECISIONS = "/".join(dict.fromkeys(v.precision for v in VARIANTS if v.check == "metrics"))  # "fp16/int8"
 
 # mtl bench: every variant's column runs its file on the onnxruntime CPU EP; the other columns are the torch
 # eager baseline, the fp32 model on onnxruntime's GPU providers and the native TensorRT engine
