@@ -71,7 +71,7 @@ def test_each_flag_selects_its_row(v, tmp_path):
                                            ["--calib-data", str(tmp_path)]))
     assert res.exit_code == 2, res.output
     want = (f"error: {v.flag} needs --calib-data DIR" if v.calibrated else
-            f"error: --fp16/--int8/--int8-cpu are gated on mIoU/mAP over --val-data DIR")
+            "error: --fp16/--int8/--int8-cpu are gated on mIoU/mAP over --val-data DIR")
     assert res.output.startswith(want), res.output
     assert not out.exists()
 
@@ -89,8 +89,8 @@ def _opts(**kw) -> ExportOptions:
     ({"batch": 0}, "--batch must be >= 1, got 0"),
     ({"variants": ("fp16", "int8_cpu", "int8")}, "--int8 needs --calib-data DIR (chunks for the calibration frames)"),
     ({"variants": ("int8_cpu",)}, "--int8-cpu needs --calib-data DIR"),
-    ({"val_data": None}, "the parity report needs real frames: pass --val-data DIR (or --calib-data DIR), or "
-                         "--no-parity"),
+    ({"val_data": None}, ("the parity report needs real frames: pass --val-data DIR (or --calib-data DIR), or "
+                          "--no-parity")),
     ({"val_data": None, "calib_data": "calib", "variants": ("fp16",)},
      "--fp16/--int8/--int8-cpu are gated on mIoU/mAP over --val-data DIR: pass it (or --no-parity)"),
 ])
@@ -120,7 +120,7 @@ def test_export_options_valid_combinations_and_derived_values():
 
 
 def test_bench_columns_files_and_skip_reasons_come_from_the_table(tmp_path):
-    from mtl.bench import _Skip, _model_paths, open_bench_pipeline
+    from mtl.bench import _model_paths, _Skip, open_bench_pipeline
 
     assert DEFAULT_COMPARE == ("torch", *(v.bench for v in VARIANTS), "tensorrt")
     assert set(DEFAULT_COMPARE) < set(BENCH_BACKENDS)

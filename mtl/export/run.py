@@ -78,6 +78,7 @@ def export_checkpoint(opts: ExportOptions, echo: Echo = print) -> dict[str, Any]
 
 
 def run_steps(job: Job) -> None:
+    """The steps in order (module docstring); each variant is checked and parity-tested after all are built."""
     samples = parity_frames(job)
     proto, meta = export_fp32(job, samples)
     fp32_sess = ort_session(job.opts.out_dir / FP32.file)
