@@ -79,7 +79,8 @@ def export_default(out: Path, cfg=None, seed: int = 0) -> tuple[Path, Path]:
 
     from mtl.config import Config, sha256_file
     from mtl.contract import build_metadata, write_onnx_metadata
-    from mtl.export.onnx_export import export_onnx_proto, save_proto_atomic
+    from mtl.export.onnx_export import export_onnx_proto
+    from mtl.export.onnx_io import save_proto_atomic
     from mtl.model import build_model
 
     cfg = cfg or Config()

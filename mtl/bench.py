@@ -1,12 +1,11 @@
 """``mtl bench``: per-stage latency, throughput, memory and parity of the runtime backends, in ONE table.
 
-For each backend in ``--compare`` (torch, onnxruntime, onnxruntime-fp16, onnxruntime-int8,
-onnxruntime-cuda, onnxruntime-trt, tensorrt) the same preloaded frames go through the same numpy
+For each backend in ``--compare`` (``BENCH_BACKENDS``) the same preloaded frames go through the same numpy
 preprocess and postprocess (``mtl.runtime.Pipeline``); only the inference backend differs:
 
-- ``onnxruntime``        ``--model`` (fp32 ONNX) on the CPU EP
-- ``onnxruntime-fp16``   ``model_fp16.onnx`` next to ``--model``; ``-int8``: ``model_int8.onnx`` (TensorRT
-                         recipe); ``-int8-cpu``: ``model_int8_cpu.onnx`` (onnxruntime CPU recipe)
+- one column per row of ``mtl.export.variants.VARIANTS`` on the CPU EP: ``onnxruntime`` runs ``--model``
+  (fp32 ONNX), ``onnxruntime-fp16`` / ``-int8`` (TensorRT recipe) / ``-int8-cpu`` (onnxruntime CPU recipe)
+  the variant's file next to it (``model_fp16.onnx``, ...); a missing file names the export flag that writes it
 - ``onnxruntime-cuda`` / ``onnxruntime-trt``   ``--model`` on the CUDA / TensorRT EP
 - ``tensorrt``           the ``*.engine`` next to ``--model`` (``model.engine`` preferred), native TensorRT
 - ``torch``              ``--checkpoint`` run eagerly (``torch.inference_mode``, same thread count); torch is
@@ -36,21 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from .contract import OUTPUTS
 from .errors import BackendUnavailableError, DataError, MtlError
+from .export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, VARIANTS, bench_variant  # import-light
 from .runtime.backends import Backend
 from .runtime.frames import RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
-from .contract import OUTPUTS
 from .runtime.preprocess import STAGES, ModelSpec, StageTimer
 
-BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu",
-                  "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
-DEFAULT_COMPARE = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-cpu", "tensorrt")
 TABLE_STAGES = STAGES
-# ONNX variants next to --model, run on the CPU EP: backend -> (file, the export flag that writes it, file tag)
-ORT_VARIANTS = {"onnxruntime-fp16": ("model_fp16.onnx", "--fp16", "ort-fp16"),
-                "onnxruntime-int8": ("model_int8.onnx", "--int8", "ort-int8"),
-                "onnxruntime-int8-cpu": ("model_int8_cpu.onnx", "--int8-cpu", "ort-int8cpu")}
 BOX_ATOL = 1e-4
 
 
@@ -175,11 +168,23 @@ def load_frames(data: str | Path, cfg, n_frames: int) -> tuple[list[RuntimeFrame
 
 
 def _model_paths(model: Path) -> dict[str, Path | None]:
+    """backend -> the file it opens: each variant's file next to ``--model`` (fp32: ``--model`` itself, also on
+    the GPU EPs) and the engine (``model.engine`` preferred)."""
     engines = sorted(model.parent.glob("*.engine"))
     preferred = model.with_suffix(".engine")
-    return {"onnxruntime": model, "onnxruntime-cuda": model, "onnxruntime-trt": model,
-            **{name: model.parent / file for name, (file, _, _) in ORT_VARIANTS.items()},
+    return {**{v.bench: model if v is FP32 else model.parent / v.file for v in VARIANTS},
+            "onnxruntime-cuda": model, "onnxruntime-trt": model,
             "tensorrt": preferred if preferred.is_file() else (engines[0] if engines else None)}
+
+
+def _missing_reason(name: str, model: Path, path: Path | None) -> str:
+    """Why a backend's file is absent, naming the ``mtl export`` flag that writes it."""
+    v = bench_variant(name)
+    if v is not None and v.flag:
+        return f"no {v.file} next to {model.name} (mtl export {v.flag})"
+    if name == "tensorrt":
+        return f"no *.engine next to {model.name} (mtl export --trt)"
+    return f"{path} not found"
 
 
 def open_bench_pipeline(name: str, model: Path, checkpoint: Path | None, threads: int | None) -> Pipeline:
@@ -194,11 +199,8 @@ def open_bench_pipeline(name: str, model: Path, checkpoint: Path | None, threads
         return torch_pipeline(checkpoint, threads)
     path = _model_paths(model).get(name)
     if path is None or not path.is_file():
-        want = {"tensorrt": f"no *.engine next to {model.name} (mtl export --trt)",
-                **{n: f"no {file} next to {model.name} (mtl export {flag})"
-                   for n, (file, flag, _) in ORT_VARIANTS.items()}}
-        raise _Skip(want.get(name, f"{path} not found"))
-    kind = "onnxruntime" if name in ORT_VARIANTS else name
+        raise _Skip(_missing_reason(name, model, path))
+    kind = "onnxruntime" if bench_variant(name) else name       # every variant file runs on the CPU EP
     try:
         return Pipeline.open(path, kind, threads)
     except BackendUnavailableError as e:
@@ -379,119 +381,40 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
               threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = "benchmarks/results",
               rounds: int = 5,
               progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """``mtl bench``: open + warm up every backend, time them interleaved, then parity vs torch; returns the
+    report (with its markdown table) and writes it to ``out_dir`` unless that is None."""
     from .contract import read_onnx_metadata
 
     model = Path(model)
     checkpoint = Path(checkpoint) if checkpoint else None
-    unknown = [c for c in compare if c not in BENCH_BACKENDS]
-    if unknown:
-        raise BackendUnavailableError(None, f"unknown --compare entries {unknown} (choose from {', '.join(BENCH_BACKENDS)})")
-    if iters < 1 or warmup < 0 or rounds < 1:
-        raise DataError(None, f"--iters and --rounds must be >= 1 and --warmup >= 0, got {iters} / {rounds} / {warmup}")
+    _check_args(compare, iters, warmup, rounds)
     meta = read_onnx_metadata(model)
-    spec = ModelSpec.from_metadata(meta, model)
-    cfg = spec.cfg
+    cfg = ModelSpec.from_metadata(meta, model).cfg
     frames, no_image = load_frames(data, cfg, n_frames)
     # torch runs last: importing it raises the process RSS high-water mark for everything after it
     order = [c for c in compare if c != "torch"] + (["torch"] if "torch" in compare else [])
-
-    ref = ref_metrics = None
-    parity_note = None
-    ckpt_info: dict[str, Any] = {}
-    if checkpoint is not None:
-        from .config import sha256_file
-
-        sha = sha256_file(checkpoint) if checkpoint.is_file() else None
-        ckpt_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha,
-                     "matches_model_source": sha == meta.get("source_checkpoint_sha256")}
-    else:
-        parity_note = "no --checkpoint: parity vs torch not measured"
-
-    total_iters = (iters + warmup) * len(order)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_iters, unit="it", desc="bench", file=sys.stderr)
+        bar = tqdm(total=(iters + warmup) * len(order), unit="it", desc="bench", file=sys.stderr)
+    advance = bar.update if bar else (lambda n: None)
     rows: list[dict] = []
-    results: dict[str, list[dict]] = {}
     pipes: dict[str, Pipeline] = {}
     try:
         for name in order:                      # open + warm up in order (peak RSS is cumulative)
-            row: dict[str, Any] = {"backend": name}
-            rows.append(row)
-            try:
-                pipe = open_bench_pipeline(name, model, checkpoint, threads)
-            except (_Skip, MtlError) as e:
-                row["status"] = f"skipped: {e}"
-                if bar:
-                    bar.update(iters + warmup)
-                continue
-            if name == "torch" and pipe.cfg.to_dict() != cfg.to_dict():
-                row["status"] = "skipped: checkpoint config differs from the model's metadata config"
-                pipe.close()
-                if bar:
-                    bar.update(iters + warmup)
-                continue
-            row.update(status="ok", model=pipe.spec.path, precision=pipe.spec.precision,
-                       providers=pipe.backend.providers, fallback=pipe.fallback)
-            try:
-                warm_up(pipe, frames, warmup)
-                pipes[name] = pipe
-            except MtlError as e:
-                row["status"] = f"failed: {e}"
-                pipe.close()
-            row["peak_rss_mb"] = peak_rss_mb()
-            if bar:
-                bar.update(warmup + (0 if name in pipes else iters))
-        timed = time_backends(pipes, frames, iters, rounds, (lambda: bar.update(1)) if bar else None)
-        for row in rows:
-            name = row["backend"]
-            if name not in pipes:
-                continue
-            if "error" in timed[name]:
-                row["status"] = f"failed: {timed[name]['error']}"
-                continue
-            row.update(timed[name])
-            try:
-                results[name] = frame_outputs(pipes[name], frames)
-                row["metrics"] = task_metrics(results[name], frames, cfg)
-            except MtlError as e:
-                row["status"] = f"failed: {e}"
+            rows.append(_open_backend(name, lambda n: open_bench_pipeline(n, model, checkpoint, threads), cfg,
+                                      frames, warmup, pipes))
+            advance(warmup + (0 if name in pipes else iters))
+        timed = time_backends(pipes, frames, iters, rounds, lambda: advance(1))
+        results = _finish_rows(rows, pipes, timed, frames, cfg)
     finally:
         for pipe in pipes.values():
             pipe.close()
         if bar:
             bar.close()
-
-    if checkpoint is not None and "torch" not in results:
-        # parity reference even when the torch column itself was not requested
-        try:
-            tp = torch_pipeline(checkpoint, threads)
-            if tp.cfg.to_dict() == cfg.to_dict():
-                results["torch"] = frame_outputs(tp, frames)
-            else:
-                parity_note = "checkpoint config differs from the model's metadata config: no parity"
-        except (ImportError, MtlError) as e:
-            parity_note = f"torch reference unavailable ({e})"
-    if "torch" in results:
-        ref = results["torch"]
-        ref_metrics = task_metrics(ref, frames, cfg)
-        for row in rows:
-            if row["backend"] in results and row["backend"] != "torch":
-                row["parity"] = parity(ref, results[row["backend"]], ref_metrics,
-                                       row.get("metrics") or task_metrics(results[row["backend"]], frames, cfg),
-                                       cfg=cfg)
-    elif parity_note is None:
-        parity_note = "torch reference unavailable"
-
-    torch_row = next((r for r in rows if r["backend"] == "torch" and r["status"] == "ok"), None)
-    if torch_row:
-        t = torch_row["stages"]["total"]["mean"]
-        for row in rows:
-            if row["status"] == "ok" and row["backend"] != "torch":
-                row["speedup_vs_torch"] = round(t / row["stages"]["total"]["mean"], 3)
-
+    parity_note = _add_parity(rows, results, checkpoint, threads, frames, cfg)
+    _add_speedups(rows)
     report = {
         "mtl_bench": 1, "model": str(model), "data": str(data), "frames": len(frames),
         "frames_without_image_skipped": no_image, "frame_ids": [f.frame_id for f in frames],
@@ -499,12 +422,120 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
         "compare": list(compare),
         "model_config": {"image_hw": list(cfg.camera.image_hw), "grid": list(cfg.grid.shape),
                          "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem},
-        **ckpt_info, "parity_note": parity_note, "device": device_state(threads), "rows": rows,
+        **_checkpoint_info(checkpoint, meta), "parity_note": parity_note, "device": device_state(threads),
+        "rows": rows,
     }
     report["markdown"] = to_markdown(report)
     if out_dir is not None:
         report["written"] = write_report(report, out_dir)
     return report
+
+
+def _check_args(compare: tuple[str, ...], iters: int, warmup: int, rounds: int) -> None:
+    unknown = [c for c in compare if c not in BENCH_BACKENDS]
+    if unknown:
+        raise BackendUnavailableError(None, f"unknown --compare entries {unknown} (choose from {', '.join(BENCH_BACKENDS)})")
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise DataError(None, f"--iters and --rounds must be >= 1 and --warmup >= 0, got {iters} / {rounds} / {warmup}")
+
+
+def _checkpoint_info(checkpoint: Path | None, meta: dict) -> dict[str, Any]:
+    """The checkpoint's path and sha256, and whether it is the one the model was exported from."""
+    if checkpoint is None:
+        return {}
+    from .config import sha256_file
+
+    sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha,
+            "matches_model_source": sha == meta.get("source_checkpoint_sha256")}
+
+
+def _open_backend(name: str, open_pipe: Callable[[str], Pipeline], cfg, frames: list[RuntimeFrame], warmup: int,
+                  pipes: dict[str, Pipeline]) -> dict[str, Any]:
+    """One row: open the backend (or record why it is skipped) and warm it up; a warm pipeline joins ``pipes``."""
+    row: dict[str, Any] = {"backend": name}
+    try:
+        pipe = open_pipe(name)
+    except (_Skip, MtlError) as e:
+        row["status"] = f"skipped: {e}"
+        return row
+    if name == "torch" and pipe.cfg.to_dict() != cfg.to_dict():
+        row["status"] = "skipped: checkpoint config differs from the model's metadata config"
+        pipe.close()
+        return row
+    row.update(status="ok", model=pipe.spec.path, precision=pipe.spec.precision,
+               providers=pipe.backend.providers, fallback=pipe.fallback)
+    try:
+        warm_up(pipe, frames, warmup)
+        pipes[name] = pipe
+    except MtlError as e:
+        row["status"] = f"failed: {e}"
+        pipe.close()
+    row["peak_rss_mb"] = peak_rss_mb()
+    return row
+
+
+def _finish_rows(rows: list[dict], pipes: dict[str, Pipeline], timed: dict[str, dict], frames: list[RuntimeFrame],
+                 cfg) -> dict[str, list[dict]]:
+    """Timings into the rows, then every timed backend's outputs on the frames (and their task metrics)."""
+    results: dict[str, list[dict]] = {}
+    for row in rows:
+        name = row["backend"]
+        if name not in pipes:
+            continue
+        if "error" in timed[name]:
+            row["status"] = f"failed: {timed[name]['error']}"
+            continue
+        row.update(timed[name])
+        try:
+            results[name] = frame_outputs(pipes[name], frames)
+            row["metrics"] = task_metrics(results[name], frames, cfg)
+        except MtlError as e:
+            row["status"] = f"failed: {e}"
+    return results
+
+
+def _add_parity(rows: list[dict], results: dict[str, list[dict]], checkpoint: Path | None, threads: int | None,
+                frames: list[RuntimeFrame], cfg) -> str | None:
+    """Parity vs torch of every backend with outputs; returns why there is none (None when measured)."""
+    if checkpoint is None:
+        return "no --checkpoint: parity vs torch not measured"
+    note = None
+    if "torch" not in results:          # parity reference even when the torch column itself was not requested
+        note = _torch_reference(results, checkpoint, threads, frames, cfg)
+    if "torch" not in results:
+        return note or "torch reference unavailable"
+    ref = results["torch"]
+    ref_metrics = task_metrics(ref, frames, cfg)
+    for row in rows:
+        if row["backend"] in results and row["backend"] != "torch":
+            row["parity"] = parity(ref, results[row["backend"]], ref_metrics,
+                                   row.get("metrics") or task_metrics(results[row["backend"]], frames, cfg),
+                                   cfg=cfg)
+    return None
+
+
+def _torch_reference(results: dict[str, list[dict]], checkpoint: Path, threads: int | None,
+                     frames: list[RuntimeFrame], cfg) -> str | None:
+    """Add the torch outputs to ``results``; returns why they are unavailable (None when added)."""
+    try:
+        tp = torch_pipeline(checkpoint, threads)
+        if tp.cfg.to_dict() != cfg.to_dict():
+            return "checkpoint config differs from the model's metadata config: no parity"
+        results["torch"] = frame_outputs(tp, frames)
+    except (ImportError, MtlError) as e:
+        return f"torch reference unavailable ({e})"
+    return None
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    """``speedup_vs_torch`` of every ok row: torch's mean total over the row's."""
+    torch_row = next((r for r in rows if r["backend"] == "torch" and r["status"] == "ok"), None)
+    if torch_row:
+        t = torch_row["stages"]["total"]["mean"]
+        for row in rows:
+            if row["status"] == "ok" and row["backend"] != "torch":
+                row["speedup_vs_torch"] = round(t / row["stages"]["total"]["mean"], 3)
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -573,8 +604,8 @@ def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str,
 def write_report(report: dict, out_dir: str | Path) -> dict:
     """``mtl bench``'s files: ``bench_<date-time>_<backend tags>.json`` / ``.md``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    short = {"onnxruntime": "ort", "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt", "tensorrt": "trt",
-             "torch": "torch", **{n: tag for n, (_, _, tag) in ORT_VARIANTS.items()}}
+    short = {**{v.bench: v.tag for v in VARIANTS}, "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt",
+             "tensorrt": "trt", "torch": "torch"}
     tag = "+".join(short.get(c, c) for c in report["compare"]) or "none"
     body = {k: v for k, v in report.items() if k not in ("markdown", "written")}
     return write_results(out_dir, "bench", body, f"# mtl bench {stamp}\n\n" + report["markdown"], tag, stamp)

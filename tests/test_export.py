@@ -86,7 +86,7 @@ def test_fp32_export_names_metadata_checker_parity(setup):
 
 def test_torch_and_ort_sigmoid_heatmap_match(setup):
     """The graph's bbox_heatmap is sigmoid(logits) of the torch model."""
-    from mtl.export.onnx_export import ort_session
+    from mtl.export.onnx_io import ort_session
 
     sess = ort_session(setup["out"] / "model.onnx")
     feeds = _frame_feeds(setup)[0]
@@ -97,7 +97,7 @@ def test_torch_and_ort_sigmoid_heatmap_match(setup):
 
 
 def test_in_graph_decode_equals_numpy_decode(setup):
-    from mtl.export.onnx_export import ort_session
+    from mtl.export.onnx_io import ort_session
     from mtl.geometry import decode_detections
 
     cfg = setup["cfg"]
@@ -453,7 +453,7 @@ def test_gate_failure_exits_nonzero_keeps_fp32_and_report(setup, tmp_path):
 def test_tampered_graph_fails_parity(setup):
     from onnx import numpy_helper
 
-    from mtl.export.onnx_export import ort_session
+    from mtl.export.onnx_io import ort_session
     from mtl.export.parity import FrameSource, parity_report
 
     m = onnx.load(str(setup["out"] / "model.onnx"))
@@ -499,3 +499,44 @@ def test_decoded_box_comparison_tolerates_tied_peaks_only():
     dec_real = decode_detections(real, reg, grid, k=100, score_threshold=0.1)
     c = compare_detections(dec[0], dec_real, 1e-4, 0.1, ref_heat=ref, got_heat=real)
     assert not c["passed"] and c["unmatched"] > 0
+
+
+def test_every_table_row_is_written_checked_and_reported_as_its_row_says(setup):
+    """The exporter reads ``VARIANTS``: file, metadata, parity (gated or not), metric gate, build timing and
+    TensorRT-check line of every row follow from the row."""
+    from mtl.contract import read_onnx_metadata
+    from mtl.export.variants import VARIANTS
+
+    rep = setup["report"]
+    assert list(rep["variants"]) == [v.name for v in VARIANTS]
+    for v in VARIANTS:
+        entry = rep["variants"][v.name]
+        assert entry["path"] == v.file and entry["status"] == "ok", v.name
+        meta = read_onnx_metadata(setup["out"] / v.file)
+        assert meta["precision"] == v.precision and all(meta[k] == x for k, x in v.extra_metadata)
+        assert entry["parity"]["gated"] is (v.check == "parity")
+        assert ("gate" in entry and entry["gate"]["passed"]) is (v.check == "metrics")
+        assert (v.timing_key in rep["timings_s"]) is (v.build is not None)
+        check = "not a TensorRT model by design" if v.target == "cpu" else "OK ("
+        assert f"TensorRT compatibility ({v.name}): {check}" in setup["output"]
+
+
+def test_an_error_mid_export_keeps_the_report_and_exits_with_its_own_code(setup, tmp_path):
+    """Not a parity failure: the report is still written (with the error), the files made so far stay, and
+    the original error reaches the CLI (its exit code, its one line)."""
+    from mtl.cli import main
+    from mtl.errors import ChunkError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["export", str(setup["ckpt"]), "--out", str(out), "--int8", "--no-slim",
+                                    "--calib-data", str(empty), "--val-data", str(setup["val"]),
+                                    "--parity-frames", "1"])
+    assert res.exit_code == ChunkError.exit_code, res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"error: {empty}: no *.npz chunks found")
+    rep = json.loads((out / "export_report.json").read_text())
+    assert rep["passed"] is False and rep["error"].startswith("ChunkError: ") and list(rep["variants"]) == ["fp32"]
+    assert rep["variants"]["fp32"]["parity"]["passed"] and "total" in rep["timings_s"]
+    assert (out / "model.onnx").is_file() and not list(out.glob("model_int8*"))
+    assert "**error:** ChunkError" in (out / "export_report.md").read_text()

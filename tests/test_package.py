@@ -126,3 +126,99 @@ def test_config_round_trip_and_override(tmp_path):
     p.write_text(json.dumps({"train": {"bogus": 1}}))
     with pytest.raises(ValueError, match="unknown config keys"):
         Config.load(p)
+
+
+# ------------------------------------------------------------------------------------ import graph
+
+
+def _mtl_import_graph() -> dict[str, set[str]]:
+    """module -> the mtl modules it imports, from the source of every module under mtl/ (``ast``; imports
+    inside functions and ``TYPE_CHECKING`` blocks count too: a lazy import is still a dependency)."""
+    import ast
+    from pathlib import Path
+
+    import mtl
+
+    root = Path(mtl.__file__).parent
+    modules: dict[str, tuple[Path, bool]] = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        is_pkg = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_pkg) in modules.items():
+        package = name.split(".") if is_pkg else name.split(".")[:-1]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+                mod = ".".join(p for p in (base, node.module or "") if p)
+                # ``from pkg import submodule`` imports the submodule; ``from mod import name`` the module
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, white / grey / black)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_on_hand_made_graphs():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) is None
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"a"}}) == ["a", "a"]
+
+
+def test_mtl_import_graph_is_acyclic_and_the_runtime_never_reaches_the_exporter():
+    graph = _mtl_import_graph()
+    # the parser sees real edges (absolute, relative, ``from . import submodule``, lazy imports)
+    assert "mtl.export.variants" in graph["mtl.bench"] and "mtl.export.variants" in graph["mtl.cli.deploy"]
+    assert {"mtl.export.parity", "mtl.export.options", "mtl.export.onnx_io"} <= graph["mtl.export.run"]
+    assert "mtl.export.onnx_export" in graph["mtl.export.parity"]          # torch_reference, imported lazily
+    assert "mtl.export.parity" not in graph["mtl.export.onnx_export"]
+    assert _find_cycle(graph) is None, f"import cycle: {' -> '.join(_find_cycle(graph))}"
+
+    seen: set[str] = set()
+    todo = [m for m in graph if m == "mtl.runtime" or m.startswith("mtl.runtime.")]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph[m])
+    assert "mtl.contract" in seen
+    assert not [m for m in seen if m == "mtl.export" or m.startswith("mtl.export.")]
+
+
+def test_variant_table_and_export_options_import_neither_torch_nor_onnx():
+    """The CLI and ``mtl bench`` import the variant table at start-up."""
+    code = (
+        "import json, sys\n"
+        "import mtl.cli, mtl.export.variants, mtl.export.options\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'onnx', 'onnxruntime'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

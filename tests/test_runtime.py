@@ -53,7 +53,8 @@ def save_tiny_checkpoint(cfg, path: Path, seed: int = 0) -> Path:
 def export_tiny(ckpt: Path, onnx_path: Path, decode: bool = False, meta_edit=None) -> Path:
     """Real export (mtl.export.onnx_export + metadata) of a checkpoint; ``meta_edit(meta)`` may tamper."""
     from mtl.contract import build_metadata, write_onnx_metadata
-    from mtl.export.onnx_export import export_onnx_proto, save_proto_atomic
+    from mtl.export.onnx_export import export_onnx_proto
+    from mtl.export.onnx_io import save_proto_atomic
     from mtl.model import load_checkpoint
 
     model, cfg, _ = load_checkpoint(ckpt)

@@ -1,28 +1,36 @@
 """`mtl export`, `mtl infer`, `mtl bench`."""
 from __future__ import annotations
 
+import click as _ck
+
+# the variant table is import-light (no torch / onnx): the export flags and the bench columns come from it
+from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, GATED_PRECISIONS, OPTIONAL
+
 COMMANDS: list = []
 
 
 # -------------------------------------------------------------------------------------- export
 # (torch / onnx are imported inside the command body)
-import click as _ck
+
+
+def _variant_flags(f):
+    """One ``--<variant>`` flag per optional row of ``mtl.export.variants.VARIANTS``, in table order."""
+    for v in reversed(OPTIONAL):      # click lists stacked options bottom-up
+        f = _ck.option(v.flag, v.name, is_flag=True, help=v.help)(f)
+    return f
 
 
 @_ck.command("export")
 @_ck.argument("checkpoint", type=_ck.Path(dir_okay=False))
 @_ck.option("--out", "out_dir", required=True, type=_ck.Path(file_okay=False),
-            help="Output directory: model.onnx [+ model_fp16.onnx, model_int8.onnx, model_int8_cpu.onnx, *.engine], "
+            help=f"Output directory: {FP32.file} [+ {', '.join(v.file for v in OPTIONAL)}, *.engine], "
                  "export_report.json/.md.")
 @_ck.option("--opset", type=_ck.IntRange(min=18), default=18, show_default=True, help="ONNX opset (dynamo exporter: >= 18).")
-@_ck.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (I/O stay float32), gated on --val-data metrics.")
-@_ck.option("--int8", is_flag=True, help="Also write model_int8.onnx (Q/DQ, symmetric INT8, calibrated on --calib-data).")
-@_ck.option("--int8-cpu", is_flag=True, help="Also write model_int8_cpu.onnx: INT8 for the onnxruntime CPU (uint8 "
-                                             "activations, adds/concats/resizes in int8; not for TensorRT).")
+@_variant_flags
 @_ck.option("--calib-data", type=_ck.Path(file_okay=False), default=None, help="Chunks for INT8 calibration.")
 @_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True, help="Calibration frames.")
 @_ck.option("--val-data", type=_ck.Path(file_okay=False), default=None,
-            help="Chunks for the parity report and the fp16/int8 metric gates.")
+            help=f"Chunks for the parity report and the {GATED_PRECISIONS} metric gates.")
 @_ck.option("--gate-frames", type=_ck.IntRange(min=0), default=128, show_default=True,
             help="Frames for the metric gate (evenly spaced; 0 = all of --val-data).")
 @_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True, help="Allowed mIoU drop of a variant vs fp32.")
@@ -42,20 +50,16 @@ import click as _ck
             help="Parity report + metric gates on real frames (needs --val-data or --calib-data).")
 @_ck.option("--parity-frames", type=_ck.IntRange(min=1), default=4, show_default=True, help="Frames for the parity report.")
 @_ck.option("--atol", type=float, default=1e-4, show_default=True, help="fp32 parity tolerance (max abs diff per output).")
-def export_cmd(checkpoint, out_dir, opset, fp16, int8, int8_cpu, calib_data, calib_frames, val_data, gate_frames, max_drop_miou,
-               max_drop_map, decode, slim, batch, dynamic_batch, trt, trt_profile, timing_cache, parity,
-               parity_frames, atol):
+def export_cmd(**flags):
     """Export CHECKPOINT to ONNX (dynamo, opset >= 18) with a parity report against torch on real frames,
     optional fp16 / int8 variants (each gated on mIoU / mAP drop), a static TensorRT-compatibility check and
     optional TensorRT engines. Exits non-zero (ParityError, code 8) when parity or a gate fails; the report
     is still written and failed artefacts are renamed *.rejected."""
-    from ..export.onnx_export import export_checkpoint
+    from ..export.options import ExportOptions
+    from ..export.run import export_checkpoint
 
-    export_checkpoint(checkpoint, out_dir, opset=opset, fp16=fp16, int8=int8, int8_cpu=int8_cpu, calib_data=calib_data,
-                      calib_frames=calib_frames, val_data=val_data, max_drop_miou=max_drop_miou,
-                      max_drop_map=max_drop_map, decode=decode, slim=slim, trt=trt, trt_profile=trt_profile,
-                      parity=parity, parity_frames=parity_frames, gate_frames=gate_frames, atol=atol, batch=batch,
-                      dynamic_batch=dynamic_batch, timing_cache=timing_cache, echo=_ck.echo)
+    chosen = tuple(v.name for v in OPTIONAL if flags.pop(v.name))
+    export_checkpoint(ExportOptions(variants=chosen, **flags), echo=_ck.echo)
 
 
 COMMANDS.append(export_cmd)
@@ -63,7 +67,7 @@ COMMANDS.append(export_cmd)
 
 # ------------------------------------------------------------------------------- infer / bench
 # (torch-free at import: the runtime and bench modules are imported inside the command bodies)
-import click as _click  # noqa: E402
+import click as _click
 
 _RUNTIME_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 
@@ -96,13 +100,10 @@ def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
 
 @_click.command("bench")
 @_click.option("--model", "model", required=True, type=_click.Path(dir_okay=False),
-               help="fp32 model.onnx; model_fp16.onnx / model_int8.onnx / model_int8_cpu.onnx / *.engine are "
-                    "looked up next to it.")
-@_click.option("--compare", default="torch,onnxruntime,onnxruntime-fp16,onnxruntime-int8,onnxruntime-int8-cpu,tensorrt",
-               show_default=True,
-               help="Comma-separated backends: torch, onnxruntime, onnxruntime-fp16, onnxruntime-int8, "
-                    "onnxruntime-int8-cpu, onnxruntime-cuda, onnxruntime-trt, tensorrt. Unavailable ones are listed "
-                    "as skipped with the reason.")
+               help=f"fp32 {FP32.file}; {' / '.join(v.file for v in OPTIONAL)} / *.engine are looked up next to it.")
+@_click.option("--compare", default=",".join(DEFAULT_COMPARE), show_default=True,
+               help=f"Comma-separated backends: {', '.join(BENCH_BACKENDS)}. Unavailable ones are listed as skipped "
+                    "with the reason.")
 @_click.option("--checkpoint", type=_click.Path(dir_okay=False), default=None,
                help="Torch checkpoint: the eager torch column and the parity reference.")
 @_click.option("--data", required=True, type=_click.Path(), help="Chunks or a raw A2D2 tree (frames are preloaded).")

@@ -1,0 +1,338 @@
+"""``mtl export`` step by step: checkpoint -> DIR/model.onnx (+ one file per requested row of
+``mtl.export.variants.VARIANTS``, *.engine), DIR/export_report.json and DIR/export_report.md.
+
+``export_checkpoint(opts)`` runs the steps in order; each records what it did in the report dict and prints
+its line(s) through ``echo``:
+
+- ``load``              the checkpoint -> (model, cfg, sha256)
+- ``parity_frames``     real frames for the parity report (--val-data, else --calib-data)
+- ``export_fp32``       torch -> ONNX (dynamo) -> onnxslim (kept only if outputs are identical) -> metadata,
+                        ``onnx.checker``, atomic write (``save_variant``), static TensorRT check (``check_tensorrt``)
+- ``fp32_parity``       torch vs onnxruntime, gated on --atol: a failure rejects model.onnx and stops the export
+- ``build_variants``    each requested row's builder (calibration frames loaded once), saved and checked like fp32
+- ``variant_parity``    parity of each variant vs torch (informational for metric-gated rows)
+- ``metric_gate``       mIoU / mAP drop vs fp32 of the metric-gated rows, one pass over --val-data
+- ``reject_failed``     failed variants are renamed ``*.rejected`` so no runtime picks them up
+- ``build_engines``     TensorRT engines of the rows whose target is TensorRT (--trt)
+- ``write_report``      always, also when a step raised; that error is re-raised afterwards
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import Config, sha256_file
+from ..errors import ParityError
+from ..io import write_bytes_atomic, write_json_atomic
+from . import parity as par
+from .onnx_io import ort_session, save_proto_atomic
+from .options import ExportOptions
+from .report import gate_line, parity_line, render_markdown, wrote_line
+from .variants import FP32, GATED_PRECISIONS, Variant, variant
+
+Echo = Callable[[str], None]
+Built = tuple[Variant, Path, Any, dict]    # (row, written file, ModelProto, builder info)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every step reads: the options, the loaded checkpoint, the report it fills in and the printer."""
+
+    opts: ExportOptions
+    model: Any                  # torch model, eval mode
+    cfg: Config
+    report: dict[str, Any]      # each step adds its entries
+    echo: Echo
+
+
+def export_checkpoint(opts: ExportOptions, echo: Echo = print) -> dict[str, Any]:
+    """``mtl export``. Raises ``ParityError`` (after writing the report) when fp32 parity or a variant's gate
+    fails, with the failed files renamed ``*.rejected``; any other error is re-raised after the report is
+    written. Returns the report."""
+    t_start = time.perf_counter()
+    opts.validate()
+    if opts.trt:
+        from .tensorrt_build import check_available
+
+        check_available()      # fail before any work: one line saying what is missing
+    model, cfg, ckpt_sha = load(opts)
+    job = Job(opts, model, cfg, new_report(opts, ckpt_sha), echo)
+    try:
+        run_steps(job)
+    except BaseException as e:      # re-raised once the report is written
+        if not isinstance(e, ParityError):
+            job.report["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        write_report(job.report, opts.out_dir, t_start, failed=True)
+        raise
+    write_report(job.report, opts.out_dir, t_start)
+    if job.report["failures"]:
+        raise ParityError(opts.out_dir / "export_report.json", "; ".join(job.report["failures"]))
+    echo(wrote_line(job.report))
+    return job.report
+
+
+def run_steps(job: Job) -> None:
+    """The steps in order (module docstring); each variant is checked and parity-tested after all are built."""
+    samples = parity_frames(job)
+    proto, meta = export_fp32(job, samples)
+    fp32_sess = ort_session(job.opts.out_dir / FP32.file)
+    fp32_parity(job, fp32_sess, samples)
+    built = build_variants(job, proto, meta)
+    sessions = {"fp32": fp32_sess}
+    for v, path, vproto, info in built:
+        check_tensorrt(job, v, vproto, path, info)
+        sessions[v.name] = ort_session(path)
+        if job.opts.parity:
+            variant_parity(job, v, sessions[v.name], samples)
+    metric_gate(job, [v for v, *_ in built if v.check == "metrics"], sessions)
+    reject_failed(job.report, built)
+    if job.opts.trt:
+        build_engines(job)
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+
+def load(opts: ExportOptions) -> tuple[Any, Config, str]:
+    """(model, cfg, sha256 of the checkpoint file)."""
+    from ..model import load_checkpoint
+
+    model, cfg, _ = load_checkpoint(opts.checkpoint)
+    return model, cfg, sha256_file(opts.checkpoint)
+
+
+def new_report(opts: ExportOptions, ckpt_sha: str) -> dict[str, Any]:
+    import platform
+
+    import onnx
+    import torch
+
+    return {
+        "mtl_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": str(opts.checkpoint), "checkpoint_sha256": ckpt_sha, "out_dir": str(opts.out_dir),
+        "options": opts.to_report(),
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+                        "onnxruntime": _ort_version()},
+        "variants": {}, "engines": {}, "failures": [], "timings_s": {},
+    }
+
+
+def parity_frames(job: Job) -> list[dict]:
+    """The real frames every parity report runs on (none with --no-parity)."""
+    if not job.opts.parity:
+        return []
+    samples = list(par.FrameSource(job.opts.parity_data, job.cfg, max_frames=job.opts.parity_frames))
+    job.report["parity_data"] = str(job.opts.parity_data)
+    return samples
+
+
+def export_fp32(job: Job, samples: list[dict]) -> tuple[Any, dict[str, Any]]:
+    """torch -> fp32 ONNX (slimmed), written with its metadata and checked; returns (proto, metadata)."""
+    from ..contract import build_metadata
+    from .onnx_export import export_onnx_proto, opset_of
+
+    o = job.opts
+    job.echo(f"exporting {o.checkpoint.name} -> ONNX (dynamo, opset {o.opset}, decode={o.decode}, "
+             f"batch={o.batch_label}) ...")
+    proto, info = export_onnx_proto(job.model, job.cfg, opset=o.opset, decode=o.decode, batch=o.batch,
+                                    dynamic_batch=o.dynamic)
+    job.report["timings_s"]["torch_onnx_export"] = info["export_time_s"]
+    if o.slim:
+        proto = slim(job, proto, samples)
+    meta = build_metadata(job.cfg.to_dict(), batch="batch" if o.dynamic else o.batch, decode=o.decode,
+                          precision=FP32.precision, opset=opset_of(proto),
+                          source_checkpoint_sha256=job.report["checkpoint_sha256"])
+    path = save_variant(FP32, proto, meta, o.out_dir)
+    job.report["opset"] = opset_of(proto)
+    check_tensorrt(job, FP32, proto, path, {**info, "checker": "full_check ok"})
+    return proto, meta
+
+
+def slim(job: Job, proto: Any, samples: list[dict]) -> Any:
+    """onnxslim, kept only when every output is identical on a real (else a random) batch."""
+    from .onnx_export import example_inputs, slim_proto
+
+    feeds = (next(par.batched(samples, job.opts.run_batch))[0] if samples else
+             {k: v.numpy() for k, v in zip(("image", "bev"), example_inputs(job.cfg, job.opts.run_batch))})
+    proto, info = slim_proto(proto, feeds)
+    job.report["slim"] = info
+    job.echo(f"onnxslim: {info['nodes_before']} -> {info['nodes_after']} nodes, "
+             f"{'applied' if info['applied'] else 'not applied'} ({info['reason']})")
+    return proto
+
+
+def save_variant(v: Variant, proto: Any, fp32_meta: dict[str, Any], out_dir: Path) -> Path:
+    """The variant's metadata, ``onnx.checker`` (full), then OUT/<file> written atomically."""
+    import onnx
+
+    from ..contract import write_onnx_metadata
+
+    write_onnx_metadata(proto, v.metadata(fp32_meta))
+    onnx.checker.check_model(proto, full_check=True)
+    return save_proto_atomic(proto, out_dir / v.file)
+
+
+def check_tensorrt(job: Job, v: Variant, proto: Any, path: Path, info: dict[str, Any]) -> None:
+    """Static TensorRT check of a written variant; creates its report entry and prints the findings."""
+    from .trt_check import check_model, format_findings
+
+    findings = check_model(proto, profile=job.opts.profile)
+    job.report["variants"][v.name] = variant_entry(path, proto, findings, info)
+    if v.target == "tensorrt":
+        job.echo(format_findings(findings, f"TensorRT compatibility ({v.name})"))
+    else:    # UINT8 / non-zero zero points by design: one summary line
+        n_err = sum(f["level"] == "error" for f in findings)
+        job.echo(f"TensorRT compatibility ({v.name}): not a TensorRT model by design ({n_err} finding(s), "
+                 "UINT8 activations with zero points; onnxruntime CPU only; details in export_report.json)")
+
+
+def fp32_parity(job: Job, sess: Any, samples: list[dict]) -> None:
+    """Gated fp32 parity; on failure model.onnx becomes model.onnx.rejected and ParityError stops the export."""
+    entry = job.report["variants"][FP32.name]
+    if not job.opts.parity:
+        entry["parity"] = None
+        job.echo("parity: skipped (--no-parity)")
+        return
+    t0 = time.perf_counter()
+    rep = variant_parity(job, FP32, sess, samples)
+    job.report["timings_s"]["parity_fp32"] = round(time.perf_counter() - t0, 3)
+    if not rep["passed"]:
+        path = job.opts.out_dir / entry["path"]
+        entry["status"] = "rejected"
+        entry["path"] = reject(path)
+        raise ParityError(path, "; ".join(rep["failures"]))
+
+
+def variant_parity(job: Job, v: Variant, sess: Any, samples: list[dict]) -> dict[str, Any]:
+    """torch vs the variant's session on the parity frames: gated on --atol for parity-checked rows,
+    informational otherwise (only the in-graph decode consistency can fail it then)."""
+    o = job.opts
+    rep = par.parity_report(job.model, job.cfg, sess, samples, decode=o.decode, batch=o.run_batch, atol=o.atol,
+                            gate=v.check == "parity")
+    job.report["variants"][v.name]["parity"] = rep
+    job.echo(parity_line(v.name, rep))
+    job.report["failures"].extend(f"{v.name} parity: {f}" for f in rep["failures"])
+    return rep
+
+
+def build_variants(job: Job, fp32_proto: Any, fp32_meta: dict[str, Any]) -> list[Built]:
+    """Each requested row built from the fp32 proto and saved; its build time lands in "timings_s"."""
+    o = job.opts
+    built: list[Built] = []
+    calib: tuple[list[dict], int] | None = None
+    for v in o.selected:
+        if v.calibrated and calib is None:
+            calib = calibration_feeds(job)
+        feeds, n_frames = calib if v.calibrated and calib else ([], 0)
+        t0 = time.perf_counter()
+        proto, info = v.build(fp32_proto, feeds, o.exclude_heads_int8)
+        if v.calibrated:
+            info.update(calibration_data=str(o.calib_data), calibration_frames=n_frames)
+        path = save_variant(v, proto, fp32_meta, o.out_dir)
+        job.report["timings_s"][v.timing_key] = round(time.perf_counter() - t0, 3)
+        built.append((v, path, proto, info))
+    return built
+
+
+def calibration_feeds(job: Job) -> tuple[list[dict], int]:
+    """(batched feeds, number of frames) of --calib-data, loaded once for every calibrated row."""
+    frames = par.FrameSource(job.opts.calib_data, job.cfg, max_frames=job.opts.calib_frames)
+    return [f for f, _ in par.batched(frames, job.opts.run_batch)], len(frames)
+
+
+def metric_gate(job: Job, gated: list[Variant], sessions: dict[str, Any]) -> None:
+    """mIoU / mAP of fp32 and every metric-gated row in one pass; a drop beyond the allowed one fails."""
+    if not gated:
+        return
+    variants, o = job.report["variants"], job.opts
+    if not o.parity:
+        for v in gated:
+            variants[v.name]["gate"] = None
+        job.echo(f"metric gate: skipped (--no-parity): the {GATED_PRECISIONS} variants are NOT validated")
+        return
+    t0 = time.perf_counter()
+    frames = par.FrameSource(o.val_data, job.cfg, max_frames=o.gate_frames)
+    job.echo(f"metric gate: evaluating fp32 + {', '.join(v.name for v in gated)} on {len(frames)} frame(s) of "
+             f"{o.val_data} ...")
+    metrics = par.evaluate_sessions({k: sessions[k] for k in ("fp32", *(v.name for v in gated))}, frames, job.cfg,
+                                    o.run_batch, progress=True)
+    job.report["timings_s"]["metric_gate"] = round(time.perf_counter() - t0, 3)
+    variants["fp32"]["metrics"] = metrics["fp32"]
+    for v in gated:
+        gate = par.metric_gate(metrics["fp32"], metrics[v.name], o.max_drop_miou, o.max_drop_map)
+        variants[v.name]["metrics"] = metrics[v.name]
+        variants[v.name]["gate"] = gate
+        job.echo(gate_line(v.name, gate))
+        job.report["failures"].extend(f"{v.name} gate: {f}" for f in gate["failures"])
+
+
+def reject_failed(report: dict[str, Any], built: list[Built]) -> None:
+    """Rename every variant that failed its gate or its parity to ``*.rejected``."""
+    for v, path, *_ in built:
+        entry = report["variants"][v.name]
+        if (entry.get("gate") and not entry["gate"]["passed"]) or (entry.get("parity") or {}).get("failures"):
+            entry["status"] = "rejected"
+            entry["path"] = reject(path)
+
+
+def build_engines(job: Job) -> None:
+    """A TensorRT engine (+ sidecar) for every accepted variant meant for TensorRT."""
+    from .tensorrt_build import build_engine
+    from .trt_check import has_errors
+
+    o = job.opts
+    cache = o.timing_cache or o.out_dir / "timing.cache"
+    for name, entry in job.report["variants"].items():
+        if entry["status"] != "ok" or variant(name).target != "tensorrt":
+            continue
+        if has_errors(entry["trt_check"]):
+            job.report["failures"].append(f"{name}: not built with TensorRT (trt_check errors)")
+            continue
+        onnx_file = o.out_dir / entry["path"]
+        engine = onnx_file.with_suffix(".engine")
+        job.echo(f"building TensorRT engine {engine.name} ...")
+        side = build_engine(onnx_file, engine, profile=o.profile, timing_cache=cache)
+        job.report["engines"][name] = {"path": engine.name, "sidecar": engine.name + ".json",
+                                       **{k: side[k] for k in ("tensorrt_version", "gpu_name", "compute_capability",
+                                                               "precision_recipe", "build_time_s")}}
+
+
+def write_report(report: dict[str, Any], out_dir: Path, t_start: float, failed: bool = False) -> None:
+    """export_report.json + .md (atomic), once the output directory exists or a variant was written."""
+    report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    report["passed"] = not report["failures"] and not failed
+    if out_dir.exists() or report["variants"]:
+        write_json_atomic(out_dir / "export_report.json", report)
+        write_bytes_atomic(out_dir / "export_report.md", render_markdown(report).encode())
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def variant_entry(path: Path, proto: Any, findings: list[dict], info: dict[str, Any]) -> dict[str, Any]:
+    return {"path": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
+            "nodes": len(proto.graph.node), "op_types": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
+            "trt_check": findings, "info": info, "status": "ok"}
+
+
+def reject(path: Path) -> str:
+    """Move a failed artefact aside (``<name>.rejected``) so the runtime never picks it up."""
+    dst = path.with_name(path.name + ".rejected")
+    if path.exists():
+        os.replace(path, dst)
+    return dst.name
+
+
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return "missing"
