@@ -267,7 +267,8 @@ def test_metadata_errors_and_sidecar_roundtrip(setup, tmp_path):
     with pytest.raises(ModelMismatchError, match="lacks keys"):
         md.write_sidecar(engine, meta)
     side = dict(meta, tensorrt_version="10.9.0", gpu_name="X", compute_capability="9.0",
-                precision_recipe="strongly typed", onnx_sha256="0" * 64, profiles=[])
+                precision_recipe="strongly typed", onnx_sha256="0" * 64, onnx_path="model.onnx",
+                engine_sha256="1" * 64, profiles=[])
     md.write_sidecar(engine, side)
     assert md.read_sidecar(engine) == side
     with pytest.raises(ModelMismatchError, match="not found"):
