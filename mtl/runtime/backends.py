@@ -368,7 +368,7 @@ class TensorRTBackend(Backend):
             self._alloc.append(("dev", dev_ptr))
             host = np.ctypeslib.as_array((ctypes.c_byte * nbytes).from_address(int(host_ptr)))
             self.buffers[name] = (host, int(dev_ptr), nbytes)
-            if not self.context.set_tensor_address(name, int(dev_ptr)):
+            if self.context.set_tensor_address(name, int(dev_ptr)) is False:
                 raise BackendUnavailableError(self.path, f"tensorrt: set_tensor_address({name}) failed")
 
     def set_batch(self, n: int, allocating: bool = False) -> None:
