@@ -25,7 +25,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner
-from conftest import ort_gpu_or_skip, tensorrt_or_skip, tiny_cfg, write_tiny_chunks
+from conftest import ort_gpu_or_skip, tensorrt_or_skip, write_tiny_chunks
 
 from mtl.cli import main
 from mtl.errors import BackendUnavailableError, ModelMismatchError
@@ -134,10 +134,9 @@ def test_engine_hash_mismatch_is_refused_before_tensorrt_is_imported(art, tmp_pa
     assert not marker.exists()
     # the same folder with the right bytes gets past every pre-TensorRT check and reaches the tripwire
     engine.write_bytes(b"serialized engine stand-in")
-    r = subprocess.run([sys.executable, "-c", "import json, sys\nfrom mtl.runtime.backends import check_sidecar\n"
-                        f"e = {str(engine)!r}\ncheck_sidecar(e, json.load(open(e + '.json')))\n"
-                        "print('tensorrt' in sys.modules)"], capture_output=True, text=True, env=env, timeout=60,
-                       check=False)
+    code = ("import json, sys\nfrom mtl.runtime.backends import check_sidecar\n"
+            f"e = {str(engine)!r}\ncheck_sidecar(e, json.load(open(e + '.json')))\nprint('tensorrt' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "False" and not marker.exists(), r.stderr
 
 

@@ -217,8 +217,7 @@ def problems(facts: dict) -> list[dict[str, str]]:
     def add(level: str, problem: str, fix: str) -> None:
         out.append({"level": level, "problem": problem, "fix": fix})
 
-    ort, drv, cp, trt, torch = (facts["onnxruntime"], facts["driver"], facts["cuda_python"], facts["tensorrt"],
-                                facts.get("torch"))
+    ort, drv, cp, torch = facts["onnxruntime"], facts["driver"], facts["cuda_python"], facts.get("torch")
     gpu_visible = bool(drv.get("gpus")) or "gpu" in cp
     pk = ort.get("packages", {})
     if pk.get("onnxruntime") and pk.get("onnxruntime-gpu"):
@@ -319,8 +318,8 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
     if not drv["nvidia_smi"]:
         rows.append(("NVIDIA driver", "none (nvidia-smi not found)"))
     else:
-        rows.append(("NVIDIA driver", f"{drv.get('driver_version') or drv.get('error')} (supports CUDA "
-                                      f"{drv.get('driver_cuda') or '?'})"))
+        cuda = drv.get("driver_cuda") or "?"
+        rows.append(("NVIDIA driver", f"{drv.get('driver_version') or drv.get('error')} (supports CUDA {cuda})"))
     runtime = (f"{cp['runtime']} (cuda-python)" if cp.get("runtime") else
                f"{torch['cuda_build']} (torch's)" if torch and torch.get("cuda_build") else "none found")
     rows.append(("CUDA runtime", runtime))
@@ -329,9 +328,9 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
                                   for g in gpus) or "none"))
     if cp.get("version") or cp.get("bindings"):
         where = cp.get("layout") or "does not load"
-        rows.append(("cuda-python", f"{cp.get('version') or '-'} (cuda-bindings {cp.get('bindings') or '-'}), "
-                                    f"layout {where}; CUDA runtime {cp.get('runtime') or '?'}, driver API "
-                                    f"{cp.get('driver') or '?'}"))
+        text = (f"{cp.get('version') or '-'} (cuda-bindings {cp.get('bindings') or '-'}), layout {where}; "
+                f"CUDA runtime {cp.get('runtime') or '?'}, driver API {cp.get('driver') or '?'}")
+        rows.append(("cuda-python", text))
     else:
         rows.append(("cuda-python", "not installed"))
     tp = ", ".join(f"{k} {v}" for k, v in trt.get("packages", {}).items())
