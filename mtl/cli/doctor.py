@@ -335,7 +335,8 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
         rows.append(("cuda-python", "not installed"))
     tp = ", ".join(f"{k} {v}" for k, v in trt.get("packages", {}).items())
     if "version" in trt:
-        rows.append(("TensorRT", f"{trt['version']} [{tp}]; loads; builder: {trt.get('builder', 'not tried (no GPU)')}"))
+        builder = trt.get("builder", "not tried (no GPU)")
+        rows.append(("TensorRT", f"{trt['version']} [{tp}]; loads; builder: {builder}"))
     elif "error" in trt:
         rows.append(("TensorRT", f"does not load: {trt['error']} [{tp}]"))
     else:

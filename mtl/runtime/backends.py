@@ -318,7 +318,8 @@ class TensorRTBackend(Backend):
         try:
             self.engine = self.runtime.deserialize_cuda_engine(data)
         except Exception as e:  # noqa: BLE001 - TensorRT raises RuntimeError / TypeError on bad data
-            raise ModelMismatchError(path, f"TensorRT could not deserialise the engine ({str(e).strip()[:200]})") from None
+            raise ModelMismatchError(path, f"TensorRT could not deserialise the engine "
+                                           f"({str(e).strip()[:200]})") from None
         if self.engine is None:
             raise ModelMismatchError(path, "TensorRT could not deserialise the engine (corrupt, or built for "
                                            "another TensorRT/GPU; see the TensorRT log above)")
@@ -386,7 +387,8 @@ class TensorRTBackend(Backend):
             if not self.context.set_input_shape(name, want):
                 raise ModelMismatchError(self.path, f"TensorRT refused input shape {want} for {name!r} "
                                                     f"(profile {self.profiles[name]})")
-        shapes = {name: tuple(int(d) for d in self.context.get_tensor_shape(name)) for name in self.inputs + self.outputs}
+        shapes = {name: tuple(int(d) for d in self.context.get_tensor_shape(name))
+                  for name in self.inputs + self.outputs}
         bad = {k: v for k, v in shapes.items() if any(d < 0 for d in v)}
         if bad:
             raise ModelMismatchError(self.path, f"shapes stay unresolved after setting batch {n}: {bad}")
