@@ -41,9 +41,13 @@ def import_tensorrt():
 
 
 def check_available() -> tuple[Any, dict]:
-    """(tensorrt module, gpu info) or BackendUnavailableError: call before spending time on an export."""
+    """(tensorrt module, gpu info) or BackendUnavailableError: call before spending time on an export. A
+    builder is created and dropped, so a CUDA that does not start for TensorRT (driver too old for its CUDA
+    major) is reported here, not after the ONNX export."""
     trt = import_tensorrt()
-    return trt, gpu_info()
+    gpu = gpu_info()
+    trt_create(trt.Builder, trt.Logger(trt.Logger.ERROR), what="builder (trt.Builder)")
+    return trt, gpu
 
 
 def parse_profile(text: str | None) -> tuple[int, int, int] | None:
