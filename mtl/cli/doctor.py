@@ -315,7 +315,9 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
         cuda = (f"CUDA {torch['cuda_build']}: {torch['device']} (sm {torch['capability']})" if torch["cuda_available"]
                 else f"CUDA: not available ({'CPU build' if not torch['cuda_build'] else 'no device'})")
         rows.append(("torch", f"{torch['version']}; {cuda}"))
-    if not drv["nvidia_smi"]:
+    if not drv["nvidia_smi"] and cp.get("driver"):
+        rows.append(("NVIDIA driver", f"supports CUDA {cp['driver']} (cudaDriverGetVersion; nvidia-smi not found)"))
+    elif not drv["nvidia_smi"]:
         rows.append(("NVIDIA driver", "none (nvidia-smi not found)"))
     else:
         cuda = drv.get("driver_cuda") or "?"
