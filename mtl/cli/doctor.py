@@ -264,7 +264,7 @@ def _trt_problems(facts: dict, add) -> None:
     if drv_cuda and need > drv_cuda:
         add("warning", f"the driver supports CUDA {drv_cuda}.x but the installed TensorRT / cuda-python need "
                        f"CUDA {need} (driver R580+)", "pip install 'mtl[trt-cu12]' or update the NVIDIA driver")
-    if (trt.get("version") or trt.get("packages")) and not cp.get("version") and not cp.get("bindings"):
+    if (trt.get("version") or trt.get("packages")) and "is not installed" in str(cp.get("error", "")):
         add("warning", "TensorRT is installed without cuda-python (the native backend needs both)",
             "pip install 'mtl[trt-cu12]' or 'mtl[trt-cu13]'")
 
@@ -328,7 +328,7 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
     gpus = drv.get("gpus") or ([cp["gpu"] | {"name": cp["gpu"]["gpu_name"]}] if "gpu" in cp else [])
     rows.append(("GPU", "; ".join(f"{g['name']} (compute capability {g.get('compute_capability') or '?'})"
                                   for g in gpus) or "none"))
-    if cp.get("version") or cp.get("bindings"):
+    if cp.get("version") or cp.get("bindings") or cp.get("layout"):
         where = cp.get("layout") or "does not load"
         text = (f"{cp.get('version') or '-'} (cuda-bindings {cp.get('bindings') or '-'}), layout {where}; "
                 f"CUDA runtime {cp.get('runtime') or '?'}, driver API {cp.get('driver') or '?'}")
@@ -336,13 +336,14 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
     else:
         rows.append(("cuda-python", "not installed"))
     tp = ", ".join(f"{k} {v}" for k, v in trt.get("packages", {}).items())
+    tp = f" [{tp}]" if tp else ""
     if "version" in trt:
         builder = trt.get("builder", "not tried (no GPU)")
-        rows.append(("TensorRT", f"{trt['version']} [{tp}]; loads; builder: {builder}"))
+        rows.append(("TensorRT", f"{trt['version']}{tp}; loads; builder: {builder}"))
     elif "error" in trt:
-        rows.append(("TensorRT", f"does not load: {trt['error']} [{tp}]"))
+        rows.append(("TensorRT", f"does not load: {trt['error']}{tp}"))
     else:
-        rows.append(("TensorRT", f"not installed{f' [{tp}]' if tp else ''}"))
+        rows.append(("TensorRT", f"not installed{tp}"))
     return rows
 
 
