@@ -18,7 +18,8 @@ runtime keeps ``det_scores > cfg.decode.score_threshold``), ``det_labels`` (B, K
 
 A TensorRT engine ``<name>.engine`` stays pure; ``<name>.engine.json`` (``sidecar_path``) holds the same
 metadata plus ``tensorrt_version``, ``gpu_name``, ``compute_capability``, ``precision_recipe``,
-``onnx_sha256`` and ``profiles``.
+``onnx_sha256``, ``onnx_path`` (the source ONNX, relative to the engine's folder and confined to it),
+``engine_sha256`` (the engine bytes the sidecar describes) and ``profiles``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailableError, ModelMismatchError
+from .errors import ModelMismatchError
 
 METADATA_KEY = "mtl"
 METADATA_FORMAT = 1
@@ -37,7 +38,13 @@ DECODE_OUTPUTS = ("det_scores", "det_labels", "det_boxes")
 PRECISIONS = ("fp32", "fp16", "int8")
 REQUIRED_KEYS = ("mtl_version", "format", "config", "inputs", "outputs", "decode", "precision", "opset",
                  "source_checkpoint_sha256", "heatmap_activation")
-SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision_recipe", "onnx_sha256", "profiles")
+SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision_recipe", "onnx_sha256", "onnx_path",
+                "engine_sha256", "profiles")
+# size limits of the files the sidecar check hashes: an ONNX protobuf cannot exceed 2 GiB (external data is not
+# used by mtl export); an engine of this model is megabytes, so 4 GiB only stops a wrong or endless file
+MAX_ONNX_BYTES = 2 << 30
+MAX_ENGINE_BYTES = 4 << 30
+MAX_SIDECAR_BYTES = 64 << 20
 
 
 def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision: str, opset: int,
@@ -192,8 +199,8 @@ def read_sidecar(engine_path: str | Path) -> dict:
         raise ModelMismatchError(engine_path, f"TensorRT sidecar {path.name} not found next to the engine "
                                               "(engines must be built with `mtl export --trt`)")
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads(read_capped(path, MAX_SIDECAR_BYTES, "sidecar").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelMismatchError(path, f"sidecar is not readable JSON ({e})") from None
     validate_metadata(meta, path)
     missing = [k for k in SIDECAR_KEYS if k not in meta]
@@ -203,48 +210,75 @@ def read_sidecar(engine_path: str | Path) -> dict:
 
 
 def gpu_info(device: int = 0) -> dict[str, Any]:
-    """Name and compute capability of CUDA device ``device`` via cuda-python (``cuda.bindings.runtime``):
-    the identity the engine builder writes into the sidecar and the TensorRT backend compares, with one
-    name normalisation for both."""
+    """Name and compute capability of CUDA device ``device`` (``mtl.gpu.gpu_info``): the identity the engine
+    builder writes into the sidecar and the TensorRT backend compares."""
+    from .gpu import gpu_info as _gpu_info
+
+    return _gpu_info(device)
+
+
+def sha256_capped(path: str | Path, cap: int, what: str = "file") -> str:
+    """sha256 of a regular file of at most ``cap`` bytes, read in 1 MiB blocks; a larger file (or one that
+    grows past the cap while it is read) is refused by name before it is read in full, so a huge or endless
+    file never hangs a check (``ModelMismatchError``)."""
+    import hashlib
+    import stat
+
+    path = Path(path)
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6 layout
-        except ImportError:
-            raise BackendUnavailableError(None, "cuda-python is not installed (`pip install cuda-python`), needed "
-                                                "to query the GPU for the engine sidecar") from None
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or not count:
-        raise BackendUnavailableError(None, f"no usable CUDA device (cudaGetDeviceCount: {_err_name(err)}); "
-                                            "TensorRT engines need an NVIDIA GPU and driver")
-    if device >= count:
-        raise BackendUnavailableError(None, f"CUDA device {device} does not exist ({count} device(s))")
-    err, prop = cudart.cudaGetDeviceProperties(device)
-    if int(err) != 0:
-        raise BackendUnavailableError(None, f"cudaGetDeviceProperties failed: {_err_name(err)}")
-    name = prop.name
-    name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
-    return {"gpu_name": name.strip(), "compute_capability": f"{prop.major}.{prop.minor}", "device": device}
+        st = path.stat()
+    except OSError as e:
+        raise ModelMismatchError(path, f"{what} cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelMismatchError(path, f"{what} is not a regular file")
+    if st.st_size > cap:
+        raise ModelMismatchError(path, f"{what} is {st.st_size / 2**30:.2f} GiB, over the {cap / 2**30:.0f} GiB "
+                                       "limit; refused without reading it")
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n += len(block)
+            if n > cap:
+                raise ModelMismatchError(path, f"{what} grew past the {cap / 2**30:.0f} GiB limit while being read")
+            h.update(block)
+    return h.hexdigest()
 
 
-def _err_name(err) -> str:
-    return getattr(err, "name", str(err))
+def read_capped(path: str | Path, cap: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes (same refusals as ``sha256_capped``)."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ModelMismatchError(path, f"{what} cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+        sha256_capped(path, cap, what)          # raises the named refusal
+    with open(path, "rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise ModelMismatchError(path, f"{what} grew past the {cap / 2**30:.0f} GiB limit while being read")
+    return data
 
 
 __all__ = [
-    "OUTPUTS",
     "DECODE_OUTPUTS",
+    "MAX_ENGINE_BYTES",
+    "MAX_ONNX_BYTES",
     "METADATA_FORMAT",
     "METADATA_KEY",
+    "OUTPUTS",
     "PRECISIONS",
     "SIDECAR_KEYS",
     "build_metadata",
-    "gpu_info",
     "config_from_metadata",
+    "gpu_info",
     "parse_metadata",
+    "read_capped",
     "read_onnx_metadata",
     "read_sidecar",
+    "sha256_capped",
     "sidecar_path",
     "validate_metadata",
     "write_onnx_metadata",

@@ -41,8 +41,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, path)
         write_point(f"write {path.name}")
     except OSError as e:
-        if e.filename is None or Path(e.filename) == tmp_path:
-            e.filename = str(path)        # name the file the user asked for, not our temp file
+        # name the file the user asked for, not our temp file (only on a system error: giving an errno-less
+        # OSError a filename would turn its message into "[Errno None] None: <path>")
+        if e.errno is not None and (e.filename is None or Path(e.filename) == tmp_path):
+            e.filename = str(path)
         raise
     finally:
         if tmp_path.exists():

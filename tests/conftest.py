@@ -98,3 +98,33 @@ def tiny_chunks(tmp_path) -> tuple[Config, Path]:
     """(tiny config, a directory of 4 tiny frames in 2 chunks)."""
     cfg = tiny_cfg()
     return cfg, write_tiny_chunks(tmp_path / "chunks", cfg)
+
+
+# ------------------------------------------------------------------------------------ GPU skip helpers
+
+
+def tensorrt_or_skip():
+    """(tensorrt module, GPU info) or ``pytest.skip`` with the reason. Unlike ``pytest.importorskip`` this also
+    skips when the wheel is present but its libraries do not load (an OSError, not an ImportError), when
+    cuda-python or a device is missing, and when CUDA does not start (trt.Builder's nullptr TypeError)."""
+    from mtl.errors import BackendUnavailableError
+    from mtl.gpu import gpu_info, import_tensorrt, trt_create
+
+    try:
+        trt = import_tensorrt("tests")
+        gpu = gpu_info()
+        trt_create(trt.Builder, trt.Logger(trt.Logger.ERROR), what="builder (trt.Builder)")
+    except BackendUnavailableError as e:
+        pytest.skip(f"TensorRT is not usable here: {e}")
+    return trt, gpu
+
+
+def ort_gpu_or_skip(provider: str = "CUDAExecutionProvider") -> None:
+    """Skip unless this onnxruntime has ``provider`` (the session itself may still fail: tests report that)."""
+    try:
+        import onnxruntime as ort
+    except Exception as e:  # noqa: BLE001 - ImportError or a broken install
+        pytest.skip(f"onnxruntime does not import: {e}")
+    if provider not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime has no {provider} (CPU build, or both onnxruntime and onnxruntime-gpu "
+                    f"installed): {ort.get_available_providers()}")

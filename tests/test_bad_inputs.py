@@ -288,6 +288,46 @@ def _engine_sidecar_mismatch(tmp: Path, art: dict) -> tuple[list[str], Path]:
     return args, engine
 
 
+def _engine_case(spoil: Callable[[Path], Path], **side) -> Callable[[Path, dict], tuple[list[str], Path]]:
+    """An engine folder (ONNX + engine + sidecar) that passes every pre-TensorRT check until ``spoil``s edit;
+    ``spoil(engine) -> the path the error must name``."""
+    def build(tmp: Path, art: dict) -> tuple[list[str], Path]:
+        from test_runtime import _engine_with_sidecar
+
+        engine = _engine_with_sidecar(art, tmp, **side)
+        args = _infer(engine, art["chunks"], tmp)
+        args[args.index("onnxruntime")] = "tensorrt"
+        return args, spoil(engine)
+    return build
+
+
+def _sidecar(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def _swap_engine(engine: Path) -> Path:
+    engine.write_bytes(b"another engine under the same sidecar")
+    return engine
+
+
+def _drop_onnx(engine: Path) -> Path:
+    (engine.parent / "model.onnx").unlink()
+    return _sidecar(engine)
+
+
+def _huge_onnx(engine: Path) -> Path:
+    with open(engine.parent / "model.onnx", "r+b") as f:      # sparse: 2 GiB + 1 byte, no disk used
+        f.truncate((2 << 30) + 1)
+    return engine.parent / "model.onnx"
+
+
+def _drop_engine_hash(engine: Path) -> Path:
+    meta = json.loads(_sidecar(engine).read_text())
+    del meta["engine_sha256"]
+    _sidecar(engine).write_text(json.dumps(meta))
+    return _sidecar(engine)
+
+
 def _truncated_checkpoint(tmp: Path, art: dict) -> tuple[list[str], Path]:
     bad = tmp / "best.pt"
     bad.write_bytes(art["ckpt"].read_bytes()[:1000])
@@ -308,6 +348,16 @@ MODEL_CASES = [
     Case("onnx_without_mtl_metadata", _onnx_without_metadata, ModelMismatchError, "metadata"),
     Case("engine_sidecar_mismatch", _engine_sidecar_mismatch, ModelMismatchError,
          "engine was built from another ONNX: sidecar onnx_sha256 0000"),
+    Case("engine_bytes_differ_from_sidecar", _engine_case(_swap_engine), ModelMismatchError,
+         "engine bytes do not match its sidecar"),
+    Case("engine_onnx_path_escapes_folder", _engine_case(_sidecar, onnx_path="../model.onnx"), ModelMismatchError,
+         "onnx_path '../model.onnx' leaves the engine's folder"),
+    Case("engine_onnx_path_absolute", _engine_case(_sidecar, onnx_path="/etc/passwd"), ModelMismatchError,
+         "onnx_path '/etc/passwd' is absolute"),
+    Case("engine_onnx_missing", _engine_case(_drop_onnx), ModelMismatchError, "is missing next to it"),
+    Case("engine_onnx_over_2_gib", _engine_case(_huge_onnx), ModelMismatchError, "over the 2 GiB limit"),
+    Case("engine_sidecar_without_engine_hash", _engine_case(_drop_engine_hash), ModelMismatchError,
+         r"lacks keys \['engine_sha256'\]"),
     Case("checkpoint_truncated", _truncated_checkpoint, ModelMismatchError, "not a readable checkpoint"),
 ]
 

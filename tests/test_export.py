@@ -392,7 +392,8 @@ def test_metadata_errors_and_sidecar_roundtrip(setup, tmp_path):
     with pytest.raises(ModelMismatchError, match="lacks keys"):
         md.write_sidecar(engine, meta)
     side = dict(meta, tensorrt_version="10.9.0", gpu_name="X", compute_capability="9.0",
-                precision_recipe="strongly typed", onnx_sha256="0" * 64, profiles=[])
+                precision_recipe="strongly typed", onnx_sha256="0" * 64, onnx_path="model.onnx",
+                engine_sha256="1" * 64, profiles=[])
     md.write_sidecar(engine, side)
     assert md.read_sidecar(engine) == side
     with pytest.raises(ModelMismatchError, match="not found"):
@@ -419,15 +420,15 @@ def test_export_trt_without_tensorrt_exits_with_clear_message(setup, tmp_path):
     assert not (tmp_path / "o").exists()     # failed before doing any work
 
 
+@pytest.mark.gpu
+@pytest.mark.trt
 def test_tensorrt_engine_build(setup, tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU machine)")
-    from mtl.contract import read_sidecar
-    from mtl.export.tensorrt_build import build_engine, gpu_info
+    from conftest import tensorrt_or_skip
 
-    try:
-        gpu_info()
-    except BackendUnavailableError as e:
-        pytest.skip(f"no usable CUDA device: {e}")
+    from mtl.contract import read_sidecar
+    from mtl.export.tensorrt_build import build_engine
+
+    tensorrt_or_skip()
     side = build_engine(setup["out"] / "model.onnx", tmp_path / "model.engine", timing_cache=tmp_path / "t.cache")
     assert (tmp_path / "model.engine").stat().st_size > 0 and (tmp_path / "t.cache").is_file()
     assert read_sidecar(tmp_path / "model.engine")["onnx_sha256"] == side["onnx_sha256"]

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-TORCH_FREE = ["mtl", "mtl.config", "mtl.errors", "mtl.io", "mtl.data.chunk", "mtl.geometry", "mtl.cli"]
+TORCH_FREE = ["mtl", "mtl.config", "mtl.errors", "mtl.io", "mtl.data.chunk", "mtl.geometry", "mtl.cli", "mtl.gpu"]
 
 
 def _imports_torch(modules: list[str]) -> list[str]:

@@ -388,7 +388,8 @@ def _engine_with_sidecar(art, tmp_path: Path, **changes) -> Path:
     engine.write_bytes(b"not a real engine")
     meta = read_onnx_metadata(onnx_copy)
     meta.update(tensorrt_version="10.0.0", gpu_name="NVIDIA H100", compute_capability="9.0",
-                precision_recipe="fp32", onnx_sha256=sha256_file(onnx_copy), profiles=[])
+                precision_recipe="fp32", onnx_sha256=sha256_file(onnx_copy), onnx_path="model.onnx",
+                engine_sha256=sha256_file(engine), profiles=[])
     meta.update(changes)
     (d / "model.engine.json").write_text(json.dumps(meta))
     return engine

@@ -1,5 +1,5 @@
 """`mtl` command line. Each stage's commands live in its own torch-free-at-import module
-(mtl.cli.data, mtl.cli.train, mtl.cli.deploy); heavy imports happen inside the command bodies so `mtl --help` is fast.
+(mtl.cli.data, mtl.cli.train, mtl.cli.deploy, mtl.cli.doctor); heavy imports happen inside the command bodies so `mtl --help` is fast.
 """
 from __future__ import annotations
 
@@ -44,10 +44,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import data, deploy, train
+    from . import data, deploy, doctor, train
 
     main.add_command(data.data)
-    for mod in (train, deploy):
+    for mod in (train, deploy, doctor):
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
 

@@ -2,11 +2,14 @@
 
 - ``onnxruntime``        CPUExecutionProvider (``threads`` = intra-op threads, inter-op 1, ORT_ENABLE_ALL)
 - ``onnxruntime-cuda``   CUDAExecutionProvider with IO binding, so H2D / inference / D2H are timed apart
-- ``onnxruntime-trt``    TensorrtExecutionProvider (+ CUDA, CPU behind it)
+- ``onnxruntime-trt``    TensorrtExecutionProvider (+ CUDA, CPU behind it), with its engine and timing caches
+                         in ``<model>.trt_cache/`` beside the model (created on first use), so only the first
+                         session on a machine builds the engine
 - ``tensorrt``           native TensorRT 10/11 (``tensorrt`` + ``cuda-python`` ``cuda.bindings.runtime``):
                          deserialised engine, pinned host buffers (cudaHostAlloc), device buffers, one CUDA
                          stream, async H2D -> ``execute_async_v3`` (``set_tensor_address``) -> async D2H,
-                         stream sync; CUDA events time the three device stages.
+                         stream sync; CUDA events time the three device stages. A dynamic-batch engine runs
+                         any batch inside its optimisation profile (buffers sized for the profile's maximum).
 - ``auto``               ``.engine`` -> tensorrt; ``.onnx`` -> the first of TRT EP, CUDA EP, CPU that really
                          initialises. Every step down is recorded in ``Backend.fallback`` (printed by the CLI).
 
@@ -14,21 +17,34 @@ An explicitly requested GPU backend never silently runs on the CPU: it raises ``
 with the reason (missing package, no driver, EP failed to initialise).
 
 Engines: ``<name>.engine`` is opaque; its ``<name>.engine.json`` sidecar holds the ONNX metadata plus
-``tensorrt_version``, ``gpu_name``, ``compute_capability``, ``precision_recipe``, ``onnx_sha256``. The
-sidecar is checked BEFORE TensorRT is imported (ONNX hash + config vs the ONNX it names / sits next to),
-then the TensorRT version and the GPU once TensorRT and a device exist (``ModelMismatchError``).
+``tensorrt_version``, ``gpu_name``, ``compute_capability``, ``precision_recipe``, ``onnx_sha256``,
+``onnx_path`` and ``engine_sha256``. Before TensorRT is imported (``check_sidecar``): the engine's bytes must
+hash to ``engine_sha256``; the ONNX it names must lie in the engine's folder (an absolute path or one that
+escapes it is refused unread), exist, stay under 2 GiB, hash to ``onnx_sha256`` and carry the same config.
+Then the TensorRT version and the GPU once TensorRT and a device exist. Every refusal is a
+``ModelMismatchError`` (exit 5); every GPU-side failure a ``BackendUnavailableError`` (exit 6).
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import sha256_file
-from ..contract import gpu_info, read_onnx_metadata, read_sidecar, sidecar_path
+from ..contract import (
+    MAX_ENGINE_BYTES,
+    MAX_ONNX_BYTES,
+    read_capped,
+    read_onnx_metadata,
+    read_sidecar,
+    sha256_capped,
+    sidecar_path,
+)
 from ..errors import BackendUnavailableError, ModelMismatchError
+from ..gpu import cuda_check, gpu_info, import_cudart, import_tensorrt, ort_conflict, stream_handle, trt_create
 from .preprocess import ModelSpec, StageTimer
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
@@ -37,6 +53,12 @@ _ORT_PROVIDERS = {
     "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# CUDA EP: one device; the arena grows by what is asked (the model's buffers are fixed, power-of-two growth
+# only wastes memory); exhaustive cuDNN search is paid once per session for static shapes; copies on the
+# compute stream (ORT's safe default, spelled out)
+CUDA_EP_OPTIONS = {"device_id": "0", "arena_extend_strategy": "kSameAsRequested",
+                   "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
+TRT_CACHE_SUFFIX = ".trt_cache"
 _NP_OF_ORT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
               "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
@@ -69,8 +91,48 @@ def _import_ort():
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise BackendUnavailableError(None, f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
+        raise BackendUnavailableError(None, f"onnxruntime is not installed ({e}); pip install 'mtl[runtime]' "
+                                            "(CPU) or 'mtl[gpu]' (NVIDIA), not both") from None
     return ort
+
+
+def trt_cache_dir(model: str | Path) -> Path:
+    """Where onnxruntime's TensorRT EP keeps its engines and timing cache for ``model``:
+    ``export/model.onnx`` -> ``export/model.trt_cache/``."""
+    model = Path(model)
+    return model.with_name(model.stem + TRT_CACHE_SUFFIX)
+
+
+def ort_providers(kind: str, path: str | Path, available: list[str]) -> list:
+    """The ``providers`` argument for ``kind``: the available ones of its chain, GPU providers with options.
+    The TensorRT EP's cache folder is created here, only when that EP is really going to be tried."""
+    chain = [p for p in _ORT_PROVIDERS[kind] if p in available] or ["CPUExecutionProvider"]
+    out: list = []
+    for name in chain:
+        if name == "CUDAExecutionProvider":
+            out.append((name, dict(CUDA_EP_OPTIONS)))
+        elif name == "TensorrtExecutionProvider":
+            cache = trt_cache_dir(path)
+            try:
+                cache.mkdir(exist_ok=True)
+            except OSError as e:
+                raise BackendUnavailableError(path, f"{kind}: cannot create the TensorRT engine cache folder "
+                                                    f"{cache.name} beside the model ({e.strerror or e}); make "
+                                                    "the model's folder writable") from None
+            out.append((name, {"device_id": "0", "trt_engine_cache_enable": "1",
+                               "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": "1",
+                               "trt_timing_cache_path": str(cache)}))
+        else:
+            out.append(name)
+    return out
+
+
+def _missing_provider(kind: str, provider: str, available: list[str]) -> str:
+    conflict = ort_conflict()
+    if conflict and provider != "CPUExecutionProvider":
+        return f"{kind}: this onnxruntime has no {provider}: {conflict}"
+    return (f"{kind}: this onnxruntime has no {provider} (available: {', '.join(available)}; install "
+            "mtl[gpu] (onnxruntime-gpu) instead of mtl[runtime] for CUDA/TensorRT)")
 
 
 class OrtBackend(Backend):
@@ -81,8 +143,7 @@ class OrtBackend(Backend):
         wanted = _ORT_PROVIDERS[kind]
         available = ort.get_available_providers()
         if strict and wanted[0] not in available:
-            raise BackendUnavailableError(path, f"{kind}: this onnxruntime has no {wanted[0]} (available: "
-                                                f"{', '.join(available)}; install onnxruntime-gpu for CUDA/TensorRT)")
+            raise BackendUnavailableError(path, _missing_provider(kind, wanted[0], available))
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.inter_op_num_threads = 1
@@ -93,12 +154,12 @@ class OrtBackend(Backend):
         # thread (PNG decode || raster, argmax || box decode) and the rest of the vehicle stack need
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3          # EP init failures are reported by us, in one line
-        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        providers = ort_providers(kind, path, available)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            if "CPUExecutionProvider" in providers and len(providers) == 1:
+            if providers == ["CPUExecutionProvider"]:
                 raise ModelMismatchError(path, f"onnxruntime cannot load the model ({msg})") from None
             raise BackendUnavailableError(path, f"{kind}: session creation failed ({msg})") from None
         self.providers = self.session.get_providers()
@@ -138,45 +199,63 @@ class OrtBackend(Backend):
         return dict(zip(self.output_names, outs))
 
 
+
 # ---------------------------------------------------------------------------------------- TensorRT
 
 
-def sidecar_onnx(engine: Path, meta: dict) -> Path | None:
-    """The ONNX the engine was built from: the sidecar's ``onnx_path`` / ``source_onnx`` (relative to the
-    engine's folder), else ``<stem>.onnx`` next to the engine, else ``model.onnx`` next to it."""
-    for key in ("onnx_path", "source_onnx", "onnx"):
-        v = meta.get(key)
-        if isinstance(v, str) and v:
-            p = Path(v) if Path(v).is_absolute() else engine.parent / v
-            return p if p.is_file() else None
-    for cand in (engine.with_suffix(".onnx"), engine.parent / "model.onnx"):
-        if cand.is_file():
-            return cand
-    return None
+def sidecar_onnx(engine: str | Path, meta: dict) -> Path:
+    """The ONNX the engine was built from: the sidecar's ``onnx_path``, relative to the engine's folder and
+    confined to it. An absolute path, one that leaves the folder (``..``, or a symlink pointing out), a missing
+    file or a non-regular file is refused (``ModelMismatchError``) without being read."""
+    engine = Path(engine)
+    sc = sidecar_path(engine)
+    v = meta.get("onnx_path")
+    if not isinstance(v, str) or not v.strip():
+        raise ModelMismatchError(sc, "sidecar lacks 'onnx_path' (the ONNX the engine was built from); rebuild the "
+                                     "engine with `mtl export --trt`")
+    if Path(v).is_absolute() or v.startswith(("\\", "/")) or (len(v) > 1 and v[1] == ":"):
+        raise ModelMismatchError(sc, f"onnx_path {v!r} is absolute; a sidecar names its ONNX relative to the "
+                                     "engine's folder (refused, not read)")
+    root = engine.parent.resolve()
+    onnx = (engine.parent / v).resolve()
+    if root not in onnx.parents:
+        raise ModelMismatchError(sc, f"onnx_path {v!r} leaves the engine's folder (resolves to {onnx}); refused, "
+                                     "not read")
+    if not onnx.exists():
+        raise ModelMismatchError(sc, f"the ONNX {v} the engine was built from is missing next to it; ship it "
+                                     "with the engine (the engine is checked against it)")
+    if not onnx.is_file():
+        raise ModelMismatchError(sc, f"onnx_path {v!r} is not a regular file")
+    return onnx
 
 
 def check_sidecar(engine: str | Path, meta: dict) -> ModelSpec:
-    """Everything checkable without TensorRT: metadata contract, ONNX hash and config vs the source ONNX."""
+    """Everything checkable without TensorRT: the metadata contract, the engine's bytes against
+    ``engine_sha256``, and the confined source ONNX's hash and config against the sidecar."""
     engine = Path(engine)
     sc = sidecar_path(engine)
-    for key in ("onnx_sha256", "tensorrt_version"):
+    for key in ("onnx_sha256", "engine_sha256", "tensorrt_version"):
         if not meta.get(key):
-            raise ModelMismatchError(sc, f"sidecar lacks {key!r}")
+            raise ModelMismatchError(sc, f"sidecar lacks {key!r}; rebuild the engine with `mtl export --trt`")
     spec = ModelSpec.from_metadata(meta, engine)
+    sha = sha256_capped(engine, MAX_ENGINE_BYTES, "TensorRT engine")
+    if sha != meta["engine_sha256"]:
+        raise ModelMismatchError(engine, f"engine bytes do not match its sidecar (engine_sha256 "
+                                         f"{str(meta['engine_sha256'])[:12]}... but the file is {sha[:12]}...): "
+                                         "the engine was replaced or rebuilt without its sidecar; rebuild both")
     onnx = sidecar_onnx(engine, meta)
-    if onnx is not None:
-        sha = sha256_file(onnx)
-        if sha != meta["onnx_sha256"]:
-            raise ModelMismatchError(engine, f"engine was built from another ONNX: sidecar onnx_sha256 "
-                                             f"{meta['onnx_sha256'][:12]}... but {onnx.name} is {sha[:12]}... "
-                                             "(rebuild the engine)")
-        try:
-            onnx_meta = read_onnx_metadata(onnx)
-        except ModelMismatchError:
-            onnx_meta = None
-        if onnx_meta is not None and onnx_meta.get("config") != meta.get("config"):
-            diff = _first_config_diff(onnx_meta.get("config"), meta.get("config"))
-            raise ModelMismatchError(engine, f"sidecar config differs from {onnx.name}'s ({diff}); rebuild the engine")
+    sha = sha256_capped(onnx, MAX_ONNX_BYTES, "ONNX model")
+    if sha != meta["onnx_sha256"]:
+        raise ModelMismatchError(engine, f"engine was built from another ONNX: sidecar onnx_sha256 "
+                                         f"{meta['onnx_sha256'][:12]}... but {onnx.name} is {sha[:12]}... "
+                                         "(rebuild the engine)")
+    try:
+        onnx_meta = read_onnx_metadata(onnx)
+    except ModelMismatchError:
+        onnx_meta = None
+    if onnx_meta is not None and onnx_meta.get("config") != meta.get("config"):
+        diff = _first_config_diff(onnx_meta.get("config"), meta.get("config"))
+        raise ModelMismatchError(engine, f"sidecar config differs from {onnx.name}'s ({diff}); rebuild the engine")
     return spec
 
 
@@ -189,117 +268,181 @@ def _first_config_diff(a: Any, b: Any, prefix: str = "") -> str:
 
 
 def _import_tensorrt():
-    try:
-        import tensorrt as trt
-    except Exception as e:  # ImportError, or OSError from missing libnvinfer
-        raise BackendUnavailableError(None, f"tensorrt: TensorRT is not installed or does not load "
-                                            f"({type(e).__name__}: {e}); pip install tensorrt (needs an NVIDIA "
-                                            "GPU + driver)") from None
-    try:
-        from cuda.bindings import runtime as cudart
-    except Exception as e:
-        raise BackendUnavailableError(None, f"tensorrt: cuda-python is not installed ({type(e).__name__}: {e}); "
-                                            "pip install cuda-python") from None
-    return trt, cudart
+    """(tensorrt, cuda.bindings.runtime) or BackendUnavailableError."""
+    return import_tensorrt("tensorrt"), import_cudart("tensorrt")
 
 
-def _cuda_check(result: Any, what: str) -> Any:
-    """cuda-bindings calls return (err, *values)."""
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise BackendUnavailableError(None, f"tensorrt: {what} failed with CUDA error {err!r}")
-    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+def check_build_identity(path: Path, meta: dict, trt_version: str, dev: dict) -> None:
+    """The engine was built by this TensorRT version on this GPU (same name normalisation as the builder)."""
+    if str(meta["tensorrt_version"]) != str(trt_version):
+        raise ModelMismatchError(path, f"engine was built with TensorRT {meta['tensorrt_version']} but "
+                                       f"{trt_version} is installed (rebuild the engine)")
+    for key in ("gpu_name", "compute_capability"):
+        if meta.get(key) is not None and str(meta[key]) != dev[key]:
+            raise ModelMismatchError(path, f"engine was built for {key} {meta[key]!r} but this GPU is "
+                                           f"{dev[key]!r} (rebuild the engine on this machine)")
 
 
 class TensorRTBackend(Backend):
+    """A deserialised engine on one stream. Buffers hold the largest shapes the engine admits (the profile's
+    maximum batch); ``run`` sets the input shapes for the feeds' batch and copies only that many bytes."""
+
     name = "tensorrt"
 
     def __init__(self, engine: str | Path, meta: dict):
         self.path = Path(engine)
         self._alloc: list[tuple[str, int]] = []
+        self.events: list = []
+        self.stream = None
+        self.cudart = None
+        data = read_capped(self.path, MAX_ENGINE_BYTES, "TensorRT engine")
+        if hashlib.sha256(data).hexdigest() != meta.get("engine_sha256"):
+            raise ModelMismatchError(self.path, "engine bytes do not match the sidecar's engine_sha256 (replaced "
+                                                "after the check?); rebuild the engine")
         trt, cudart = _import_tensorrt()
-        self.trt, self.cudart = trt, cudart
-        # the GPU identity exactly as the builder wrote it into the sidecar (same name normalisation)
+        self.trt = trt
         dev = gpu_info()
-        if str(meta["tensorrt_version"]) != trt.__version__:
-            raise ModelMismatchError(self.path, f"engine was built with TensorRT {meta['tensorrt_version']} but "
-                                                f"{trt.__version__} is installed (rebuild the engine)")
-        for key in ("gpu_name", "compute_capability"):
-            if meta.get(key) is not None and str(meta[key]) != dev[key]:
-                raise ModelMismatchError(self.path, f"engine was built for {key} {meta[key]!r} but this GPU is "
-                                                    f"{dev[key]!r} (rebuild the engine on this machine)")
+        check_build_identity(self.path, meta, trt.__version__, dev)
+        self.cudart = cudart
+        try:
+            self._open(trt, data, dev)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, trt, data: bytes, dev: dict) -> None:
+        cudart, path = self.cudart, self.path
         self.providers = [f"TensorRT {trt.__version__} on {dev['gpu_name']}"]
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.runtime = trt_create(trt.Runtime, self.logger, what="runtime (trt.Runtime)", path=path)
+        try:
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+        except Exception as e:  # noqa: BLE001 - TensorRT raises RuntimeError / TypeError on bad data
+            raise ModelMismatchError(path, f"TensorRT could not deserialise the engine "
+                                           f"({str(e).strip()[:200]})") from None
         if self.engine is None:
-            raise ModelMismatchError(self.path, "TensorRT could not deserialise the engine (corrupt, or built "
-                                                "for another TensorRT/GPU)")
+            raise ModelMismatchError(path, "TensorRT could not deserialise the engine (corrupt, or built for "
+                                           "another TensorRT/GPU; see the TensorRT log above)")
         self.context = self.engine.create_execution_context()
-        self.stream = _cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self.events = [_cuda_check(cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(4)]
-        self.inputs, self.outputs = [], []
-        spec_in = {"image": tuple(meta["inputs"]["image"]), "bev": tuple(meta["inputs"]["bev"])}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            shape = tuple(self.engine.get_tensor_shape(name))
-            if is_input and any(d < 0 for d in shape):   # dynamic batch: run at batch 1
-                want = tuple(1 if not isinstance(d, int) or d < 0 else d for d in spec_in.get(name, shape))
-                self.context.set_input_shape(name, want)
-            (self.inputs if is_input else self.outputs).append(name)
+        if self.context is None:
+            raise BackendUnavailableError(path, "tensorrt: create_execution_context failed (out of GPU memory?)")
+        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate", path)
+        self._stream_handle = stream_handle(self.stream)
+        self.events = [cuda_check(cudart.cudaEventCreate(), "cudaEventCreate", path) for _ in range(4)]
+        self.inputs, self.outputs, self.profiles = engine_io(trt, self.engine, path)
+        self.dtypes = {n: _np_dtype(trt, self.engine.get_tensor_dtype(n), n, path) for n in self.inputs + self.outputs}
+        self.batch = None
+        self._allocate()
+        self.set_batch(self.default_batch)
+        self.input_shapes = {n: (None if n in self.profiles else self.views[n][0].shape[0],
+                                 *self.views[n][0].shape[1:]) for n in self.inputs}
+        self.input_dtypes = {n: self.dtypes[n] for n in self.inputs}
+        self.output_shapes = {n: self.views[n][0].shape for n in self.outputs}
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """(min, max) batch the engine runs: its profile's range, or its static batch twice."""
+        if self.profiles:
+            lo = max(p[0][0] for p in self.profiles.values())
+            hi = min(p[2][0] for p in self.profiles.values())
+            return lo, hi
+        b = int(self.engine.get_tensor_shape(self.inputs[0])[0])
+        return b, b
+
+    @property
+    def default_batch(self) -> int:
+        """The batch the runtime's pipeline uses (1) when the engine admits it, else the smallest it admits."""
+        lo, _ = self.batch_range
+        return max(1, lo)
+
+    def _allocate(self) -> None:
+        """Pinned host + device buffers for every tensor at the largest batch the engine admits."""
+        self.set_batch(self.batch_range[1], allocating=True)
         self.buffers: dict[str, tuple[np.ndarray, int, int]] = {}
         for name in self.inputs + self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            host_ptr = _cuda_check(cudart.cudaHostAlloc(max(nbytes, 1), cudart.cudaHostAllocDefault), "cudaHostAlloc")
+            nbytes = max(int(np.prod(shape)) * self.dtypes[name].itemsize, 1)
+            host_ptr = cuda_check(self.cudart.cudaHostAlloc(nbytes, self.cudart.cudaHostAllocDefault),
+                                  "cudaHostAlloc", self.path)
             self._alloc.append(("host", host_ptr))
-            dev_ptr = _cuda_check(cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+            dev_ptr = cuda_check(self.cudart.cudaMalloc(nbytes), "cudaMalloc", self.path)
             self._alloc.append(("dev", dev_ptr))
-            import ctypes
-
-            host = np.ctypeslib.as_array((ctypes.c_byte * max(nbytes, 1)).from_address(int(host_ptr)))
-            host = host[:nbytes].view(dtype).reshape(shape)
+            host = np.ctypeslib.as_array((ctypes.c_byte * nbytes).from_address(int(host_ptr)))
             self.buffers[name] = (host, int(dev_ptr), nbytes)
-            self.context.set_tensor_address(name, int(dev_ptr))
-        self.input_shapes = {n: self.buffers[n][0].shape for n in self.inputs}
-        self.input_dtypes = {n: self.buffers[n][0].dtype for n in self.inputs}
-        self.output_shapes = {n: self.buffers[n][0].shape for n in self.outputs}
+            if self.context.set_tensor_address(name, int(dev_ptr)) is False:
+                raise BackendUnavailableError(self.path, f"tensorrt: set_tensor_address({name}) failed")
+
+    def set_batch(self, n: int, allocating: bool = False) -> None:
+        """Set every dynamic input to batch ``n`` (checked against the profile and TensorRT's answer) and
+        point the host views at the first ``n`` samples of each buffer."""
+        if n == self.batch and not allocating:
+            return
+        lo, hi = self.batch_range
+        if not lo <= n <= hi:
+            raise ModelMismatchError(self.path, f"batch {n} is outside what the engine runs (batch {lo}..{hi}); "
+                                                "rebuild it with `mtl export --trt --trt-profile MIN:OPT:MAX` "
+                                                "covering it (the runtime's pipeline runs batch 1)")
+        for name, (mn, _, _) in self.profiles.items():
+            want = (n, *mn[1:])
+            if not self.context.set_input_shape(name, want):
+                raise ModelMismatchError(self.path, f"TensorRT refused input shape {want} for {name!r} "
+                                                    f"(profile {self.profiles[name]})")
+        shapes = {name: tuple(int(d) for d in self.context.get_tensor_shape(name))
+                  for name in self.inputs + self.outputs}
+        bad = {k: v for k, v in shapes.items() if any(d < 0 for d in v)}
+        if bad:
+            raise ModelMismatchError(self.path, f"shapes stay unresolved after setting batch {n}: {bad}")
+        if allocating:
+            return
+        self.views: dict[str, tuple[np.ndarray, int, int]] = {}
+        for name, shape in shapes.items():
+            host, dev, cap = self.buffers[name]
+            nbytes = int(np.prod(shape)) * self.dtypes[name].itemsize
+            if nbytes > cap:
+                raise ModelMismatchError(self.path, f"{name} needs {nbytes} bytes at batch {n}, buffer has {cap}")
+            self.views[name] = (host[:nbytes].view(self.dtypes[name]).reshape(shape), dev, nbytes)
+        self.batch = n
 
     def run(self, feeds: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
         cudart, s, ev = self.cudart, self.stream, self.events
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         t0 = time.perf_counter()
+        self.set_batch(int(np.shape(feeds[self.inputs[0]])[0]))
         for name in self.inputs:
-            host, dev, n = self.buffers[name]
-            np.copyto(host, feeds[name].reshape(host.shape), casting="same_kind")
-        _cuda_check(cudart.cudaEventRecord(ev[0], s), "cudaEventRecord")
+            host = self.views[name][0]
+            if tuple(np.shape(feeds[name])) != host.shape:
+                raise ModelMismatchError(self.path, f"input {name!r} has shape {tuple(np.shape(feeds[name]))}, "
+                                                    f"the engine expects {host.shape}")
+            np.copyto(host, feeds[name], casting="same_kind")
+        cuda_check(cudart.cudaEventRecord(ev[0], s), "cudaEventRecord", self.path)
         for name in self.inputs:
-            host, dev, n = self.buffers[name]
-            _cuda_check(cudart.cudaMemcpyAsync(dev, host.ctypes.data, n, h2d, s), "cudaMemcpyAsync H2D")
-        _cuda_check(cudart.cudaEventRecord(ev[1], s), "cudaEventRecord")
-        if not self.context.execute_async_v3(int(s)):
-            raise BackendUnavailableError(self.path, "tensorrt: execute_async_v3 failed (see TensorRT log)")
-        _cuda_check(cudart.cudaEventRecord(ev[2], s), "cudaEventRecord")
+            host, dev, n = self.views[name]
+            cuda_check(cudart.cudaMemcpyAsync(dev, host.ctypes.data, n, h2d, s), "cudaMemcpyAsync H2D", self.path)
+        cuda_check(cudart.cudaEventRecord(ev[1], s), "cudaEventRecord", self.path)
+        if not self.context.execute_async_v3(self._stream_handle):
+            raise BackendUnavailableError(self.path, "tensorrt: execute_async_v3 failed (see the TensorRT log)")
+        cuda_check(cudart.cudaEventRecord(ev[2], s), "cudaEventRecord", self.path)
         for name in self.outputs:
-            host, dev, n = self.buffers[name]
-            _cuda_check(cudart.cudaMemcpyAsync(host.ctypes.data, dev, n, d2h, s), "cudaMemcpyAsync D2H")
-        _cuda_check(cudart.cudaEventRecord(ev[3], s), "cudaEventRecord")
-        _cuda_check(cudart.cudaStreamSynchronize(s), "cudaStreamSynchronize")
+            host, dev, n = self.views[name]
+            cuda_check(cudart.cudaMemcpyAsync(host.ctypes.data, dev, n, d2h, s), "cudaMemcpyAsync D2H", self.path)
+        cuda_check(cudart.cudaEventRecord(ev[3], s), "cudaEventRecord", self.path)
+        cuda_check(cudart.cudaStreamSynchronize(s), "cudaStreamSynchronize", self.path)
         wall = (time.perf_counter() - t0) * 1e3
-        ms = [_cuda_check(cudart.cudaEventElapsedTime(ev[i], ev[i + 1]), "cudaEventElapsedTime") for i in range(3)]
+        ms = [cuda_check(cudart.cudaEventElapsedTime(ev[i], ev[i + 1]), "cudaEventElapsedTime", self.path)
+              for i in range(3)]
         timer.add("h2d", ms[0])
         timer.add("inference", ms[1])
         timer.add("d2h", ms[2])
         timer.add("device_wall", wall)
-        return {name: self.buffers[name][0].copy() for name in self.outputs}
+        return {name: self.views[name][0].copy() for name in self.outputs}
 
     def close(self) -> None:
         cudart = getattr(self, "cudart", None)
         if cudart is None:
             return
-        for kind, ptr in self._alloc:
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamSynchronize(self.stream)    # no copy may still target a buffer freed below
+        for kind, ptr in getattr(self, "_alloc", []):
             (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
         self._alloc = []
         for ev in getattr(self, "events", []):
@@ -314,6 +457,34 @@ class TensorRTBackend(Backend):
             self.close()
         except Exception:
             pass
+
+
+def engine_io(trt, engine, path: Path) -> tuple[list[str], list[str], dict[str, tuple]]:
+    """Input and output tensor names, and for each dynamic input its profile-0 (min, opt, max) shapes.
+    Only the batch axis may be dynamic (what ``mtl export --trt`` builds)."""
+    inputs, outputs, profiles = [], [], {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+            outputs.append(name)
+            continue
+        inputs.append(name)
+        if any(d < 0 for d in shape):
+            if any(d < 0 for d in shape[1:]):
+                raise ModelMismatchError(path, f"engine input {name!r} has dynamic non-batch dims {shape}")
+            mn, opt, mx = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
+            profiles[name] = (mn, opt, mx)
+    if not inputs or not outputs:
+        raise ModelMismatchError(path, f"engine has inputs {inputs} and outputs {outputs}")
+    return inputs, outputs, profiles
+
+
+def _np_dtype(trt, dtype, name: str, path: Path) -> np.dtype:
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise ModelMismatchError(path, f"engine tensor {name!r} has type {dtype}, which numpy cannot hold") from None
 
 
 # ------------------------------------------------------------------------------------------ opening
