@@ -87,7 +87,8 @@ def export_onnx_proto(model: nn.Module, cfg: Config, *, opset: int = 18, decode:
     import onnx
 
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} < {MIN_OPSET}: the dynamo exporter builds at >= 18 (research/toolchain.md)")
+        raise ValueError(f"opset {opset} < {MIN_OPSET}: the dynamo exporter builds at >= 18 (lower opsets would be "
+                         "built at 18 and down-converted)")
     wrapper = ExportWrapper(model.eval(), cfg, decode=decode).eval()
     args = example_inputs(cfg, batch=max(batch, 2) if dynamic_batch else batch)
     kwargs = {}
