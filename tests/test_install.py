@@ -55,7 +55,8 @@ def test_runtime_extra_runs_a_model_without_torch_or_onnx(tmp_path):
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     # a package index (or the local mirror pip is configured with) must be reachable; else skip, not fail
-    probe = _run([py, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp_path / "probe", "setuptools>=68"])
+    probe = _run([py, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp_path / "probe", "setuptools>=68",
+                  "onnxruntime>=1.18"])
     if probe.returncode != 0:
         pytest.skip(f"pip cannot reach a package index (offline?): {probe.stderr.strip().splitlines()[-1:]}")
     src = _source_copy(tmp_path / "src")
