@@ -6,7 +6,7 @@
 Points are uniform in a box 2 m wider than the default grid on every side and 0.5 m beyond its z range (so
 some fall outside, as in a real sweep), reflectance in [0, 1]. Times each size ``--iters`` times on one
 thread (BLAS/OpenMP pools pinned to 1 before numpy is imported) and writes ``bench_raster.json`` and
-``bench_raster.md`` under ``--out``: mean / p50 / p90 / min ms per size, whether the DESIGN target (<= 3 ms
+``bench_raster.md`` under ``--out``: mean / p50 / p90 / min ms per size, whether the target (<= 3 ms
 at 100k points) is met, CPU model, load average and numpy version. On a shared CPU check ``load_avg``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"          # before numpy: one core, as in the DESIGN target
+    os.environ[_var] = "1"          # before numpy: one core, as in the target
 
 import argparse
 import datetime as dt
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS
 
-REPO = Path(__file__).resolve().parents[1]
 POINTS = (10_000, 50_000, 100_000, 200_000)
 TARGET_POINTS, TARGET_MS = 100_000, 3.0
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
 
     from mtl.bench import cpu_model

@@ -15,7 +15,8 @@ Then the bound: even if onnxruntime ran every convolution AT the measured peak a
 operators took no time, its end-to-end latency could not drop below (its time outside inference) +
 conv_flops / peak; with the same pre/post-processing, the largest end-to-end speed-up over torch eager
 any fp32 CPU runtime could show is torch_total / that (and torch_inference / (conv_flops / peak) for
-inference alone). Both bounds move with torch eager's own time, which varies run to run on a shared VM. Writes JSON + markdown.
+inference alone). Both bounds move with torch eager's own time, which varies run to run on a shared VM.
+Writes JSON + markdown.
 """
 from __future__ import annotations
 
@@ -26,9 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtimes import common_args, model_and_frames
+from _common import common_args, model_and_frames
 
 CONV_OPS_TORCH = ("aten::mkldnn_convolution", "aten::_convolution_mode", "aten::thnn_conv2d",
                   "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution")
@@ -177,7 +176,10 @@ def main(argv=None) -> int:
         "device": device_state(a.threads),
     }
     pk = peak["gflops"]
-    pct = (lambda g: f"{g:.0f} GFLOP/s ({100 * g / pk:.0f}% of peak)" if g else "-")
+
+    def pct(g: float | None) -> str:
+        return f"{g:.0f} GFLOP/s ({100 * g / pk:.0f}% of peak)" if g else "-"
+
     md = "\n".join([
         "# Roofline: ORT runtime vs torch eager", "",
         f"- model: {report['model_gflop']:.2f} GFLOP per frame ({report['model_gmacs']:.3f} GMAC, "

@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtimes import REPO, export_default, synthetic_frame
+from _common import RESULTS, export_default, synthetic_frame
 
 POINTS = (10_000, 25_000, 50_000, 100_000, 200_000)
 SIZES = ((160, 256), (320, 512), (480, 768))
@@ -50,11 +48,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model-sizes", action="store_true", help="also export + time one tiny model per input size")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
 
-    from mtl.data.a2d2 import prepare_image
     from mtl.bench import device_state, stats, write_results
+    from mtl.data.a2d2 import prepare_image
     from mtl.geometry import normalise_image
     from mtl.io import decode_png
     from mtl.runtime import Pipeline
@@ -100,13 +98,11 @@ def main(argv=None) -> int:
 
     # 3. model input sizes (tiny widths)
     if a.model_sizes:
-        from bench_runtimes import export_default as _export
-
         for hw in SIZES:
             print(f"model size {hw} ...", file=sys.stderr)
             c = cfg.override(**{"camera.image_hw": hw, "model.cam_channels": (8, 16, 16, 16),
                                 "model.bev_channels": (16, 16, 16)})
-            onnx_path, _ = _export(tmp / f"size_{hw[0]}x{hw[1]}", c)
+            onnx_path, _ = export_default(tmp / f"size_{hw[0]}x{hw[1]}", c)
             p = Pipeline.open(onnx_path, "onnxruntime", threads=a.threads)
             st = _time(p, _frame(c, 50_000, hw=hw), a.iters, a.warmup)
             report["model_sizes"].append({"image_hw": list(hw), "inference": st["inference"], "total": st["total"],
@@ -114,7 +110,8 @@ def main(argv=None) -> int:
 
     report["device"] = device_state(a.threads)
     md = ["# Runtime scaling (ORT fp32, batch 1)", "", "## vs LiDAR points", "",
-          "| points | bev_raster mean ms | p90 | inference mean ms | total mean ms | p90 |", "|---|---|---|---|---|---|"]
+          "| points | bev_raster mean ms | p90 | inference mean ms | total mean ms | p90 |",
+          "|---|---|---|---|---|---|"]
     for r in report["points"]:
         md.append(f"| {r['n_points']:,} | {r['bev_raster']['mean']:.2f} | {r['bev_raster']['p90']:.2f} | "
                   f"{r['inference']['mean']:.2f} | {r['total']['mean']:.2f} | {r['total']['p90']:.2f} |")
@@ -127,7 +124,8 @@ def main(argv=None) -> int:
         md += ["", "## vs model input size (tiny widths)", "", "| image H x W | inference mean ms | total mean ms |",
                "|---|---|---|"]
         for r in report["model_sizes"]:
-            md.append(f"| {r['image_hw'][0]}x{r['image_hw'][1]} | {r['inference']['mean']:.2f} | {r['total']['mean']:.2f} |")
+            md.append(f"| {r['image_hw'][0]}x{r['image_hw'][1]} | {r['inference']['mean']:.2f} | "
+                      f"{r['total']['mean']:.2f} |")
     dev = report["device"]
     md += ["", f"- CPU {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}), {a.threads} threads, "
                f"{a.iters} iterations after {a.warmup} warm-up"]

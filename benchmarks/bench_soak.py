@@ -24,13 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-SMALL_MODEL = {"model.cam_channels": (8, 16, 24, 32), "model.bev_channels": (16, 32, 48), "model.cam_depth": 1,
-               "model.bev_depth": 1, "model.bev_decoder_channels": 16, "model.fuse_channels": 16,
-               "model.head_channels": 16, "model.sem_decoder_channels": 16}
+from _common import BENCH_DIR, RESULTS, write_synthetic_chunks
 
 
 def rss_mb() -> float:
@@ -73,12 +67,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-every", type=int, default=100)
     ap.add_argument("--settle", type=int, default=1000, help="frames before the slope window starts")
     ap.add_argument("--max-growth-mb", type=float, default=10.0, help="allowed RSS growth over the window")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     if a.frames <= a.settle + 2 * a.sample_every:
         ap.error("--frames must exceed --settle by at least two samples")
-
-    from bench_runtimes import write_synthetic_chunks
 
     from mtl.bench import device_state, load_frames, write_results
     from mtl.runtime import Pipeline
@@ -145,10 +137,11 @@ def export_small(out: Path) -> Path:
     """Export in a child process, so this (measured) process never imports torch, like a vehicle runtime."""
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
-            "from bench_runtimes import export_default; from bench_soak import SMALL_MODEL; "
-            "from mtl.config import Config; export_default(Path(sys.argv[2]), Config().override(**SMALL_MODEL))")
-    subprocess.run([sys.executable, "-c", code, str(REPO / "benchmarks"), str(out)], check=True)
+    # `python -c` puts its working directory first on sys.path: run it here, so it imports _common
+    code = ("import sys; from pathlib import Path; from _common import SMALL_MODEL, export_default; "
+            "from mtl.config import Config; export_default(Path(sys.argv[1]), Config().override(**SMALL_MODEL))")
+    out = Path(out).resolve()
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=BENCH_DIR)
     return out / "model.onnx"
 
 

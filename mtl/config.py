@@ -4,23 +4,44 @@ The same tree is dumped into ``RUN/config.json``, the checkpoint, ONNX ``metadat
 and the TensorRT sidecar; the runtime rebuilds it from that JSON alone (``Config.from_dict``), so every
 stage agrees on grid geometry, classes, calibration and normalisation by construction.
 
+Every value is checked where a config is built, in one place: each section's ``__post_init__`` checks the
+field types against the type hints (lists become tuples, ints are accepted for floats, bools are not ints,
+floats must be finite) and then the section's own ranges (``validate``); ``Config.__post_init__`` checks
+what the model needs across sections (``Config.validate``). So ``Config.from_dict`` / ``load`` /
+``override``, ``dataclasses.replace`` and the CLI flags all get the same checks, and a bad value raises
+``ConfigError`` (exit code 2) naming the dotted key: ``train.lr: expected a number, got str '0.1'``.
+See docs/FORMAT.md for the frames and grid conventions these fields describe.
+
 Torch-free on purpose: the runtime imports it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from .errors import ConfigError
 
 CONFIG_VERSION = 1
 
+SEM_LOSSES = ("ce", "focal")
+SEM_CLASS_WEIGHTS = ("none", "enet", "median_freq")
+# size caps: a crafted config must not be able to ask for terabytes
+MAX_WIDTH = 4096            # channels of any model layer
+MAX_GRID_CELLS = 4096       # BEV cells per side
+MAX_IMAGE_SIDE = 8192       # pixels per side of the model input and of the raw camera
+MAX_CLASSES = 255           # class ids are stored as uint8 with 255 = ignore
 
-@lru_cache(maxsize=None)
+
+@cache
 def _resource(name: str) -> dict:
     return json.loads(resources.files("mtl.resources").joinpath(name).read_text())
 
@@ -35,10 +56,30 @@ def front_center_calib() -> dict:
     return _resource("front_center_calib.json")
 
 
+class _Section:
+    """Base of every config section: type-check and normalise the fields, then the section's ranges."""
+
+    SECTION: ClassVar[str] = ""
+    # removed fields that old configs / checkpoints / ONNX metadata still carry: dropped by from_dict
+    LEGACY: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        _check_types(self, self.SECTION)
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges and choices of this section's own fields (cross-section rules: ``Config.validate``)."""
+
+    def to_dict(self) -> dict:
+        return _to_jsonable(self)
+
+
 @dataclass(frozen=True)
-class GridConfig:
+class GridConfig(_Section):
     """BEV grid. Row index follows x (forward), column index follows y (left): cell (r, c) covers
     x in [x_min + r*cell, x_min + (r+1)*cell) and y in [y_min + c*cell, y_min + (c+1)*cell)."""
+
+    SECTION = "grid"
 
     x_min: float = 0.0
     x_max: float = 51.2
@@ -68,10 +109,27 @@ class GridConfig:
         # occupancy, max height, mean height, mean reflectance, log density + height slices
         return 5 + self.n_height_slices
 
+    def validate(self) -> None:
+        _bounds(self, "cell", 0, gt=True)
+        for lo, hi in (("x_min", "x_max"), ("y_min", "y_max"), ("z_min", "z_max")):
+            _require(self, hi, getattr(self, hi) > getattr(self, lo), f"must be > {lo} ({getattr(self, lo)})")
+        for lo, hi in (("x_min", "x_max"), ("y_min", "y_max")):
+            n = (getattr(self, hi) - getattr(self, lo)) / self.cell
+            _require(self, hi, abs(n - round(n)) < 1e-6 * max(1.0, n),
+                     f"{lo}..{hi} must span a whole number of {self.cell} m cells ({n:.4g})")
+            _require(self, hi, round(n) <= MAX_GRID_CELLS,
+                     f"{lo}..{hi} spans {n:.0f} cells, more than {MAX_GRID_CELLS}")
+        _bounds(self, "head_stride", 1, 64)
+        _require(self, "head_stride", all(s % self.head_stride == 0 for s in self.shape),
+                 f"must divide the grid shape {self.shape[0]}x{self.shape[1]}")
+        _bounds(self, "n_height_slices", 0, 64)
+
 
 @dataclass(frozen=True)
-class CameraConfig:
+class CameraConfig(_Section):
     """Front camera: calibration of the raw images and the model input size."""
+
+    SECTION = "camera"
 
     name: str = "front_center"
     lens: str = "Telecam"
@@ -84,7 +142,7 @@ class CameraConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     @staticmethod
-    def a2d2_front_center(**overrides: Any) -> "CameraConfig":
+    def a2d2_front_center(**overrides: Any) -> CameraConfig:
         c = front_center_calib()
         return CameraConfig(
             name=c["name"], lens=c["lens"], resolution_wh=tuple(c["resolution_wh"]),
@@ -92,11 +150,24 @@ class CameraConfig:
             distortion=tuple(c["distortion"]), **overrides,
         )
 
+    def validate(self) -> None:
+        _bounds(self, "resolution_wh", 1, MAX_IMAGE_SIDE)
+        _bounds(self, "image_hw", 1, MAX_IMAGE_SIDE)
+        for name in ("cam_matrix", "cam_matrix_original"):
+            m = getattr(self, name)
+            _require(self, name, m == () or (len(m) == 3 and all(len(row) == 3 for row in m)),
+                     "must be a 3x3 matrix (or empty)")
+        _require(self, "distortion", len(self.distortion) in (0, 4, 5),
+                 "must hold 4 or 5 OpenCV coefficients k1, k2, p1, p2[, k3] (or none)")
+        _bounds(self, "std", 0, gt=True)
+
 
 @dataclass(frozen=True)
-class ClassesConfig:
+class ClassesConfig(_Section):
     """Semantic and detection classes; the colour->id mapping is the packaged A2D2 table grouped by
     ``sem_groups`` (A2D2 class name -> training class) unless overridden."""
+
+    SECTION = "classes"
 
     sem_classes: tuple[str, ...] = ()
     sem_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -107,7 +178,7 @@ class ClassesConfig:
     ignore_index: int = 255
 
     @staticmethod
-    def a2d2_default() -> "ClassesConfig":
+    def a2d2_default() -> ClassesConfig:
         t = a2d2_classes()
         return ClassesConfig(
             sem_classes=tuple(t["sem_classes"]),
@@ -129,21 +200,34 @@ class ClassesConfig:
     def a2d2_name_to_sem_id(self) -> dict[str, int]:
         """A2D2 semantic class name (e.g. 'Car 2') -> training id (ignore -> ignore_index)."""
         out = {n: self.ignore_index for n in self.sem_ignore_names}
-        for i, (cls, members) in enumerate(self.sem_groups):
-            assert cls == self.sem_classes[i], "sem_groups must follow sem_classes order"
+        for i, (_cls, members) in enumerate(self.sem_groups):   # validate(): groups follow sem_classes
             out.update({m: i for m in members})
         return out
 
     def a2d2_name_to_det_id(self) -> dict[str, int]:
         """A2D2 3D box class (e.g. 'VanSUV') -> detection id (ignored classes -> -1)."""
         out = {n: -1 for n in self.det_ignore_names}
-        for i, (cls, members) in enumerate(self.det_groups):
+        for i, (_cls, members) in enumerate(self.det_groups):   # validate(): groups follow det_classes
             out.update({m: i for m in members})
         return out
 
+    def validate(self) -> None:
+        for kind in ("sem", "det"):
+            names, groups = getattr(self, f"{kind}_classes"), getattr(self, f"{kind}_groups")
+            _require(self, f"{kind}_classes", len(names) <= MAX_CLASSES, f"must hold at most {MAX_CLASSES} names")
+            _require(self, f"{kind}_classes", len(set(names)) == len(names), "must not repeat a name")
+            _require(self, f"{kind}_groups", not groups or tuple(g[0] for g in groups) == names,
+                     f"must map each of {kind}_classes, in that order")
+        _bounds(self, "ignore_index", 0, 255)
+        _require(self, "ignore_index", self.ignore_index >= self.n_sem,
+                 f"must not be a semantic class id (there are {self.n_sem} classes)")
+
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    SECTION = "model"
+    LEGACY = ("max_detections",)   # was never read (decode.max_detections is the top-K); mtl <= 0.1.0 wrote it
+
     cam_channels: tuple[int, ...] = (16, 32, 48, 64)   # camera encoder widths, strides 2,4,8,16
     cam_depth: int = 2                                # convs per camera stage (first one strided)
     bev_channels: tuple[int, ...] = (32, 64, 96)      # BEV encoder widths, strides 2 (= head), 4, 8
@@ -154,11 +238,23 @@ class ModelConfig:
     sem_decoder_channels: int = 32
     fusion_height: float = -1.7                       # z (m) of the plane image features are sampled at
     heatmap_prior: float = 0.1                        # bias init = -log(1/prior - 1)
-    max_detections: int = 100                         # top-K in decode
+
+    def validate(self) -> None:
+        # the semantic decoder reads strides 4.., the camera->BEV lift reads stride 8: at least 3 stages
+        _require(self, "cam_channels", 3 <= len(self.cam_channels) <= 8, "must list 3 to 8 stage widths")
+        _require(self, "bev_channels", 1 <= len(self.bev_channels) <= 8, "must list 1 to 8 stage widths")
+        for name in ("cam_channels", "bev_channels", "bev_decoder_channels", "fuse_channels", "head_channels",
+                     "sem_decoder_channels"):
+            _bounds(self, name, 1, MAX_WIDTH)
+        _bounds(self, "cam_depth", 1, 32)
+        _bounds(self, "bev_depth", 1, 32)
+        _bounds(self, "heatmap_prior", 0, 1, gt=True, lt=True)
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(_Section):
+    SECTION = "loss"
+
     lambda_hm: float = 1.0
     lambda_reg: float = 2.0
     lambda_sem: float = 2.0           # > 1: segmentation learns slower than detection (milestone report)
@@ -172,9 +268,21 @@ class LossConfig:
     gaussian_overlap: float = 0.1
     min_radius: int = 2
 
+    def validate(self) -> None:
+        for name in ("lambda_hm", "lambda_reg", "lambda_sem", "focal_alpha", "focal_beta", "sem_focal_gamma",
+                     "sem_weights"):
+            _bounds(self, name, 0)
+        _choice(self, "sem_loss", SEM_LOSSES)
+        _choice(self, "sem_class_weights", SEM_CLASS_WEIGHTS)
+        _bounds(self, "sem_weight_clip", 0, gt=True)
+        _bounds(self, "gaussian_overlap", 0, 1, gt=True, lt=True)
+        _bounds(self, "min_radius", 0, MAX_GRID_CELLS)
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
+    SECTION = "train"
+
     epochs: int = 10                  # ~11 min on 2 CPU cores for 400 frames (synthetic learning bar)
     batch_size: int = 4
     lr: float = 2e-3
@@ -192,12 +300,31 @@ class TrainConfig:
     ckpt_every_steps: int = 0         # also write last.pt every N steps mid-epoch (0: at epoch ends only)
     skip_bad: bool = False            # log + count corrupt chunks / frames instead of stopping
 
+    def validate(self) -> None:
+        _bounds(self, "epochs", 1, 1_000_000)
+        _bounds(self, "batch_size", 1, 4096)
+        _bounds(self, "lr", 0, gt=True)
+        _bounds(self, "grad_clip", 0, gt=True)
+        for name in ("weight_decay", "warmup_steps", "viz_every", "ckpt_every_steps"):
+            _bounds(self, name, 0)
+        _bounds(self, "seed", 0, 2**32 - 1)        # numpy seeds are uint32
+        _bounds(self, "num_workers", 0, 256)
+        _bounds(self, "min_lr_ratio", 0, 1)
+
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeConfig(_Section):
+    SECTION = "decode"
+
     score_threshold: float = 0.1
     max_detections: int = 100
     nms_kernel: int = 3
+
+    def validate(self) -> None:
+        _bounds(self, "score_threshold", 0, 1, gt=True, lt=True)
+        _bounds(self, "max_detections", 1, 4096)
+        _bounds(self, "nms_kernel", 1, 15)
+        _require(self, "nms_kernel", self.nms_kernel % 2 == 1, "must be odd (a centred max-pool window)")
 
 
 @dataclass(frozen=True)
@@ -211,6 +338,33 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
+    def __post_init__(self) -> None:
+        _check_types(self, "")
+        self.validate()
+
+    def validate(self) -> None:
+        """What the model needs across sections (each section checked its own fields already)."""
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(None, f"version: config version {self.version} is not supported "
+                                    f"(this mtl reads version {CONFIG_VERSION})")
+        cam, grid, classes = self.camera, self.grid, self.classes
+        _require(cam, "cam_matrix", len(cam.cam_matrix) == 3, "must be the 3x3 calibration of the camera")
+        _require(classes, "sem_classes", classes.n_sem >= 1, "must name at least one class")
+        _require(classes, "det_classes", classes.n_det >= 1, "must name at least one class")
+        # strided stages: each must halve the map exactly, so the stride-s feature cell covers s x s pixels
+        # (the camera->BEV sampling grid and the decoders' x2 upsampling assume it)
+        cam_stride = 2 ** len(self.model.cam_channels)
+        _require(cam, "image_hw", all(s % cam_stride == 0 for s in cam.image_hw),
+                 f"must be divisible by {cam_stride} (2 ** len(model.cam_channels))")
+        _require(grid, "head_stride", grid.head_stride == 2,
+                 "must be 2: the BEV encoder's first (stride-2) stage is the head resolution")
+        bev_stride = 2 ** len(self.model.bev_channels)
+        _require(grid, "x_max", all(s % bev_stride == 0 for s in grid.shape),
+                 f"the grid shape {grid.shape[0]}x{grid.shape[1]} must be divisible by {bev_stride} "
+                 "(2 ** len(model.bev_channels))")
+        _require(self.loss, "sem_weights", len(self.loss.sem_weights) in (0, classes.n_sem),
+                 f"must hold one weight per semantic class ({classes.n_sem}) or none")
+
     def to_dict(self) -> dict:
         return _to_jsonable(self)
 
@@ -218,30 +372,172 @@ class Config:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False)
 
     @staticmethod
-    def from_dict(d: dict) -> "Config":
-        return _from_dict(Config, d)
+    def from_dict(d: dict) -> Config:
+        """Config from a (full or partial) dict; missing keys keep their defaults. ``ConfigError`` on an
+        unknown key, a wrong type or an out-of-range value; legacy keys (``LEGACY``) are dropped."""
+        return _from_dict(Config(), d, "")
 
     @staticmethod
-    def load(path: str | Path) -> "Config":
+    def load(path: str | Path) -> Config:
         """Read a config JSON (a full tree or a partial one: missing keys keep their defaults)."""
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read config: {e}") from e
-        return Config.from_dict(d)
+        except OSError as e:
+            raise ConfigError(path, f"cannot read config ({e.strerror or e})") from None
+        except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
+            raise ConfigError(path, f"config is not valid JSON ({e})") from None
+        try:
+            return Config.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(path, e.reason) from None
 
-    def override(self, **dotted: Any) -> "Config":
-        """Return a copy with ``section.key=value`` overrides, e.g. ``override(**{"loss.lambda_sem": 2})``."""
-        cfg = self
+    def override(self, **dotted: Any) -> Config:
+        """Return a copy with ``section.key=value`` overrides, e.g. ``override(**{"loss.lambda_sem": 2})``.
+        ``None`` values are skipped (a flag that was not given). All overrides are applied at once, so
+        their order does not matter (e.g. a new image size and a new number of camera stages)."""
+        updates: dict[str, dict[str, Any]] = {}
         for key, value in dotted.items():
-            if value is None:
-                continue
-            section, _, name = key.partition(".")
-            sub = getattr(cfg, section)
-            if name not in {f.name for f in fields(sub)}:
-                raise KeyError(f"unknown config key {key!r}")
-            cfg = replace(cfg, **{section: replace(sub, **{name: value})})
-        return cfg
+            if value is not None:
+                section, name = _split_key(key)
+                updates.setdefault(section, {})[name] = value
+        return replace(self, **{s: replace(getattr(self, s), **kv) for s, kv in updates.items()})
+
+
+# ------------------------------------------------------------------------------- building configs
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"section.key=value"`` (``mtl train --set``) -> (key, value): the value is parsed as JSON when it
+    parses (numbers, true/false, null, [lists], "strings"), else kept as the string itself."""
+    key, eq, raw = text.partition("=")
+    if not eq or "." not in key:
+        raise ConfigError(None, f"--set {text!r}: expected SECTION.KEY=VALUE (e.g. train.lr=0.001)")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(path: str | Path | None = None, assignments: Iterable[str] = (),
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """defaults <- ``path`` (full or partial config JSON) <- ``assignments`` (``--set section.key=value``)
+    <- ``overrides`` (dotted key -> value of a CLI flag; ``None`` = flag not given). ``ConfigError`` names
+    the file for a bad file and the dotted key for any bad value."""
+    cfg = Config.load(path) if path else Config()
+    dotted = dict(parse_assignment(a) for a in assignments)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            dotted[key] = value
+    return cfg.override(**dotted)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    sub = _hints(Config).get(section)
+    if not (sub and is_dataclass(sub)) or name not in _hints(sub):
+        raise ConfigError(None, f"{key}: unknown config key")
+    return section, name
+
+
+# ----------------------------------------------------------------------------------- type checks
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type hint (the annotations are strings: ``from __future__ import annotations``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Check every field of a (frozen) section against its type hint and store the normalised value."""
+    for name, hint in _hints(type(obj)).items():
+        key = f"{prefix}.{name}" if prefix else name
+        object.__setattr__(obj, name, _coerce(getattr(obj, name), hint, key))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against ``hint`` (int, float, bool, str, a config section, tuple[X, Y],
+    tuple[X, ...], nested): lists -> tuples, integers -> float where a float is expected."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, "a list", value)
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            raise ConfigError(None, f"{key}: expected a list of {len(args)} values, got {len(value)}: {_show(value)}")
+        return tuple(_coerce(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, "true or false", value)
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise _type_error(key, "an integer", value)
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                x = float(value)
+            except OverflowError:
+                x = math.inf
+            if not math.isfinite(x):
+                raise ConfigError(None, f"{key}: expected a finite number, got {_show(value)}")
+            return x
+        raise _type_error(key, "a number", value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, "a string", value)
+    if is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        raise _type_error(key, f"a {hint.__name__}", value)
+    raise TypeError(f"{key}: config type {hint!r} has no check")   # a new field type: add it above
+
+
+def _type_error(key: str, expected: str, value: Any) -> ConfigError:
+    got = "null" if value is None else f"{type(value).__name__} {_show(value)}"
+    return ConfigError(None, f"{key}: expected {expected}, got {got}")
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A short one-line rendering of a value for an error message (JSON style for lists)."""
+    try:
+        text = json.dumps(_to_jsonable(value)) if isinstance(value, (list, tuple)) else repr(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------- range checks
+
+
+def _require(section: Any, name: str, ok: bool, reason: str) -> None:
+    if not ok:
+        raise ConfigError(None, f"{section.SECTION}.{name}: {reason}, got {_show(getattr(section, name))}")
+
+
+def _bounds(section: Any, name: str, lo: float | None = None, hi: float | None = None, *,
+            gt: bool = False, lt: bool = False) -> None:
+    """Every number of the field (a number or a tuple of numbers) in [lo, hi] ((lo, .. with ``gt``, .., hi)
+    with ``lt``; ``None`` = unbounded)."""
+    value = getattr(section, name)
+    values = value if isinstance(value, tuple) else (value,)
+    ok = all((lo is None or (v > lo if gt else v >= lo)) and (hi is None or (v < hi if lt else v <= hi))
+             for v in values)
+    parts = ([f"{'>' if gt else '>='} {lo}"] if lo is not None else []) + \
+            ([f"{'<' if lt else '<='} {hi}"] if hi is not None else [])
+    _require(section, name, ok, "must be " + " and ".join(parts) + (" (each)" if isinstance(value, tuple) else ""))
+
+
+def _choice(section: Any, name: str, choices: tuple[str, ...]) -> None:
+    _require(section, name, getattr(section, name) in choices, f"must be one of {', '.join(choices)}")
+
+
+# ------------------------------------------------------------------------------- (de)serialisation
 
 
 def _tuplify(x: Any) -> Any:
@@ -256,22 +552,21 @@ def _to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _from_dict(cls: type, d: dict) -> Any:
+def _from_dict(base: Any, d: Any, prefix: str) -> Any:
+    """``base`` (a Config or a section) with the values of ``d``: keys ``d`` lacks keep ``base``'s values
+    (for a section: the default tree's, e.g. the packaged calibration for a partial ``camera``)."""
     if not isinstance(d, dict):
-        raise ValueError(f"config section {cls.__name__} must be an object, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(d) - set(known)
+        raise _type_error(prefix or "config", "an object", d)
+    hints = _hints(type(base))
+    unknown = [k for k in d if k not in hints and k not in getattr(base, "LEGACY", ())]
     if unknown:
-        raise ValueError(f"unknown config keys in {cls.__name__}: {sorted(unknown)}")
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        raise ConfigError(None, f"{keys}: unknown config key{'s' if len(unknown) > 1 else ''}")
     kwargs = {}
     for name, value in d.items():
-        t = hints[name]
-        if is_dataclass(t):
-            kwargs[name] = _from_dict(t, value)
-        else:
-            kwargs[name] = _tuplify(value)
-    return cls(**kwargs)
+        if name in hints:     # else a legacy key: dropped
+            kwargs[name] = _from_dict(getattr(base, name), value, name) if is_dataclass(hints[name]) else value
+    return replace(base, **kwargs)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -286,5 +581,6 @@ def sha256_file(path: str | Path) -> str:
 
 __all__ = [
     "Config", "GridConfig", "CameraConfig", "ClassesConfig", "ModelConfig", "LossConfig", "TrainConfig",
-    "DecodeConfig", "a2d2_classes", "front_center_calib", "sha256_file", "dataclasses",
+    "DecodeConfig", "SEM_LOSSES", "SEM_CLASS_WEIGHTS", "a2d2_classes", "build_config", "front_center_calib",
+    "parse_assignment", "sha256_file", "dataclasses",
 ]

@@ -95,11 +95,12 @@ def validate_metadata(meta: Any, source: str | Path) -> dict:
     expect = list(OUTPUTS) + (list(DECODE_OUTPUTS) if meta["decode"] else [])
     if list(meta["outputs"]) != expect:
         raise ModelMismatchError(source, f"mtl metadata outputs {meta['outputs']} != expected {expect}")
-    try:
-        from .config import Config
+    from .config import Config
+    from .errors import ConfigError
 
+    try:
         Config.from_dict(meta["config"])
-    except (ValueError, KeyError, TypeError) as e:
+    except ConfigError as e:
         raise ModelMismatchError(source, f"mtl metadata config is invalid ({e})") from None
     return meta
 

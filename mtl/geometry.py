@@ -160,8 +160,8 @@ def bev_raster(points: np.ndarray, grid: GridConfig) -> np.ndarray:
 
 def gaussian_radius_centerpoint(height: float, width: float, min_overlap: float = 0.5) -> float:
     """CenterPoint / CenterNet ``gaussian_radius`` reproduced *with its quirk*: every case uses the
-    larger root ``(b + sqrt(b^2 - 4ac)) / 2`` without dividing by 2a (see research/references.md (b);
-    CenterNet#273). Kept for parity with published BEV results. Sizes in heatmap cells."""
+    larger root ``(b + sqrt(b^2 - 4ac)) / 2`` without dividing by 2a (CenterNet issue #273). Kept for parity
+    with published BEV results. Sizes in heatmap cells."""
     a1 = 1.0
     b1 = height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)

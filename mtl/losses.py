@@ -1,6 +1,7 @@
 """Training losses (torch): CenterNet heatmap focal loss, masked L1 box regression, semantic CE / focal.
 
-Reference definitions and worked numbers: research/references.md (a). ``compute_losses`` returns the
+The heatmap loss is CornerNet / CenterNet ``_neg_loss`` (alpha 2, beta 4, summed over the batch and divided by
+the batch's number of positives; no normalisation without positives). ``compute_losses`` returns the
 already-weighted terms ``{"hm", "reg", "sem"}``; the training loop sums them.
 """
 from __future__ import annotations

@@ -4,8 +4,10 @@
   accuracy with mmsegmentation ``IoUMetric`` semantics: areas are summed over the whole dataset before
   dividing, and classes whose union is zero are left out of the means (their IoU is ``None``).
 - Detection: nuScenes centre-distance AP reproduced from the devkit (``nuscenes/eval/detection/algo.py``,
-  ``accumulate`` + ``calc_ap``), including its quirks; see research/references.md (d).
-- Class weights for the semantic loss: ENet log weighting and median-frequency balancing (references.md (g)).
+  ``accumulate`` + ``calc_ap``), including its quirks (``nuscenes_ap``: no monotone precision envelope,
+  recall <= 0.1 dropped, precision shifted by 0.1 and rescaled).
+- Class weights for the semantic loss: ENet log weighting ``1 / ln(1.02 + p_c)`` (PyTorch-ENet
+  ``enet_weighing``) and median-frequency balancing ``median(freq) / freq_c`` (Eigen & Fergus).
 """
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise ModelMismatchError(path, "not an mtl checkpoint (needs 'model' and 'config' entries)")
     try:
         cfg = Config.from_dict(ckpt["config"])
-    except (ValueError, KeyError, TypeError) as e:
+    except ConfigError as e:
         raise ConfigError(path, f"checkpoint config is invalid ({e})") from None
     model = build_model(cfg)
     try:

@@ -69,10 +69,8 @@ def resolve_sem_weights(cfg: Config, train_dir: str | Path) -> Config:
                                              skip_bad=cfg.train.skip_bad)
     if kind == "enet":
         w = np.asarray(enet_weights(total), np.float64)
-    elif kind == "median_freq":
+    else:   # "median_freq" (the config admits only SEM_CLASS_WEIGHTS)
         w = np.asarray(median_freq_weights(per_image), np.float64)
-    else:
-        raise ConfigError(None, f"loss.sem_class_weights must be none|enet|median_freq, got {kind!r}")
     w = clip_weights(w, cfg.loss.sem_weight_clip)
     return replace(cfg, loss=replace(cfg.loss, sem_weights=tuple(float(x) for x in w)))
 
@@ -150,12 +148,13 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
             raise ConfigError(last, "--resume given but there is no last.pt in the run directory")
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         # the run's own config wins (resolved class weights, model shape); only the epoch budget may grow
-        cfg = Config.from_dict(ckpt["config"]).override(**{"train.epochs": resume_epochs})
+        try:
+            cfg = Config.from_dict(ckpt["config"]).override(**{"train.epochs": resume_epochs})
+        except ConfigError as e:
+            raise ConfigError(last, f"checkpoint config is invalid ({e})") from None
         tc = cfg.train
     elif cfg.loss.sem_class_weights != "none":
         cfg = resolve_sem_weights(cfg, data)
-    if tc.ckpt_every_steps < 0:
-        raise ConfigError(None, f"train.ckpt_every_steps must be >= 0, got {tc.ckpt_every_steps}")
 
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

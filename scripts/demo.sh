@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic default: synth -> convert -> train -> export -> bench.
-# Everything lands under ${MTL_DEMO_DIR:-runs/demo}. MTL_DEMO_QUICK=1 runs a small smoke version (~3 min).
+# Everything lands under ${MTL_DEMO_DIR:-runs/demo}. MTL_DEMO_QUICK=1 runs a small smoke version (6 min on a
+# shared 2-core VM, README "Set up").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

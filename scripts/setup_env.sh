@@ -9,7 +9,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v -i warning || true
-python -m pip install -q "torch==2.13.0" 2>&1 | grep -v -i warning || true
-python -m pip install -q -e ".[train,export,runtime,dev]" 2>&1 | grep -v -i warning || true
+
+# pip quietly (its warnings filtered out), but a failed install stops the script: with pipefail the
+# pipeline's status is pip's, and the filter itself never fails (grep exits 1 when it prints nothing)
+pip_install() {
+  if ! python -m pip install -q "$@" 2>&1 | { grep -v -i warning || true; }; then
+    echo "error: scripts/setup_env.sh: pip install $* failed (see pip's output above)" >&2
+    exit 1
+  fi
+}
+
+pip_install --upgrade pip
+pip_install "torch==2.13.0"
+pip_install -e ".[train,export,runtime,dev]"
 python -c "import mtl, torch, onnxruntime; print('mtl', mtl.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"

@@ -1,7 +1,7 @@
 """Shared fixtures and the tiny config / tiny chunk writer every test module uses.
 
-Real A2D2 files are read in place from ../shared/a2d2_sample/ (never copied); tests that need them skip
-with the reason when the folder is absent (a user's clone)."""
+Real A2D2 sample files are read in place from $MTL_A2D2_SAMPLE (default: ``shared/a2d2_sample`` next to
+the repository; never copied); tests that need them skip with the reason when the folder is absent."""
 from __future__ import annotations
 
 import os

@@ -29,10 +29,10 @@ from test_runtime import tiny_artifacts
 from mtl.data import a2d2
 from mtl.data.chunk import read_chunk
 from mtl.cli import main
-from mtl.errors import ChunkError, DataError, ModelMismatchError
+from mtl.errors import ChunkError, ConfigError, DataError, ModelMismatchError
 from mtl.geometry import bev_raster
 
-EXIT = {ChunkError: 3, DataError: 4, ModelMismatchError: 5}
+EXIT = {ConfigError: 2, ChunkError: 3, DataError: 4, ModelMismatchError: 5}
 
 
 @dataclass
@@ -339,7 +339,41 @@ def _raw_frame_other_camera(tmp: Path, art: dict) -> tuple[list[str], Path]:
     return _infer(art["onnx"], root, tmp), root / "cams_lidars.json"
 
 
+def _config_file_wrong_type(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    bad = tmp / "config.json"
+    d = art["cfg"].to_dict()
+    d["train"]["lr"] = "0.001"
+    bad.write_text(json.dumps(d))
+    return ["train", "--data", str(art["chunks"]), "--out", str(tmp / "out"), "--config", str(bad)], bad
+
+
+def _checkpoint_config_out_of_range(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    import torch
+
+    ckpt = torch.load(art["ckpt"], weights_only=True)
+    ckpt["config"]["model"]["cam_channels"] = [8, 8, 8, 1 << 30]      # would allocate terabytes
+    bad = tmp / "big.pt"
+    torch.save(ckpt, bad)
+    return ["eval", "--checkpoint", str(bad), "--data", str(art["chunks"]), "--no-progress"], bad
+
+
+def _onnx_metadata_config_wrong_type(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    from test_runtime import export_tiny
+
+    def edit(meta: dict) -> None:
+        meta["config"]["decode"]["score_threshold"] = "0.3"
+
+    bad = export_tiny(art["ckpt"], tmp / "model.onnx", meta_edit=edit)
+    return _infer(bad, art["chunks"], tmp), bad
+
+
 MODEL_CASES = [
+    Case("config_file_wrong_type", _config_file_wrong_type, ConfigError,
+         r"train\.lr: expected a number, got str '0\.001'$"),
+    Case("checkpoint_config_out_of_range", _checkpoint_config_out_of_range, ConfigError,
+         r"checkpoint config is invalid \(model\.cam_channels: must be >= 1 and <= 4096"),
+    Case("onnx_metadata_config_wrong_type", _onnx_metadata_config_wrong_type, ModelMismatchError,
+         r"mtl metadata config is invalid \(decode\.score_threshold: expected a number, got str '0\.3'\)$"),
     Case("model_classes_differ_from_data", _classes_differ, ModelMismatchError,
          "data det_classes differ from the model's"),
     Case("model_calibration_differs_from_chunk", _calibration_differs, ModelMismatchError, "calibration mismatch"),

@@ -66,7 +66,7 @@ def test_round_trip_is_exact(tmp_path, frames):
 
     np.testing.assert_array_equal(chunk.frame(0).image(), decode_png(frames[0].image_png, "x"))
     np.testing.assert_array_equal(chunk.frame(2).semantic(), decode_png(frames[2].semantic_png, "x"))
-    assert "modality_mask" not in chunk.arrays  # all-present chunks keep the DESIGN table's keys only
+    assert "modality_mask" not in chunk.arrays  # all-present chunks keep the required keys only
 
 
 def test_partial_frames_round_trip_with_modality_mask(tmp_path):

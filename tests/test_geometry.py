@@ -1,4 +1,4 @@
-"""mtl.geometry against research/references.md (b), (c) and hand-worked numbers."""
+"""mtl.geometry against CenterPoint's gaussian_radius / box codec and hand-worked numbers."""
 from __future__ import annotations
 
 import math
@@ -85,7 +85,7 @@ def test_limit_period(yaw, wrapped):
 
 # -------------------------------------------------------------------------------------------- box codec
 
-# references.md (c): PointPillars nuScenes grid, cell 0.2 m, stride 4 -> 0.8 m head cells, 128 x 128
+# CenterPoint's PointPillars nuScenes grid, cell 0.2 m, stride 4 -> 0.8 m head cells, 128 x 128
 NUSC = GridConfig(x_min=-51.2, x_max=51.2, y_min=-51.2, y_max=51.2, cell=0.2, head_stride=4)
 CAR = np.array([[10.3, -5.1, -1.0, 4.5, 1.9, 1.6, 0.5]])      # x, y, z, l, w, h, yaw
 

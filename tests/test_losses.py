@@ -1,4 +1,4 @@
-"""mtl.losses against the hand-worked numbers of research/references.md (a) and small hand calculations."""
+"""mtl.losses against hand-worked numbers of the CenterNet focal loss and small hand calculations."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""mtl.metrics against research/references.md (d) nuScenes AP, (f) segmentation, (g) class weights."""
+"""mtl.metrics against hand-worked numbers: nuScenes AP, segmentation IoU, ENet / median-frequency class weights."""
 from __future__ import annotations
 
 import numpy as np

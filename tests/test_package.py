@@ -114,6 +114,7 @@ def test_packaged_calibration_matches_cams_lidars(a2d2_sample):
 
 def test_config_round_trip_and_override(tmp_path):
     from mtl.config import Config
+    from mtl.errors import ConfigError
 
     cfg = Config().override(**{"loss.lambda_sem": 2.5, "train.epochs": 3})
     assert cfg.loss.lambda_sem == 2.5 and cfg.train.epochs == 3
@@ -121,10 +122,10 @@ def test_config_round_trip_and_override(tmp_path):
     p = tmp_path / "partial.json"
     p.write_text(json.dumps({"train": {"batch_size": 7}}))
     assert Config.load(p).train.batch_size == 7
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="loss.no_such_key: unknown config key"):
         Config().override(**{"loss.no_such_key": 1})
     p.write_text(json.dumps({"train": {"bogus": 1}}))
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ConfigError, match="train.bogus: unknown config key"):
         Config.load(p)
 
 

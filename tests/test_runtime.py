@@ -209,6 +209,7 @@ def test_grid_and_classes_mismatch_between_metadata_and_graph_refused(art, tmp_p
 
     def cls_edit(meta):
         meta["config"]["classes"]["det_classes"] = ["car", "truck", "pedestrian"]
+        meta["config"]["classes"]["det_groups"] = meta["config"]["classes"]["det_groups"][:3]   # a valid config
 
     onnx_cls = export_tiny(art["ckpt"], tmp_path / "cls.onnx", meta_edit=cls_edit)
     with pytest.raises(ModelMismatchError, match="'bbox_heatmap' has 4 channels but the metadata config has 3 detection"):

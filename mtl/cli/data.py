@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import click
 
+from ..config import build_config
+from .train import set_option
+
 
 @click.group()
 def data() -> None:
     """Make, convert and inspect datasets (raw A2D2 layout -> NPZ chunks)."""
-
-
-def _load_config(config_path: str | None):  # -> mtl.config.Config (imported lazily)
-    from .train import _train_config
-
-    return _train_config(config_path, {})
 
 
 @data.command("convert")
@@ -30,8 +27,10 @@ def _load_config(config_path: str | None):  # -> mtl.config.Config (imported laz
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker processes [default: min(2, CPUs)].")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Config JSON (classes, camera.image_hw); default config when omitted.")
+@set_option("Applied after --config; --image-size wins over camera.image_hw.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite, workers, config_path, no_progress):
+def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite, workers, config_path, assignments,
+                no_progress):
     """Convert a raw A2D2 front-centre tree into NPZ chunks (images undistorted + resized).
 
     Frames are paired by scene and frame id; by default a frame needs camera, label, lidar and label3D
@@ -39,7 +38,7 @@ def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite,
     """
     from ..data.convert import convert, format_summary
 
-    summary = convert(root, out, _load_config(config_path), chunk_size=chunk_size, image_size=image_size,
+    summary = convert(root, out, build_config(config_path, assignments), chunk_size=chunk_size, image_size=image_size,
                       partial=partial, skip_bad=skip_bad, overwrite=overwrite, workers=workers,
                       progress=not no_progress)
     click.echo(format_summary(summary))

@@ -1,24 +1,41 @@
 """`mtl train`, `mtl eval`, `mtl viz`."""
 from __future__ import annotations
 
+import json
+
 import click
+
+from ..config import SEM_CLASS_WEIGHTS, SEM_LOSSES, Config, build_config
 
 COMMANDS: list = []
 
 
 # -------------------------------------------------------------------------------------------- train
 
+_DEFAULTS = Config()      # torch-free and light: the help text shows the real default of each flag
 
-def _train_config(config_path, overrides: dict):  # -> mtl.config.Config (imported lazily)
-    """defaults <- --config FILE <- CLI flags (only the flags given)."""
-    from ..config import Config
-    from ..errors import ConfigError
 
-    try:
-        cfg = Config.load(config_path) if config_path else Config()
-        return cfg.override(**overrides)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(config_path, str(e)) from None
+def config_default(key: str) -> str:
+    """The default value of a dotted config key, as the help text shows it: ``"train.epochs"`` -> ``"10"``."""
+    section, _, name = key.partition(".")
+    value = getattr(getattr(_DEFAULTS, section), name)
+    return json.dumps(value) if isinstance(value, (bool, list, tuple)) else str(value)
+
+
+def config_option(flag: str, key: str, text: str, **kw):
+    """A flag that sets one config field: no click default (an absent flag keeps the --config / --set
+    value), help ending with ``(KEY)  [default: <Config() value>]``. Ranges are checked by the config."""
+    return click.option(flag, key.partition(".")[2], default=None,
+                        help=f"{text} ({key})  [default: {config_default(key)}]", **kw)
+
+
+def set_option(precedence: str):
+    """``--set SECTION.KEY=VALUE`` (repeatable) for any config field (``mtl.config.build_config``)."""
+    return click.option(
+        "--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
+        help="Set any config field, e.g. --set train.lr=0.001 --set camera.image_hw=[160,256] (repeatable). "
+             "VALUE is parsed as JSON when it parses, else taken as a string; then type- and range-checked. "
+             + precedence)
 
 
 @click.command("train")
@@ -26,31 +43,34 @@ def _train_config(config_path, overrides: dict):  # -> mtl.config.Config (import
 @click.option("--val", default=None, type=click.Path(file_okay=False),
               help="Validation chunk directory (metrics and best.pt selection: val mIoU + mAP).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: train.epochs]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per process [default: train.batch_size]")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [default: train.lr]")
-@click.option("--lambda-hm", type=float, default=None, help="Heatmap loss weight [default: loss.lambda_hm]")
-@click.option("--lambda-reg", type=float, default=None, help="Box regression loss weight [default: loss.lambda_reg]")
-@click.option("--lambda-sem", type=float, default=None, help="Semantic loss weight [default: loss.lambda_sem]")
-@click.option("--sem-loss", type=click.Choice(["ce", "focal"]), default=None, help="[default: loss.sem_loss]")
-@click.option("--class-weights", type=click.Choice(["none", "enet", "median_freq"]), default=None,
-              help="Semantic class weights computed from the training chunks [default: loss.sem_class_weights]")
+@config_option("--epochs", "train.epochs", "Training epochs, with --resume the new total", type=int)
+@config_option("--batch-size", "train.batch_size", "Batch size per process", type=int)
+@config_option("--lr", "train.lr", "Peak learning rate", type=float)
+@config_option("--lambda-hm", "loss.lambda_hm", "Heatmap loss weight", type=float)
+@config_option("--lambda-reg", "loss.lambda_reg", "Box regression loss weight", type=float)
+@config_option("--lambda-sem", "loss.lambda_sem", "Semantic loss weight", type=float)
+@config_option("--sem-loss", "loss.sem_loss", "Semantic loss", type=click.Choice(SEM_LOSSES))
+@config_option("--class-weights", "loss.sem_class_weights", "Semantic class weights computed from the training chunks",
+               type=click.Choice(SEM_CLASS_WEIGHTS))
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-              help="Config JSON (full or partial); CLI flags override it.")
+              help="Config JSON (full or partial); --set and the flags override it.")
+@set_option("Applied after --config; the named flags win over it.")
 @click.option("--resume", is_flag=True, help="Continue RUN/last.pt exactly (its config; --epochs may extend).")
-@click.option("--seed", type=int, default=None, help="[default: train.seed]")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers [default: train.num_workers]")
-@click.option("--viz-every", type=click.IntRange(min=0), default=None,
-              help="Epochs between debug images (0 = never) [default: train.viz_every]")
-@click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (bit-exact resume on CPU).")
-@click.option("--ckpt-every-steps", type=click.IntRange(min=0), default=None,
-              help="Also write RUN/last.pt every N steps mid-epoch, so a killed run loses at most N steps "
-                   "[default: train.ckpt_every_steps; 0 = epoch ends only].")
-@click.option("--skip-bad", is_flag=True, default=None,
-              help="Log and count corrupt chunks / frames (train/skipped_bad in metrics.jsonl) instead of stopping.")
+@config_option("--seed", "train.seed", "Seed of the model init, shuffling and augmentation", type=int)
+@config_option("--workers", "train.num_workers", "DataLoader workers", type=int)
+@config_option("--viz-every", "train.viz_every", "Epochs between debug images (0 = never)", type=int)
+@config_option("--deterministic", "train.deterministic", "Deterministic algorithms (bit-exact resume on CPU)",
+               is_flag=True)
+@config_option("--ckpt-every-steps", "train.ckpt_every_steps",
+               "Also write RUN/last.pt every N steps mid-epoch, so a killed run loses at most N steps "
+               "(0 = at epoch ends only)", type=int)
+@config_option("--skip-bad", "train.skip_bad",
+               "Log and count corrupt chunks / frames (train/skipped_bad in metrics.jsonl) instead of stopping",
+               is_flag=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
-def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lambda_sem, sem_loss, class_weights,
-              config_path, resume, seed, workers, viz_every, deterministic, ckpt_every_steps, skip_bad, no_progress):
+def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lambda_sem, sem_loss, sem_class_weights,
+              config_path, assignments, resume, seed, num_workers, viz_every, deterministic, ckpt_every_steps,
+              skip_bad, no_progress):
     """Train the fused multi-task model on NPZ chunks.
 
     Writes RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt, RUN/metrics.jsonl (one JSON line per
@@ -58,12 +78,12 @@ def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lam
     """
     from ..train import train
 
-    cfg = _train_config(config_path, {
+    cfg = build_config(config_path, assignments, {
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
-        "train.num_workers": workers, "train.viz_every": viz_every, "train.deterministic": deterministic,
+        "train.num_workers": num_workers, "train.viz_every": viz_every, "train.deterministic": deterministic,
         "train.ckpt_every_steps": ckpt_every_steps, "train.skip_bad": skip_bad,
         "loss.lambda_hm": lambda_hm, "loss.lambda_reg": lambda_reg, "loss.lambda_sem": lambda_sem,
-        "loss.sem_loss": sem_loss, "loss.sem_class_weights": class_weights,
+        "loss.sem_loss": sem_loss, "loss.sem_class_weights": sem_class_weights,
     })
     train(cfg, data, out, val=val, resume=resume, progress=not no_progress, resume_epochs=epochs)
 

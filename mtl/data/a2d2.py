@@ -3,7 +3,7 @@
 Used by ``mtl data convert`` and by the runtime on raw frames, so every function is pure (no global
 state except small caches keyed by immutable configs) and vectorised.
 
-Layout (research/a2d2.md §1)::
+Layout (A2D2's own; docs/FORMAT.md has the frames and units)::
 
     ROOT/cams_lidars.json, ROOT/class_list.json
     ROOT/<scene>/<kind>/cam_front_center/<scene14>_<kind>_frontcenter_<id9>.<ext>

@@ -1,10 +1,10 @@
 """NPZ chunk format (``format_version`` 1): K frames per ``.npz``, variable-length data concatenated with
-(K+1,) int64 offsets. See DESIGN.md "NPZ chunk format". Torch-free.
+(K+1,) int64 offsets. The key table is in docs/FORMAT.md. Torch-free.
 
 Writers are atomic (temp file + rename). Readers never unpickle (``allow_pickle=False``) and validate
 keys, dtypes, shapes, offsets and finiteness, raising ``ChunkError(path, reason)`` with one line.
 
-One extension to the DESIGN table: an optional ``modality_mask`` uint8 (K,) with bits
+Besides the required keys (``_REQUIRED``), an optional ``modality_mask`` uint8 (K,) with bits
 1=image, 2=semantic, 4=lidar, 8=boxes for frames converted with ``--partial`` (a missing image/semantic
 map is an empty byte range, missing LiDAR is 0 points, missing label3D is 0 boxes). Absent = all present.
 """

@@ -264,9 +264,7 @@ def resolve_image_hw(image_size: str | tuple[int, int] | None, camera: CameraCon
             raise ConfigError(None, reason) from None
         image_size = (h, w)
     h, w = image_size
-    if h <= 0 or w <= 0:
-        raise ConfigError(None, f"image size must be positive, got {h}x{w}")
-    return (int(h), int(w))
+    return (int(h), int(w))      # range-checked by CameraConfig
 
 
 def _default_log(msg: str) -> None:
@@ -317,8 +315,8 @@ def convert(
         "converter_version": CONVERTER_VERSION, "mtl_version": __version__, "partial": partial,
         "sem_classes": list(cfg.classes.sem_classes), "det_classes": list(cfg.classes.det_classes),
         "ignore_index": cfg.classes.ignore_index, "image_hw": list(camera.image_hw),
-        "camera": Config(camera=camera).to_dict()["camera"],
-        "classes": Config(classes=cfg.classes).to_dict()["classes"],
+        "camera": camera.to_dict(),
+        "classes": cfg.classes.to_dict(),
     }
     created = not out.exists()
     staging = _prepare_out(out, overwrite)

@@ -3,7 +3,7 @@
 Every frame is one small 3D world (street, sidewalks, buildings, vegetation, poles, signs, vehicles,
 pedestrians, cyclists) from which BOTH sensors are ray-cast analytically, so camera, semantic label,
 LiDAR and 3D boxes agree by construction. ``mtl data convert`` reads the result with the real-A2D2
-reader, exactly like downloaded data (research/a2d2.md):
+reader, exactly like downloaded data (layout: docs/FORMAT.md):
 
     DIR/cams_lidars.json, DIR/class_list.json, DIR/synth_summary.json
     DIR/<YYYYMMDD_hhmmss>/{camera,lidar,label,label3D}/cam_front_center/
@@ -63,7 +63,7 @@ RANGE_NOISE_CLIP = 0.05          # m; < GEOMETRY_INSET so points never leave the
 BASE_TIME = datetime(2099, 1, 1, tzinfo=timezone.utc)
 _EPS = 1e-6
 
-# Real A2D2 cams_lidars.json values that mtl.config does not package (research/a2d2.md §5).
+# Real A2D2 cams_lidars.json values (front-centre camera file) that mtl.config does not package.
 VEHICLE_VIEW = {"origin": [0.0, 0.0, 0.0], "x-axis": [1.0, 0.0, 0.0], "y-axis": [0.0, 1.0, 0.0]}
 EGO_DIMENSIONS = {"x-range": [-1.0, 4.0], "y-range": [-1.25, 1.25], "z-range": [-0.75, 1.5]}
 LIDAR_VIEW = {

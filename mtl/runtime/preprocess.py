@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import CameraConfig, Config
-from ..errors import DataError, ModelMismatchError
+from ..errors import ConfigError, DataError, ModelMismatchError
 from ..contract import METADATA_FORMAT, METADATA_KEY, OUTPUTS, validate_metadata
 from ..geometry import bev_raster, cam_matrix, normalise_image, scale_cam_matrix
 
@@ -92,7 +92,7 @@ class ModelSpec:
         validate_metadata(meta, path)
         try:
             cfg = Config.from_dict(meta["config"])
-        except (KeyError, ValueError, TypeError) as e:
+        except ConfigError as e:
             raise ModelMismatchError(path, f"mtl metadata has no valid config ({e})") from None
         inputs = meta.get("inputs") or {}
         try:
