@@ -188,16 +188,21 @@ class TrainConfig:
     viz_every: int = 1                # epochs between debug images; 0 disables
     deterministic: bool = False
     min_lr_ratio: float = 0.01        # cosine schedule floor (fraction of lr)
-    eval_score_threshold: float = 0.05  # decode threshold for AP (lower than decode.score_threshold: AP needs recall)
     ckpt_every_steps: int = 0         # also write last.pt every N steps mid-epoch (0: at epoch ends only)
     skip_bad: bool = False            # log + count corrupt chunks / frames instead of stopping
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
+    """Peak decode of the heatmap. The runtime keeps peaks scoring > ``score_threshold``; every mAP (``mtl
+    eval``, validation, the export metric gate, ``mtl bench``) keeps peaks scoring > ``eval_score_threshold``
+    instead, lower because AP integrates precision over recall and a cut at the deployment threshold would
+    end every class's curve early. Both keep at most ``max_detections`` per frame."""
+
     score_threshold: float = 0.1
     max_detections: int = 100
     nms_kernel: int = 3
+    eval_score_threshold: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,7 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict) -> "Config":
-        return _from_dict(Config, d)
+        return _from_dict(Config, _upgrade(d))
 
     @staticmethod
     def load(path: str | Path) -> "Config":
@@ -242,6 +247,26 @@ class Config:
                 raise KeyError(f"unknown config key {key!r}")
             cfg = replace(cfg, **{section: replace(sub, **{name: value})})
         return cfg
+
+
+# keys that moved: (old section, old key) -> (new section, new key). Checkpoints, ONNX metadata and sidecars
+# written before the move still load; the new key wins when a dict has both.
+_MOVED_KEYS = {("train", "eval_score_threshold"): ("decode", "eval_score_threshold")}
+
+
+def _upgrade(d: Any) -> Any:
+    """A config dict with moved keys put where they live now (the input is not modified)."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    for (old_sec, old_key), (new_sec, new_key) in _MOVED_KEYS.items():
+        old = out.get(old_sec)
+        if isinstance(old, dict) and old_key in old:
+            out[old_sec] = {k: v for k, v in old.items() if k != old_key}
+            new = out.get(new_sec, {})
+            if isinstance(new, dict) and new_key not in new:
+                out[new_sec] = {**new, new_key: old[old_key]}
+    return out
 
 
 def _tuplify(x: Any) -> Any:
