@@ -234,6 +234,7 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
         prog = reduce_progress(train_one_epoch(tr, d, run, prog, progress and rank == 0), run)
         row = epoch_row(prog, tr)
         if d.val_loader is not None:
+            sync_buffers(tr.model, world)
             metrics = evaluate(tr.model, d.val_loader, run.cfg, device, sem_weights=tr.sem_weights,
                                progress=progress and rank == 0)
             row.update(flatten(metrics, "val/"))
@@ -319,6 +320,15 @@ def train_step(tr: Training, batch: dict[str, Any], run: Run, epoch: int) -> tup
     # one device->host copy for all logged values (each float() on a CUDA tensor is a sync)
     *term_vals, loss_val = torch.stack([*(v.detach() for v in terms.values()), loss.detach()]).tolist()
     return dict(zip(terms, term_vals)), loss_val, b["image"].shape[0]
+
+
+def sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them at the start of
+    each training forward, so after an epoch's last step every rank holds its own; validation must score
+    all shards with the model rank 0 saves."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def epoch_row(prog: EpochProgress, tr: Training) -> dict[str, Any]:
