@@ -27,13 +27,16 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class ShardSampler(Sampler[int]):
-    """Rank ``rank``'s contiguous slice of ``range(n)``, shards differing by at most one frame.
+    """Rank ``rank``'s contiguous slice of ``range(n)``, shards differing by at most one frame (the lower
+    ranks get the longer ones, so rank 0, which draws the debug images, has a frame whenever n > 0).
 
     Unlike ``DistributedSampler`` it never pads a shard with repeated frames (a padded frame would be scored
     twice), and rank order is dataset order, so merged results match a single process frame for frame."""
 
     def __init__(self, n: int, rank: int = 0, world: int = 1):
-        self.start, self.stop = n * rank // world, n * (rank + 1) // world
+        base, extra = divmod(n, world)
+        self.start = rank * base + min(rank, extra)
+        self.stop = self.start + base + (rank < extra)
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.stop))

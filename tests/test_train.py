@@ -200,6 +200,18 @@ def test_huge_lr_diverges_with_a_clear_error(data, tmp_path):
     assert "\nerror: " in r.output and "non-finite loss at epoch 1" in r.output
 
 
+def test_shard_sampler_splits_frames_without_repeats():
+    """Validation shards: contiguous, in rank order, every frame once (DistributedSampler pads the short
+    shards with repeated frames); lower ranks take the extra frames, so rank 0 has one whenever n > 0."""
+    from mtl.evaluate import ShardSampler
+
+    assert [list(ShardSampler(5, r, 2)) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert [list(ShardSampler(45, r, 4)) for r in range(4)] == [list(range(0, 12)), list(range(12, 23)),
+                                                                  list(range(23, 34)), list(range(34, 45))]
+    assert [list(ShardSampler(1, r, 2)) for r in range(2)] == [[0], []] and len(ShardSampler(1, 1, 2)) == 0
+    assert list(ShardSampler(3)) == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(data, tmp_path):
     if importlib.util.find_spec("torch.distributed.run") is None:    # what the command below runs
