@@ -275,23 +275,25 @@ def boxes_identical(a: dict, b: dict, atol: float = BOX_ATOL) -> bool:
 
 
 def task_metrics(results: list[dict], frames: list[RuntimeFrame], cfg) -> dict:
+    """mIoU over the frames with semantic ground truth, mAP over those with boxes (``MetricsAccumulator``:
+    boxes re-decoded from each frame's heatmap at the metric score cut, the same as ``mtl eval``'s)."""
     try:
-        from .metrics import DetectionAccumulator, confusion_matrix, segmentation_metrics
+        from .metrics import MetricsAccumulator, metric_detections
     except ImportError:
         return {"reason": "mtl.metrics not available"}
+    acc = MetricsAccumulator.from_config(cfg)
+    for r, f in zip(results, frames):
+        det = metric_detections(r["outputs"]["bbox_heatmap"][0], r["outputs"]["bbox_reg"][0], cfg) \
+            if f.gt_boxes is not None else {}
+        acc.add_frame(f.frame_id, semantic_pred=r["semantic"] if f.gt_semantic is not None else None,
+                      semantic_gt=f.gt_semantic, gt_boxes=f.gt_boxes, gt_labels=f.gt_labels, **det)
+    m = acc.compute()
     out: dict[str, Any] = {}
-    sem = [(r, f) for r, f in zip(results, frames) if f.gt_semantic is not None]
-    if sem:
-        n = cfg.classes.n_sem
-        cm = sum(confusion_matrix(f.gt_semantic, r["semantic"], n, cfg.classes.ignore_index) for r, f in sem)
-        out["miou"] = float(segmentation_metrics(cm, list(cfg.classes.sem_classes))["miou"])
-    det = [(r, f) for r, f in zip(results, frames) if f.gt_boxes is not None]
-    if det:
-        acc = DetectionAccumulator(list(cfg.classes.det_classes))
-        for r, f in det:
-            acc.add(r["boxes"], r["scores"], r["labels"], f.gt_boxes, f.gt_labels)
-        out["map"] = float(acc.compute()["map"])
-    if not sem and not det:
+    if acc.n_semantic_frames:
+        out["miou"] = float(m["miou"])
+    if acc.n_detection_frames:
+        out["map"] = float(m["map"])
+    if not out:
         out["reason"] = "bench frames have no ground truth"
     return out
 

@@ -296,7 +296,6 @@ class TrainConfig(_Section):
     viz_every: int = 1                # epochs between debug images; 0 disables
     deterministic: bool = False
     min_lr_ratio: float = 0.01        # cosine schedule floor (fraction of lr)
-    eval_score_threshold: float = 0.05  # decode threshold for AP (lower than decode.score_threshold: AP needs recall)
     ckpt_every_steps: int = 0         # also write last.pt every N steps mid-epoch (0: at epoch ends only)
     skip_bad: bool = False            # log + count corrupt chunks / frames instead of stopping
 
@@ -314,14 +313,20 @@ class TrainConfig(_Section):
 
 @dataclass(frozen=True)
 class DecodeConfig(_Section):
-    SECTION = "decode"
+    """Peak decode of the heatmap. The runtime keeps peaks scoring > ``score_threshold``; every mAP (``mtl
+    eval``, validation, the export metric gate, ``mtl bench``) keeps peaks scoring > ``eval_score_threshold``
+    instead, lower because AP integrates precision over recall and a cut at the deployment threshold would
+    end every class's curve early. Both keep at most ``max_detections`` per frame."""
 
+    SECTION = "decode"
     score_threshold: float = 0.1
     max_detections: int = 100
     nms_kernel: int = 3
+    eval_score_threshold: float = 0.05
 
     def validate(self) -> None:
         _bounds(self, "score_threshold", 0, 1, gt=True, lt=True)
+        _bounds(self, "eval_score_threshold", 0, 1, lt=True)
         _bounds(self, "max_detections", 1, 4096)
         _bounds(self, "nms_kernel", 1, 15)
         _require(self, "nms_kernel", self.nms_kernel % 2 == 1, "must be odd (a centred max-pool window)")
@@ -375,7 +380,7 @@ class Config:
     def from_dict(d: dict) -> Config:
         """Config from a (full or partial) dict; missing keys keep their defaults. ``ConfigError`` on an
         unknown key, a wrong type or an out-of-range value; legacy keys (``LEGACY``) are dropped."""
-        return _from_dict(Config(), d, "")
+        return _from_dict(Config(), _upgrade(d), "")
 
     @staticmethod
     def load(path: str | Path) -> Config:
@@ -538,6 +543,26 @@ def _choice(section: Any, name: str, choices: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------- (de)serialisation
+
+
+# keys that moved: (old section, old key) -> (new section, new key). Checkpoints, ONNX metadata and sidecars
+# written before the move still load; the new key wins when a dict has both.
+_MOVED_KEYS = {("train", "eval_score_threshold"): ("decode", "eval_score_threshold")}
+
+
+def _upgrade(d: Any) -> Any:
+    """A config dict with moved keys put where they live now (the input is not modified)."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    for (old_sec, old_key), (new_sec, new_key) in _MOVED_KEYS.items():
+        old = out.get(old_sec)
+        if isinstance(old, dict) and old_key in old:
+            out[old_sec] = {k: v for k, v in old.items() if k != old_key}
+            new = out.get(new_sec, {})
+            if isinstance(new, dict) and new_key not in new:
+                out[new_sec] = {**new, new_key: old[old_key]}
+    return out
 
 
 def _tuplify(x: Any) -> Any:

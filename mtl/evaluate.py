@@ -1,111 +1,131 @@
 """Evaluation: one implementation for `mtl eval` and the validation pass of `mtl train`.
 
-Semantic: confusion matrix -> mIoU, pixel accuracy, per-class IoU (``metrics.segmentation_metrics``).
-Detection: sigmoid heatmap -> ``geometry.decode_detections`` -> BEV AP per class with nuScenes centre-distance
-matching and mAP (``metrics.DetectionAccumulator``). Under DDP every rank evaluates its shard; confusion
-matrices and loss sums are all-reduced and per-frame detections gathered, so all ranks return the same dict.
+The model's outputs go into ``metrics.MetricsAccumulator`` frame by frame: semantic argmax -> confusion
+matrix -> mIoU, pixel accuracy, per-class IoU; sigmoid heatmap -> ``metrics.metric_detections`` (decode at
+``decode.eval_score_threshold``, top ``decode.max_detections``) -> nuScenes-style BEV AP per class and mAP.
+Under DDP every rank evaluates its own contiguous shard of the frames (``ShardSampler``: no padding, so no
+frame is scored twice); the per-rank accumulators are gathered and merged in rank order, i.e. in dataset
+order, and the loss sums all-reduced, so every rank returns the single-process result.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
 
 from .config import Config
-from .geometry import decode_detections
+from .metrics import MetricsAccumulator, metric_detections
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s contiguous slice of ``range(n)``, shards differing by at most one frame (the lower
+    ranks get the longer ones, so rank 0, which draws the debug images, has a frame whenever n > 0).
+
+    Unlike ``DistributedSampler`` it never pads a shard with repeated frames (a padded frame would be scored
+    twice), and rank order is dataset order, so merged results match a single process frame for frame."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        base, extra = divmod(n, world)
+        self.start = rank * base + min(rank, extra)
+        self.stop = self.start + base + (rank < extra)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], cfg: Config, device: torch.device | str = "cpu",
-             sem_weights: torch.Tensor | None = None, with_losses: bool = True, progress: bool = False,
-             score_threshold: float | None = None) -> dict[str, Any]:
+             sem_weights: torch.Tensor | None = None, with_losses: bool = True, progress: bool = False
+             ) -> dict[str, Any]:
     """Run ``model`` over ``loader`` and return
-    ``{"loss": {term: mean, "total": mean}, "miou", "pixel_acc", "per_class_iou": {name: iou|None},
-    "map", "ap": {cls: ap}, "ap_by_threshold": {...}, "frames", "time_s", "samples_per_s"}``."""
-    from .losses import compute_losses
-    from .metrics import DetectionAccumulator, confusion_matrix, segmentation_metrics
-
+    ``{"loss": {term: mean, "total": mean}, "miou", "pixel_acc", "mean_acc", "per_class_iou": {name: iou|None},
+    "map", "ap": {cls: ap}, "ap_by_threshold": {...}, "n_gt", "frames", "skipped_bad", "time_s",
+    "samples_per_s"}`` (see ``MetricsAccumulator.compute``)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    n_sem = cfg.classes.n_sem
-    thr = cfg.train.eval_score_threshold if score_threshold is None else score_threshold
-    confmat = np.zeros((n_sem, n_sem), np.int64)
+    acc = MetricsAccumulator.from_config(cfg)
     loss_sums: dict[str, float] = {}
-    n_frames = 0
-    frames: list[tuple] = []      # per frame: pred boxes, scores, labels, gt boxes, gt labels
-    t0 = time.perf_counter()
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     n_bad = 0
-    for batch in it:
+    t0 = time.perf_counter()
+    for batch in _bar(loader, progress):
         n_bad += len(batch.get("bad", ()))
         if "image" not in batch:            # every frame of the batch was bad (skip_bad)
             continue
         b = to_device(batch, device)
         out = model(b["image"], b["bev"])
-        bs = b["image"].shape[0]
-        n_frames += bs
         if with_losses:
-            terms = compute_losses(out, b, cfg.loss, sem_weights, ignore_index=cfg.classes.ignore_index)
-            for k, v in terms.items():
-                loss_sums[k] = loss_sums.get(k, 0.0) + float(v) * bs
-            loss_sums["total"] = loss_sums.get("total", 0.0) + float(sum(terms.values())) * bs
-        pred = out["sem_logits"].argmax(1).cpu().numpy()
-        confmat += confusion_matrix(batch["semantic"].numpy(), pred, n_sem, cfg.classes.ignore_index)
-        heat = torch.sigmoid(out["bbox_heatmap"].float()).cpu().numpy()
-        reg = out["bbox_reg"].float().cpu().numpy()
-        for i in range(bs):
-            det = decode_detections(heat[i], reg[i], cfg.grid, k=cfg.decode.max_detections,
-                                    score_threshold=thr, kernel=cfg.decode.nms_kernel)
-            frames.append((det["boxes"], det["scores"], det["labels"],
-                           np.asarray(batch["boxes"][i], np.float32).reshape(-1, 7),
-                           np.asarray(batch["box_class"][i], np.int64).reshape(-1)))
-
+            _add_losses(loss_sums, out, b, cfg, sem_weights)
+        _add_batch(acc, out, batch, cfg)
     if dist.is_available() and dist.is_initialized():
-        loss_sums["_bad"] = float(n_bad)
-        confmat, loss_sums, n_frames, frames = _reduce(confmat, loss_sums, n_frames, frames, device)
-        n_bad = int(loss_sums.pop("_bad"))
-
-    acc = DetectionAccumulator(list(cfg.classes.det_classes))
-    for pb, ps, pl, gb, gl in frames:
-        keep = gl >= 0    # ignored boxes (class -1) are neither matched nor counted
-        acc.add(pb, ps, pl, gb[keep], gl[keep])
-    seg = segmentation_metrics(confmat, list(cfg.classes.sem_classes))
-    det = acc.compute()
+        acc, loss_sums, n_bad = _gather(acc, loss_sums, n_bad)
+    metrics = acc.compute()
     elapsed = time.perf_counter() - t0
     model.train(was_training)
     result: dict[str, Any] = {}
     if with_losses:
-        result["loss"] = {k: v / max(n_frames, 1) for k, v in loss_sums.items()}
-    result.update(seg)
-    result.update(det)
-    result.update(frames=n_frames, skipped_bad=n_bad, time_s=elapsed, samples_per_s=n_frames / max(elapsed, 1e-9))
+        result["loss"] = {k: v / max(acc.frames, 1) for k, v in loss_sums.items()}
+    result.update(metrics)
+    result.update(skipped_bad=n_bad, time_s=elapsed, samples_per_s=acc.frames / max(elapsed, 1e-9))
     return result
 
 
-def _reduce(confmat, loss_sums, n_frames, frames, device):
-    """Sum confusion matrices / loss sums / frame counts over ranks and gather the per-frame detections."""
-    keys = sorted(loss_sums)
-    t = torch.tensor([float(n_frames)] + [loss_sums[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    cm = torch.from_numpy(confmat).to(device)
-    dist.all_reduce(cm)
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, frames)
-    all_frames = [f for part in gathered for f in part]
-    return cm.cpu().numpy(), dict(zip(keys, t[1:].tolist())), int(t[0].item()), all_frames
+def _bar(loader: Iterable[dict], progress: bool) -> Iterable[dict]:
+    if not progress:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+
+
+def _add_losses(loss_sums: dict[str, float], out: dict, b: dict, cfg: Config, sem_weights) -> None:
+    """Frame-weighted loss sums of one batch (the losses are batch means)."""
+    from .losses import compute_losses
+
+    bs = b["image"].shape[0]
+    terms = compute_losses(out, b, cfg.loss, sem_weights, ignore_index=cfg.classes.ignore_index)
+    for k, v in terms.items():
+        loss_sums[k] = loss_sums.get(k, 0.0) + float(v) * bs
+    loss_sums["total"] = loss_sums.get("total", 0.0) + float(sum(terms.values())) * bs
+
+
+def _add_batch(acc: MetricsAccumulator, out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Config) -> None:
+    """Every frame of a batch into the accumulator (one host copy per output)."""
+    sem = out["sem_logits"].argmax(1).cpu().numpy()                       # (B, H, W)
+    heat = torch.sigmoid(out["bbox_heatmap"].float()).cpu().numpy()       # (B, n_det, Hh, Wh)
+    reg = out["bbox_reg"].float().cpu().numpy()                           # (B, 8, Hh, Wh)
+    gt_sem = batch["semantic"].numpy()
+    for i, fid in enumerate(batch["frame_id"]):
+        acc.add_frame(fid, semantic_pred=sem[i], semantic_gt=gt_sem[i], **metric_detections(heat[i], reg[i], cfg),
+                      gt_boxes=batch["boxes"][i], gt_labels=batch["box_class"][i])
+
+
+def _gather(acc: MetricsAccumulator, loss_sums: dict[str, float], n_bad: int
+            ) -> tuple[MetricsAccumulator, dict[str, float], int]:
+    """Every rank's accumulator merged in rank order, loss sums and bad-frame counts summed. Objects, not
+    tensors: a rank whose shard is empty has no loss keys to all-reduce."""
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (acc, loss_sums, n_bad))
+    merged = parts[0][0]
+    for part_acc, _, _ in parts[1:]:
+        merged.merge(part_acc)
+    sums: dict[str, float] = {}
+    for _, part_sums, _ in parts:
+        for k, v in part_sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return merged, sums, sum(part[2] for part in parts)
 
 
 def score(metrics: dict[str, Any]) -> float:

@@ -6,14 +6,22 @@
 - Detection: nuScenes centre-distance AP reproduced from the devkit (``nuscenes/eval/detection/algo.py``,
   ``accumulate`` + ``calc_ap``), including its quirks (``nuscenes_ap``: no monotone precision envelope,
   recall <= 0.1 dropped, precision shifted by 0.1 and rescaled).
+- ``MetricsAccumulator``: both of the above over a dataset, fed one frame at a time, with the one score
+  cut and top-K of every mAP in mtl (``mtl eval``, validation, the export metric gate, ``mtl bench``).
 - Class weights for the semantic loss: ENet log weighting ``1 / ln(1.02 + p_c)`` (PyTorch-ENet
   ``enet_weighing``) and median-frequency balancing ``median(freq) / freq_c`` (Eigen & Fergus).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .geometry import decode_detections
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # --------------------------------------------------------------------------------------------- semantic
 
@@ -216,6 +224,123 @@ class DetectionAccumulator:
         return {"map": m, "ap": ap, "ap_by_threshold": ap_by_threshold, "n_gt": n_gt}
 
 
+# ------------------------------------------------------------------------------------- both tasks
+
+
+class MetricsAccumulator:
+    """mIoU and mAP of a dataset, fed one frame at a time: the one implementation behind ``mtl eval``, the
+    validation pass of ``mtl train``, the export metric gate and ``mtl bench``.
+
+    Detection predictions are cut here, in one place: only those scoring > ``score_threshold`` count, at
+    most ``max_detections`` per frame (the highest scores). Give it a decode at that threshold or a lower
+    one (``metric_detections`` decodes at exactly the config's). Ground-truth boxes labelled -1 (classes
+    mapped to "ignore") are dropped before matching: neither matched nor counted.
+
+    A frame may carry either task or both; ``frames`` counts all of them, ``n_semantic_frames`` and
+    ``n_detection_frames`` those that were scored for each task. A frame id added twice is an error: every
+    frame is scored exactly once (also when per-rank accumulators are merged, see ``merge``).
+    """
+
+    def __init__(self, sem_classes: Sequence[str], det_classes: Sequence[str], *, score_threshold: float,
+                 max_detections: int, ignore_index: int = 255,
+                 thresholds: Sequence[float] = NUSCENES_THRESHOLDS):
+        self.sem_classes, self.det_classes = list(sem_classes), list(det_classes)
+        self.score_threshold, self.max_detections = float(score_threshold), int(max_detections)
+        self.ignore_index, self.thresholds = ignore_index, tuple(thresholds)
+        self.confmat = np.zeros((len(self.sem_classes),) * 2, np.int64)
+        # per frame with box GT, in add order: pred boxes (n,7), scores (n,), labels (n,), gt boxes, gt labels
+        self.detections: list[tuple[np.ndarray, ...]] = []
+        self.frame_ids: list[str] = []
+        self._seen: set[str] = set()
+        self.n_semantic_frames = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> MetricsAccumulator:
+        """Classes, ignore index, ``decode.eval_score_threshold`` and ``decode.max_detections`` of ``cfg``."""
+        return cls(cfg.classes.sem_classes, cfg.classes.det_classes, score_threshold=cfg.decode.eval_score_threshold,
+                   max_detections=cfg.decode.max_detections, ignore_index=cfg.classes.ignore_index)
+
+    @property
+    def frames(self) -> int:
+        return len(self.frame_ids)
+
+    @property
+    def n_detection_frames(self) -> int:
+        return len(self.detections)
+
+    def add_frame(self, frame_id: str, *, semantic_pred: np.ndarray | None = None,
+                  semantic_gt: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                  scores: np.ndarray | None = None, labels: np.ndarray | None = None,
+                  gt_boxes: np.ndarray | None = None, gt_labels: np.ndarray | None = None) -> None:
+        """One frame. Semantics: (H, W) predicted and ground-truth class ids (both or neither). Detection:
+        predictions (n, 7) boxes in metres, (n,) scores, (n,) class ids (None: no predictions) scored
+        against (m, 7) / (m,) ground truth; a frame without ``gt_boxes`` is not scored for detection."""
+        if frame_id in self._seen:
+            raise ValueError(f"frame {frame_id!r} was added twice: every frame is scored once")
+        if (semantic_pred is None) != (semantic_gt is None):
+            raise ValueError(f"frame {frame_id!r}: semantic_pred and semantic_gt go together")
+        if (gt_boxes is None) != (gt_labels is None):
+            raise ValueError(f"frame {frame_id!r}: gt_boxes and gt_labels go together")
+        if semantic_gt is not None:
+            self.confmat += confusion_matrix(semantic_gt, semantic_pred, len(self.sem_classes), self.ignore_index)
+            self.n_semantic_frames += 1
+        if gt_boxes is not None:
+            self.detections.append(self._cut(frame_id, boxes, scores, labels) + _known_gt(gt_boxes, gt_labels))
+        self._seen.add(frame_id)
+        self.frame_ids.append(frame_id)
+
+    def _cut(self, frame_id: str, boxes, scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predictions scoring > score_threshold, the max_detections best of them, in their given order."""
+        b = np.zeros((0, 7)) if boxes is None else np.asarray(boxes, np.float64).reshape(-1, 7)
+        s = np.zeros(0) if scores is None else np.asarray(scores, np.float64).reshape(-1)
+        lab = np.zeros(0, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
+        if not len(b) == len(s) == len(lab):
+            raise ValueError(f"frame {frame_id!r}: {len(b)} boxes, {len(s)} scores, {len(lab)} labels")
+        above = np.flatnonzero(s > self.score_threshold)
+        best = above[np.argsort(-s[above], kind="stable")[: self.max_detections]]
+        keep = np.sort(best)
+        return b[keep], s[keep], lab[keep]
+
+    def merge(self, other: MetricsAccumulator) -> None:
+        """Add the frames of ``other`` (another rank's shard) after this one's; a frame in both is an error."""
+        twice = self._seen & other._seen
+        if twice:
+            raise ValueError(f"{len(twice)} frame(s) scored on two ranks, e.g. {min(twice)!r}")
+        self.confmat += other.confmat
+        self.n_semantic_frames += other.n_semantic_frames
+        self.detections += other.detections
+        self.frame_ids += other.frame_ids
+        self._seen |= other._seen
+
+    def compute(self) -> dict[str, Any]:
+        """``{"miou", "pixel_acc", "mean_acc", "per_class_iou", "map", "ap", "ap_by_threshold", "n_gt",
+        "frames"}`` (``segmentation_metrics`` + ``DetectionAccumulator.compute`` + the frame count)."""
+        det = DetectionAccumulator(self.det_classes, self.thresholds)
+        for frame in self.detections:
+            det.add(*frame)
+        return {**segmentation_metrics(self.confmat, self.sem_classes), **det.compute(), "frames": self.frames}
+
+
+def _known_gt(gt_boxes: np.ndarray, gt_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth without the boxes labelled -1 (ignored classes)."""
+    gb = np.asarray(gt_boxes, np.float64).reshape(-1, 7)
+    gl = np.asarray(gt_labels, np.int64).reshape(-1)
+    if len(gb) != len(gl):
+        raise ValueError(f"{len(gb)} gt boxes but {len(gl)} gt labels")
+    keep = gl >= 0
+    return gb[keep], gl[keep]
+
+
+def metric_detections(heat_prob: np.ndarray, reg: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
+    """Decode one frame's sigmoid heatmap (C, Hh, Wh) + regression (8, Hh, Wh) for ``MetricsAccumulator``:
+    ``geometry.decode_detections`` at ``decode.eval_score_threshold`` with ``decode.max_detections`` peaks.
+    Returns ``{"boxes", "scores", "labels"}`` (the keyword arguments of ``add_frame``)."""
+    d = cfg.decode
+    det = decode_detections(heat_prob, reg, cfg.grid, k=d.max_detections, score_threshold=d.eval_score_threshold,
+                            kernel=d.nms_kernel)
+    return {"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"]}
+
+
 # ---------------------------------------------------------------------------------------- class weights
 
 
@@ -264,11 +389,13 @@ def clip_weights(weights: np.ndarray, max_weight: float = 10.0, min_weight: floa
 __all__ = [
     "NUSCENES_THRESHOLDS",
     "DetectionAccumulator",
+    "MetricsAccumulator",
     "clip_weights",
     "confusion_matrix",
     "enet_weights",
     "mean_ap",
     "median_freq_weights",
+    "metric_detections",
     "nuscenes_ap",
     "segmentation_metrics",
 ]

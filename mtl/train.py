@@ -1,19 +1,20 @@
-"""Training loop (`mtl train`): one readable function, no trainer classes.
+"""Training loop (`mtl train`), laid out like torchvision's detection reference (``engine.py``):
 
-    cfg -> data (ChunkDataset + DistributedSampler) -> model -> AdamW + warmup/cosine (per step)
-    for epoch: train steps (AMP on CUDA, grad clip, non-finite check) -> evaluate(val) -> last.pt / best.pt
-               -> metrics.jsonl row -> debug images / curves
+    train():  build data (ChunkDataset + samplers), model, AdamW + warmup/cosine (per step), AMP scaler
+              for each epoch: train_one_epoch (AMP on CUDA, grad clip, non-finite check, mid-epoch
+              checkpoints) -> evaluate(val) -> last.pt / best.pt -> metrics.jsonl row -> debug images / curves
 
 Run layout: RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt (best val mIoU + mAP), RUN/metrics.jsonl
 (one flat JSON object per epoch), RUN/debug/epoch_NNN/*.png, RUN/curves.png.
 
 Reproducibility: model init from ``train.seed``; the shuffling order comes from the sampler seeded by
 (seed, epoch) and augmentation from (seed, epoch, index), so resuming from last.pt -- written at every
-epoch end and, with ``train.ckpt_every_steps``, every N steps mid-epoch (it then records how many batches
-of the epoch are done and the epoch's running loss sums) -- continues exactly where the uninterrupted run
-would be (bit-exact on CPU with ``--deterministic``), also after a SIGKILL.
+epoch end and, with ``train.ckpt_every_steps``, every N steps mid-epoch (it then holds an ``EpochProgress``:
+how many batches of the epoch are done and the epoch's running loss sums) -- continues exactly where the
+uninterrupted run would be (bit-exact on CPU with ``--deterministic``), also after a SIGKILL.
 DDP: under ``torchrun`` (RANK / WORLD_SIZE set) the same code runs one process per device; the batch size
-is per process, only rank 0 writes files, and metrics are reduced over ranks.
+is per process, only rank 0 writes files, and metrics are reduced over ranks (each validation frame is
+scored once, see ``evaluate.ShardSampler``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import math
 import os
 import random
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .config import Config
 from .dataset import ChunkDataset, collate, semantic_class_counts
 from .errors import ConfigError, TrainingDivergedError
-from .evaluate import evaluate, flatten, score, to_device
+from .evaluate import ShardSampler, evaluate, flatten, score, to_device
 from .io import atomic_path, write_json_atomic
 from .model import build_model, count_parameters
 
@@ -58,8 +60,6 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 def resolve_sem_weights(cfg: Config, train_dir: str | Path) -> Config:
     """Fill ``loss.sem_weights`` from the training chunks' class pixel counts (or clear it for "none")."""
-    from dataclasses import replace
-
     kind = cfg.loss.sem_class_weights
     if kind == "none":
         return replace(cfg, loss=replace(cfg.loss, sem_weights=()))
@@ -127,6 +127,81 @@ def _log(rank: int, msg: str) -> None:
         print(msg, flush=True)
 
 
+# -------------------------------------------------------------------------------------- run records
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where this process stands in the run: resolved config, run directory, rank, world size, device."""
+
+    cfg: Config
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+
+
+@dataclass
+class Data:
+    train_ds: ChunkDataset
+    sampler: ResumableSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    steps_per_epoch: int
+
+
+@dataclass
+class Training:
+    """The optimisation state: model (and its DDP wrapper ``net``), optimizer, schedule, AMP, counters."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    use_amp: bool                          # autocast (CUDA only)
+    amp_dtype: torch.dtype
+    sem_weights: torch.Tensor | None
+    step: int = 0                          # optimizer steps so far (the schedule's position)
+    best: float = -math.inf                # best model-selection score so far
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: what a mid-epoch ``last.pt`` stores (key ``progress``) to resume it exactly.
+
+    ``loss_sums`` are frame-weighted sums per loss term (+ ``total``). In a checkpoint the sums and counts
+    cover all ranks; on resume rank 0 carries them on and the other ranks start from zero."""
+
+    epoch: int                             # 0-based index of the epoch
+    batch_in_epoch: int = 0                # batches of it done (per rank; every rank does the same number)
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    n_seen: int = 0                        # frames trained on
+    n_bad: int = 0                         # frames dropped by skip_bad
+    time_s: float = 0.0                    # training time of the epoch so far
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> EpochProgress:
+        return EpochProgress(int(d["epoch"]), int(d["batch_in_epoch"]),
+                             {k: float(v) for k, v in d["loss_sums"].items()}, int(d["n_seen"]), int(d["n_bad"]),
+                             float(d["time_s"]))
+
+    @staticmethod
+    def from_checkpoint(ckpt: dict[str, Any]) -> EpochProgress | None:
+        """The record of a mid-epoch checkpoint; None at an epoch end. Also reads the older keys
+        ``batch_in_epoch`` + ``partial_epoch``."""
+        if "progress" in ckpt:
+            return EpochProgress.from_dict(ckpt["progress"])
+        if int(ckpt.get("batch_in_epoch", 0)) > 0:
+            p = ckpt["partial_epoch"]
+            return EpochProgress(int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]), dict(p["sums"]), int(p["n_seen"]),
+                                 int(p["bad"]), float(p["time"]))
+        return None
+
+
 # ----------------------------------------------------------------------------------------------- loop
 
 
@@ -136,26 +211,188 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
 
     ``resume``: continue ``out/last.pt`` with the run's own config (``cfg`` is ignored), optionally with a
     new total epoch budget ``resume_epochs``."""
-    from .losses import compute_losses
-
     rank, world, device = setup_distributed()
     out = Path(out)
-    tc = cfg.train
-    ckpt = None
-    if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise ConfigError(last, "--resume given but there is no last.pt in the run directory")
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        # the run's own config wins (resolved class weights, model shape); only the epoch budget may grow
-        try:
-            cfg = Config.from_dict(ckpt["config"]).override(**{"train.epochs": resume_epochs})
-        except ConfigError as e:
-            raise ConfigError(last, f"checkpoint config is invalid ({e})") from None
-        tc = cfg.train
+    ckpt = load_last(out) if resume else None
+    run = Run(run_config(cfg, data, ckpt, resume_epochs), out, rank, world, device)
+    tc = run.cfg.train
+    seed_everything(tc)
+    d = build_data(run, data, val)
+    tr = build_training(run, d.steps_per_epoch)
+    start_epoch, resumed = restore(tr, ckpt, rank)
+    if world > 1:
+        tr.net = torch.nn.parallel.DistributedDataParallel(
+            tr.model, device_ids=[device.index] if device.type == "cuda" else None)
+    prepare_run_dir(run, start_epoch)
+    log_start(run, d, tr, resumed)
+
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch, tc.epochs):
+        prog = resumed if resumed is not None and resumed.epoch == epoch else EpochProgress(epoch)
+        prog = reduce_progress(train_one_epoch(tr, d, run, prog, progress and rank == 0), run)
+        row = epoch_row(prog, tr)
+        if d.val_loader is not None:
+            sync_buffers(tr.model, world)
+            metrics = evaluate(tr.model, d.val_loader, run.cfg, device, sem_weights=tr.sem_weights,
+                               progress=progress and rank == 0)
+            row.update(flatten(metrics, "val/"))
+            current = score(metrics)
+        else:
+            current = -row["train/total"]
+        row["score"] = current
+        is_best = current > tr.best
+        tr.best = max(tr.best, current)
+        if rank == 0:
+            end_epoch(tr, d, run, row, is_best)
+    if world > 1:
+        dist.barrier()
+        # drop DDP's reference to the process group first, so the group (and gloo's worker threads) is torn
+        # down inside destroy_process_group, not later during interpreter shutdown (a rare SIGABRT at exit)
+        tr.net = tr.model
+        dist.destroy_process_group()
+    return row
+
+
+def train_one_epoch(tr: Training, d: Data, run: Run, prog: EpochProgress, show_bar: bool) -> EpochProgress:
+    """Train epoch ``prog.epoch`` from batch ``prog.batch_in_epoch`` on (a mid-epoch checkpoint: the batches
+    it already trained on are skipped, its running sums kept); returns this rank's record of the epoch."""
+    tc = run.cfg.train
+    d.sampler.set_epoch(prog.epoch)
+    d.train_ds.set_epoch(prog.epoch)
+    d.sampler.skip = prog.batch_in_epoch * tc.batch_size
+    prog = replace(prog, loss_sums=dict(prog.loss_sums))
+    tr.net.train()
+    t0, prior_time = time.perf_counter(), prog.time_s
+    it = d.train_loader
+    if show_bar:
+        from tqdm import tqdm
+
+        it = tqdm(d.train_loader, desc=f"epoch {prog.epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False,
+                  initial=prog.batch_in_epoch, total=d.steps_per_epoch)
+    for batch in it:
+        prog.batch_in_epoch += 1
+        if batch["bad"]:
+            prog.n_bad += len(batch["bad"])
+            for reason in batch["bad"]:
+                _log(run.rank, f"warning: skipped bad frame: {reason}")
+        if tc.skip_bad and not _all_ranks_have_data(batch, run.device, run.world):
+            continue
+        terms, loss_val, bs = train_step(tr, batch, run, prog.epoch)
+        prog.n_seen += bs
+        for k, v in terms.items():
+            prog.loss_sums[k] = prog.loss_sums.get(k, 0.0) + v * bs
+        prog.loss_sums["total"] = prog.loss_sums.get("total", 0.0) + loss_val * bs
+        if it is not d.train_loader:
+            it.set_postfix(loss=f"{loss_val:.3f}", lr=f"{tr.scheduler.get_last_lr()[0]:.2e}")
+        if tc.ckpt_every_steps and tr.step % tc.ckpt_every_steps == 0 and prog.batch_in_epoch < d.steps_per_epoch:
+            save_mid_epoch(tr, run, replace(prog, time_s=prior_time + time.perf_counter() - t0))
+    prog.time_s = prior_time + time.perf_counter() - t0
+    return prog
+
+
+def train_step(tr: Training, batch: dict[str, Any], run: Run, epoch: int) -> tuple[dict[str, float], float, int]:
+    """One optimizer step on ``batch``: ({loss term: value}, total loss, batch size)."""
+    from .losses import compute_losses
+
+    cfg, device = run.cfg, run.device
+    b = to_device(batch, device)
+    with torch.autocast(device.type, dtype=tr.amp_dtype, enabled=tr.use_amp):
+        outputs = tr.net(b["image"], b["bev"])
+    # losses in fp32: focal / log terms are fragile in half precision
+    outputs = {k: v.float() for k, v in outputs.items()}
+    terms = compute_losses(outputs, b, cfg.loss, tr.sem_weights, ignore_index=cfg.classes.ignore_index)
+    loss = sum(terms.values())
+    _check_finite(loss, terms, run.out, epoch, tr.step, run.world)
+
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.scaler.scale(loss).backward()
+    tr.scaler.unscale_(tr.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), cfg.train.grad_clip)
+    if not tr.scaler.is_enabled() and not torch.isfinite(grad_norm):   # (AMP skips such steps itself)
+        raise TrainingDivergedError(run.out, f"non-finite gradient norm at epoch {epoch + 1} step {tr.step}; "
+                                             "last good checkpoint kept (lower --lr?)")
+    tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    tr.scheduler.step()
+    tr.step += 1
+    # one device->host copy for all logged values (each float() on a CUDA tensor is a sync)
+    *term_vals, loss_val = torch.stack([*(v.detach() for v in terms.values()), loss.detach()]).tolist()
+    return dict(zip(terms, term_vals)), loss_val, b["image"].shape[0]
+
+
+def sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them at the start of
+    each training forward, so after an epoch's last step every rank holds its own; validation must score
+    all shards with the model rank 0 saves."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def epoch_row(prog: EpochProgress, tr: Training) -> dict[str, Any]:
+    """The metrics.jsonl row of a finished epoch (all ranks' totals), before validation."""
+    row = {"epoch": prog.epoch + 1, "step": tr.step, "lr": tr.scheduler.get_last_lr()[0]}
+    row.update({f"train/{k}": v / max(prog.n_seen, 1) for k, v in prog.loss_sums.items()})
+    row.update({"train/frames": prog.n_seen, "train/skipped_bad": prog.n_bad})
+    row.update(epoch_time=prog.time_s, samples_per_s=prog.n_seen / max(prog.time_s, 1e-9))
+    return row
+
+
+def end_epoch(tr: Training, d: Data, run: Run, row: dict[str, Any], is_best: bool) -> None:
+    """Rank 0 at an epoch end: last.pt (+ best.pt), the metrics.jsonl row, the summary line, debug images."""
+    tc = run.cfg.train
+    ckpt = {**_state(tr, run.cfg, row["epoch"]), "metrics": row}
+    save_checkpoint(run.out / "last.pt", ckpt)
+    if is_best:
+        save_checkpoint(run.out / "best.pt", ckpt)
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    _log(run.rank, _summary(row))
+    if tc.viz_every and row["epoch"] % tc.viz_every == 0:
+        _debug_images(tr.model, d.val_loader or d.train_loader, run.cfg, run.device, run.out, row["epoch"])
+
+
+def save_mid_epoch(tr: Training, run: Run, prog: EpochProgress) -> None:
+    """last.pt part-way through an epoch: ``epoch`` counts completed epochs, ``progress`` the rest."""
+    total = reduce_progress(prog, run)
+    if run.rank == 0:
+        save_checkpoint(run.out / "last.pt", {**_state(tr, run.cfg, prog.epoch), "metrics": {},
+                                              "progress": total.to_dict()})
+
+
+def reduce_progress(prog: EpochProgress, run: Run) -> EpochProgress:
+    """``prog`` with its sums and counts summed over all ranks."""
+    n_seen, sums = _reduce_sums(prog.n_seen, {**prog.loss_sums, "bad": float(prog.n_bad)}, run.device, run.world)
+    n_bad = int(sums.pop("bad"))
+    return replace(prog, loss_sums=sums, n_seen=n_seen, n_bad=n_bad)
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def load_last(out: Path) -> dict[str, Any]:
+    last = out / "last.pt"
+    if not last.is_file():
+        raise ConfigError(last, "--resume given but there is no last.pt in the run directory")
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    try:
+        Config.from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise ConfigError(last, f"checkpoint config is invalid ({e})") from None
+    return ckpt
+
+
+def run_config(cfg: Config, data: str | Path, ckpt: dict | None, resume_epochs: int | None) -> Config:
+    """The config the run trains with: a resumed run's own (resolved class weights, model shape; only the
+    epoch budget may grow), else ``cfg`` with its semantic class weights resolved from ``data``."""
+    if ckpt is not None:
+        cfg = Config.from_dict(ckpt["config"]).override(**{"train.epochs": resume_epochs})
     elif cfg.loss.sem_class_weights != "none":
         cfg = resolve_sem_weights(cfg, data)
+    return cfg
 
+
+def seed_everything(tc) -> None:
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -163,22 +400,29 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)
 
-    # data: the sampler (seeded by seed + epoch) also handles world == 1, so there is a single code path
+
+def build_data(run: Run, data: str | Path, val: str | Path | None) -> Data:
+    """Loaders: the training sampler (seeded by seed + epoch) also handles world == 1, so there is a single
+    code path; validation frames are split over the ranks without repeats (``ShardSampler``)."""
+    cfg, tc, device = run.cfg, run.cfg.train, run.device
     train_ds = ChunkDataset(data, cfg, augment=tc.augment, seed=tc.seed, skip_bad=tc.skip_bad)
-    train_sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed,
-                                     drop_last=True)
+    sampler = ResumableSampler(train_ds, num_replicas=run.world, rank=run.rank, shuffle=True, seed=tc.seed,
+                               drop_last=True)
     loader_kw = {"collate_fn": collate, "num_workers": tc.num_workers, "pin_memory": device.type == "cuda"}
-    train_loader = DataLoader(train_ds, batch_size=tc.batch_size, sampler=train_sampler, drop_last=True,
-                              **loader_kw)
+    train_loader = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, drop_last=True, **loader_kw)
     val_loader = None
     if val is not None:
         val_ds = ChunkDataset(val, cfg, augment=False, skip_bad=tc.skip_bad)
-        val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-        val_loader = DataLoader(val_ds, batch_size=tc.batch_size, sampler=val_sampler, **loader_kw)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ConfigError(data, f"{len(train_ds)} frames are fewer than one batch of {tc.batch_size} x {world}")
+        val_loader = DataLoader(val_ds, batch_size=tc.batch_size, sampler=ShardSampler(len(val_ds), run.rank, run.world),
+                                **loader_kw)
+    if len(train_loader) == 0:
+        raise ConfigError(data, f"{len(train_ds)} frames are fewer than one batch of {tc.batch_size} x {run.world}")
+    return Data(train_ds, sampler, train_loader, val_loader, len(train_loader))
 
+
+def build_training(run: Run, steps_per_epoch: int) -> Training:
+    """Model, AdamW, warmup + cosine per step, AMP (CUDA only: bf16 where supported, else fp16 + GradScaler)."""
+    cfg, tc, device = run.cfg, run.cfg.train, run.device
     model = build_model(cfg).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -191,150 +435,56 @@ def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     sem_weights = torch.tensor(cfg.loss.sem_weights, dtype=torch.float32, device=device) \
         if cfg.loss.sem_weights else None
-
-    start_epoch, step, best = 0, 0, -math.inf
-    done_batches, partial = 0, {"sums": {}, "n_seen": 0, "bad": 0, "time": 0.0}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step, best = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("best_score", -math.inf))
-        set_rng_state(ckpt["rng"])
-        done_batches = int(ckpt.get("batch_in_epoch", 0))
-        if done_batches and rank == 0:
-            partial = ckpt["partial_epoch"]
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.pt.*.tmp"):     # left by a run killed while writing a checkpoint
-            stale.unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", cfg.to_dict())
-        _truncate_metrics(metrics_path, start_epoch)
-    for path, reason in train_ds.bad_files.items():
-        _log(rank, f"warning: skipped bad chunk {path}: {reason}")
-    if done_batches:
-        _log(rank, f"resuming epoch {start_epoch + 1} after batch {done_batches}/{steps_per_epoch} (step {step})")
-    _log(rank, f"train: {len(train_ds)} frames ({train_ds.skipped} skipped), "
-               f"{'no val' if val_loader is None else f'{len(val_loader.dataset)} val frames'}, "
-               f"{count_parameters(model) / 1e6:.2f} M params, {world} process(es) on {device}, "
-               f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs")
-
-    row: dict[str, Any] = {}
-    for epoch in range(start_epoch, tc.epochs):
-        train_sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        # a mid-epoch checkpoint: skip the batches it already trained on, keep its running sums
-        train_sampler.skip = done_batches * tc.batch_size
-        sums: dict[str, float] = dict(partial["sums"])
-        n_seen, n_bad, prior_time = int(partial["n_seen"]), int(partial["bad"]), float(partial["time"])
-        batch_in_epoch = done_batches
-        done_batches, partial = 0, {"sums": {}, "n_seen": 0, "bad": 0, "time": 0.0}
-        net.train()
-        t0 = time.perf_counter()
-        it = train_loader
-        if progress and rank == 0:
-            from tqdm import tqdm
-
-            it = tqdm(train_loader, desc=f"epoch {epoch + 1}/{tc.epochs}", dynamic_ncols=True, leave=False,
-                      initial=batch_in_epoch, total=steps_per_epoch)
-        for batch in it:
-            batch_in_epoch += 1
-            if batch["bad"]:
-                n_bad += len(batch["bad"])
-                for reason in batch["bad"]:
-                    _log(rank, f"warning: skipped bad frame: {reason}")
-            if tc.skip_bad and not _all_ranks_have_data(batch, device, world):
-                continue
-            b = to_device(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                outputs = net(b["image"], b["bev"])
-            # losses in fp32: focal / log terms are fragile in half precision
-            outputs = {k: v.float() for k, v in outputs.items()}
-            terms = compute_losses(outputs, b, cfg.loss, sem_weights, ignore_index=cfg.classes.ignore_index)
-            loss = sum(terms.values())
-            _check_finite(loss, terms, out, epoch, step, world)
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if not scaler.is_enabled() and not torch.isfinite(grad_norm):   # (AMP skips such steps itself)
-                raise TrainingDivergedError(out, f"non-finite gradient norm at epoch {epoch + 1} step {step}; "
-                                                 "last good checkpoint kept (lower --lr?)")
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-
-            bs = b["image"].shape[0]
-            n_seen += bs
-            # one device->host copy for all logged values (each float() on a CUDA tensor is a sync)
-            *term_vals, loss_val = torch.stack([*(v.detach() for v in terms.values()), loss.detach()]).tolist()
-            for k, v in zip(terms, term_vals):
-                sums[k] = sums.get(k, 0.0) + v * bs
-            sums["total"] = sums.get("total", 0.0) + loss_val * bs
-            if it is not train_loader:
-                it.set_postfix(loss=f"{loss_val:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0 and batch_in_epoch < steps_per_epoch:
-                # running sums over all ranks so far; on resume rank 0 carries them, the others start at 0
-                g_seen, g_sums = _reduce_sums(n_seen, {**sums, "bad": float(n_bad)}, device, world)
-                g_bad = int(g_sums.pop("bad"))
-                if rank == 0:
-                    save_checkpoint(out / "last.pt", {
-                        **_state(model, optimizer, scheduler, scaler, cfg, epoch, step, best), "metrics": {},
-                        "batch_in_epoch": batch_in_epoch,
-                        "partial_epoch": {"sums": g_sums, "n_seen": g_seen, "bad": g_bad,
-                                          "time": prior_time + time.perf_counter() - t0}})
-        train_time = prior_time + time.perf_counter() - t0
-        n_seen, sums = _reduce_sums(n_seen, {**sums, "bad": float(n_bad)}, device, world)
-        n_bad = int(sums.pop("bad"))
-
-        row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0]}
-        row.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
-        row.update({"train/frames": n_seen, "train/skipped_bad": n_bad})
-        row.update(epoch_time=train_time, samples_per_s=n_seen / max(train_time, 1e-9))
-        if val_loader is not None:
-            metrics = evaluate(model, val_loader, cfg, device, sem_weights=sem_weights,
-                               progress=progress and rank == 0)
-            row.update(flatten(metrics, "val/"))
-            current = score(metrics)
-        else:
-            current = -row["train/total"]
-        row["score"] = current
-        is_best = current > best
-        best = max(best, current)
-
-        if rank == 0:
-            ckpt_out = {**_state(model, optimizer, scheduler, scaler, cfg, epoch + 1, step, best), "metrics": row}
-            save_checkpoint(out / "last.pt", ckpt_out)
-            if is_best:
-                save_checkpoint(out / "best.pt", ckpt_out)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            _log(rank, _summary(row))
-            if tc.viz_every and (epoch + 1) % tc.viz_every == 0:
-                _debug_images(model, val_loader or train_loader, cfg, device, out, epoch + 1)
-    if world > 1:
-        dist.barrier()
-        # drop DDP's reference to the process group first, so the group (and gloo's worker threads) is torn
-        # down inside destroy_process_group, not later during interpreter shutdown (a rare SIGABRT at exit)
-        del net
-        dist.destroy_process_group()
-    return row
+    return Training(model, model, optimizer, scheduler, scaler, use_amp, amp_dtype, sem_weights)
 
 
-def _state(model, optimizer, scheduler, scaler, cfg: Config, epoch: int, step: int, best: float) -> dict:
+def restore(tr: Training, ckpt: dict | None, rank: int) -> tuple[int, EpochProgress | None]:
+    """Load a resumed checkpoint into ``tr`` (weights, optimizer, schedule, scaler, RNG, step, best score).
+    Returns (completed epochs, the mid-epoch record or None); ranks other than 0 get the record's position
+    only (rank 0 carries the running sums of all ranks)."""
+    if ckpt is None:
+        return 0, None
+    tr.model.load_state_dict(ckpt["model"])
+    tr.optimizer.load_state_dict(ckpt["optimizer"])
+    tr.scheduler.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt:
+        tr.scaler.load_state_dict(ckpt["scaler"])
+    tr.step, tr.best = int(ckpt["step"]), float(ckpt.get("best_score", -math.inf))
+    set_rng_state(ckpt["rng"])
+    prog = EpochProgress.from_checkpoint(ckpt)
+    if prog is not None and rank != 0:
+        prog = EpochProgress(prog.epoch, prog.batch_in_epoch)
+    return int(ckpt["epoch"]), prog
+
+
+def prepare_run_dir(run: Run, start_epoch: int) -> None:
+    if run.rank != 0:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    for stale in run.out.glob(".*.pt.*.tmp"):     # left by a run killed while writing a checkpoint
+        stale.unlink(missing_ok=True)
+    write_json_atomic(run.out / "config.json", run.cfg.to_dict())
+    _truncate_metrics(run.out / "metrics.jsonl", start_epoch)
+
+
+def log_start(run: Run, d: Data, tr: Training, resumed: EpochProgress | None) -> None:
+    for path, reason in d.train_ds.bad_files.items():
+        _log(run.rank, f"warning: skipped bad chunk {path}: {reason}")
+    if resumed is not None:
+        _log(run.rank, f"resuming epoch {resumed.epoch + 1} after batch {resumed.batch_in_epoch}/{d.steps_per_epoch} "
+                       f"(step {tr.step})")
+    val_loader, tc = d.val_loader, run.cfg.train
+    _log(run.rank, f"train: {len(d.train_ds)} frames ({d.train_ds.skipped} skipped), "
+                   f"{'no val' if val_loader is None else f'{len(val_loader.dataset)} val frames'}, "
+                   f"{count_parameters(tr.model) / 1e6:.2f} M params, {run.world} process(es) on {run.device}, "
+                   f"{d.steps_per_epoch} steps/epoch x {tc.epochs} epochs")
+
+
+def _state(tr: Training, cfg: Config, epoch: int) -> dict:
     """What a checkpoint needs to continue exactly; ``epoch`` counts completed epochs."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
-            "config": cfg.to_dict(), "best_score": best}
+    return {"model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
+            "scheduler": tr.scheduler.state_dict(), "scaler": tr.scaler.state_dict(), "epoch": epoch,
+            "step": tr.step, "rng": rng_state(), "config": cfg.to_dict(), "best_score": tr.best}
 
 
 def _all_ranks_have_data(batch: dict, device: torch.device, world: int) -> bool:

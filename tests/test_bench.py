@@ -146,3 +146,58 @@ def test_onnx_conv_macs_hand_counted(tmp_path):
     assert [m for _, _, m in r["nodes"]] == [21600, 648, 360, 105, 48]
     assert r["by_op"] == {"Conv": 22248, "ConvTranspose": 360, "MatMul": 105, "Gemm": 48}
     assert r["total"] == 22761
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained a few steps on its own 3 frames (an untrained one scores mAP 0 whatever the score
+    cut), exported to ONNX."""
+    from conftest import write_tiny_chunks
+    from test_runtime import export_tiny, runtime_cfg
+
+    from mtl.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = runtime_cfg(**{"train.augment": False, "train.lr": 1e-2, "train.warmup_steps": 1, "train.epochs": 15,
+                         "train.batch_size": 3, "loss.sem_class_weights": "none"})
+    chunks = write_tiny_chunks(root / "chunks", cfg, n_frames=3, per_chunk=2, seed=3)
+    train(cfg, chunks, root / "run", progress=False)
+    ckpt = root / "run" / "last.pt"
+    return {"cfg": cfg, "ckpt": ckpt, "onnx": export_tiny(ckpt, root / "export" / "model.onnx"), "chunks": chunks}
+
+
+def test_eval_gate_and_bench_give_the_same_metrics_for_the_same_model_and_frames(trained):
+    """`mtl eval` (torch, dataset loader), the export metric gate (onnxruntime session, `evaluate_sessions`)
+    and `mtl bench` (runtime pipelines, torch and onnxruntime) score the same frames with one accumulator and
+    one score cut (`decode.eval_score_threshold`), so they report the same mIoU and mAP."""
+    art = trained
+    import onnxruntime as ort
+
+    from mtl.bench import frame_outputs, load_frames, task_metrics, torch_pipeline
+    from mtl.evaluate import evaluate_checkpoint
+    from mtl.export.parity import FrameSource, evaluate_sessions
+    from mtl.metrics import MetricsAccumulator
+    from mtl.runtime import Pipeline
+
+    cfg = art["cfg"]
+    assert cfg.decode.eval_score_threshold < cfg.decode.score_threshold          # 0.05 vs the runtime's 0.3
+    ev, _ = evaluate_checkpoint(str(art["ckpt"]), str(art["chunks"]), batch_size=2, progress=False)
+    sess = ort.InferenceSession(str(art["onnx"]), providers=["CPUExecutionProvider"])
+    gate = evaluate_sessions({"fp32": sess}, FrameSource(art["chunks"], cfg), cfg, batch=1)["fp32"]
+    frames, _ = load_frames(art["chunks"], cfg, 10)
+    outs = {"torch": frame_outputs(torch_pipeline(art["ckpt"], threads=1), frames),
+            "onnxruntime": frame_outputs(Pipeline.open(art["onnx"], "onnxruntime", threads=1), frames)}
+    bench = {name: task_metrics(o, frames, cfg) for name, o in outs.items()}
+    assert ev["frames"] == gate["frames"] == len(frames) == 3
+    assert ev["n_gt"] and sum(ev["n_gt"].values()) > 0 and ev["map"] > 0
+    for got in (gate, *bench.values()):
+        assert got["map"] == pytest.approx(ev["map"], abs=1e-9)
+        assert got["miou"] == pytest.approx(ev["miou"], abs=1e-9)
+    # the score cut matters for this model: the runtime's boxes (decoded at 0.3, what `mtl bench` used to
+    # score) give another mAP
+    at_runtime = MetricsAccumulator(cfg.classes.sem_classes, cfg.classes.det_classes,
+                                    score_threshold=cfg.decode.score_threshold, max_detections=cfg.decode.max_detections)
+    for r, f in zip(outs["torch"], frames):
+        at_runtime.add_frame(f.frame_id, boxes=r["boxes"], scores=r["scores"], labels=r["labels"],
+                             gt_boxes=f.gt_boxes, gt_labels=f.gt_labels)
+    assert abs(at_runtime.compute()["map"] - ev["map"]) > 1e-3

@@ -46,6 +46,11 @@ def _load(path):
     raise AssertionError(f"cannot read {path}")
 
 
+def _batch_in_epoch(ck: dict) -> int:
+    """Batches done of the epoch in progress (0: an epoch-end checkpoint)."""
+    return ck.get("progress", {}).get("batch_in_epoch", 0)
+
+
 def _kill_mid_epoch(proc: subprocess.Popen, run) -> dict:
     """Freeze the trainer once last.pt is a mid-epoch checkpoint of epoch >= 2, then SIGKILL it."""
     last = run / "last.pt"
@@ -54,10 +59,10 @@ def _kill_mid_epoch(proc: subprocess.Popen, run) -> dict:
         assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
         if last.is_file():
             ck = _load(last)
-            if ck["epoch"] >= 1 and ck.get("batch_in_epoch", 0) > 0:
+            if ck["epoch"] >= 1 and _batch_in_epoch(ck) > 0:
                 proc.send_signal(signal.SIGSTOP)            # no more writes while we look
                 ck = _load(last)
-                if ck.get("batch_in_epoch", 0) > 0:
+                if _batch_in_epoch(ck) > 0:
                     proc.kill()
                     proc.wait(30)
                     return ck
@@ -77,12 +82,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path)
     ck = _kill_mid_epoch(proc, crashed)
     assert proc.returncode == -signal.SIGKILL
     steps_per_epoch = 12
-    assert 0 < ck["batch_in_epoch"] < steps_per_epoch and ck["step"] < EPOCHS * steps_per_epoch
+    assert 0 < _batch_in_epoch(ck) < steps_per_epoch and ck["step"] < EPOCHS * steps_per_epoch
     assert len(_rows(crashed)) < EPOCHS
 
     p = subprocess.run(_cmd(data, crashed, "--resume"), check=False, env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert f"resuming epoch {ck['epoch'] + 1} after batch {ck['batch_in_epoch']}/{steps_per_epoch}" in p.stdout
+    assert f"resuming epoch {ck['epoch'] + 1} after batch {_batch_in_epoch(ck)}/{steps_per_epoch}" in p.stdout
 
     a = torch.load(full / "last.pt", weights_only=True)
     b = torch.load(crashed / "last.pt", weights_only=True)

@@ -1,4 +1,5 @@
-"""mtl.metrics against hand-worked numbers: nuScenes AP, segmentation IoU, ENet / median-frequency class weights."""
+"""mtl.metrics: segmentation (mmsegmentation semantics), nuScenes AP (devkit formula), the dataset-level
+MetricsAccumulator (score cut, top-K, ignored boxes, tasks per frame, merging shards) and class weights."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +7,13 @@ import pytest
 
 from mtl.metrics import (
     DetectionAccumulator,
+    MetricsAccumulator,
     clip_weights,
     confusion_matrix,
     enet_weights,
     mean_ap,
     median_freq_weights,
+    metric_detections,
     nuscenes_ap,
     segmentation_metrics,
 )
@@ -198,6 +201,126 @@ def test_accumulator_ignored_gt_labels_and_max_range():
 
 
 # ------------------------------------------------------------------------------------------ class weights
+
+
+# ------------------------------------------------------------------------------- MetricsAccumulator
+
+
+def _acc(score_threshold: float = 0.3, max_detections: int = 10) -> MetricsAccumulator:
+    return MetricsAccumulator(["a", "b", "c"], ["car", "ped"], score_threshold=score_threshold,
+                              max_detections=max_detections, thresholds=(0.5, 1.0, 2.0, 4.0))
+
+
+def _dets(preds: list[tuple[float, float, float, int]]) -> dict:
+    """(x, y, score, label) -> the prediction keyword arguments of add_frame."""
+    return {"boxes": np.array([_box(x, y) for x, y, _, _ in preds]).reshape(-1, 7),
+            "scores": np.array([s for *_, s, _ in preds], float), "labels": np.array([lab for *_, lab in preds], int)}
+
+
+def _gt(gts: list[tuple[float, float, int]]) -> dict:
+    return {"gt_boxes": np.array([_box(x, y) for x, y, _ in gts]).reshape(-1, 7),
+            "gt_labels": np.array([lab for *_, lab in gts], int)}
+
+
+def test_metrics_accumulator_frames_with_one_task_or_both():
+    acc = _acc()
+    # "both": gt [[a, a], [b, ignore]] vs pred [[a, b], [b, c]] -> (a,a) (a,b) (b,b); the ignored pixel drops out
+    acc.add_frame("both", semantic_gt=np.array([[0, 0], [1, 255]]), semantic_pred=np.array([[0, 1], [1, 2]]),
+                  **_dets([(10.2, 0.0, 0.9, 0)]), **_gt([(10.0, 0.0, 0)]))
+    # semantics only: gt [c, c] vs pred [c, a]; its predictions of boxes (no box GT) are not scored
+    acc.add_frame("sem_only", semantic_gt=np.array([[2, 2]]), semantic_pred=np.array([[2, 0]]),
+                  **_dets([(30.0, 0.0, 0.95, 0)]))
+    # boxes only: one pedestrian found 1.5 m off -> TP at 2 and 4 m, FP at 0.5 and 1 m
+    acc.add_frame("boxes_only", **_dets([(5.0, 6.5, 0.7, 1)]), **_gt([(5.0, 5.0, 1)]))
+    m = acc.compute()
+    # confusion rows (gt) a: [1, 1, 0], b: [0, 1, 0], c: [1, 0, 1]; columns (pred) sum to 2, 2, 1
+    assert m["per_class_iou"] == {"a": pytest.approx(1 / 3), "b": pytest.approx(1 / 2), "c": pytest.approx(1 / 2)}
+    assert m["miou"] == pytest.approx(4 / 9, abs=1e-12)
+    assert m["pixel_acc"] == pytest.approx(3 / 5, abs=1e-12) and m["mean_acc"] == pytest.approx(2 / 3, abs=1e-12)
+    # car: one TP (0.2 m) for its one GT -> 1 at every threshold; ped: [0, 0, 1, 1] -> 0.5
+    assert m["ap_by_threshold"]["car"] == {k: pytest.approx(1.0) for k in ("0.5", "1.0", "2.0", "4.0")}
+    assert m["ap_by_threshold"]["ped"] == {"0.5": 0.0, "1.0": 0.0, "2.0": pytest.approx(1.0), "4.0": pytest.approx(1.0)}
+    assert m["ap"] == {"car": pytest.approx(1.0), "ped": pytest.approx(0.5)} and m["map"] == pytest.approx(0.75)
+    assert m["n_gt"] == {"car": 1, "ped": 1}
+    assert m["frames"] == 3 and acc.n_semantic_frames == 2 and acc.n_detection_frames == 2
+    assert set(m) == {"miou", "pixel_acc", "mean_acc", "per_class_iou", "map", "ap", "ap_by_threshold", "n_gt",
+                      "frames"}
+
+
+def test_metrics_accumulator_ignored_boxes_are_neither_matched_nor_counted():
+    # GT: a car at 10 m and an ignored box (-1) at 30 m; predictions: a car on the ignored box (0.9), then
+    # one on the real car (0.8) -> sorted [FP, TP] with 1 GT: precision 0.5 r, AP = 0.2 at every threshold
+    preds = _dets([(30.2, 0.0, 0.9, 0), (10.3, 0.0, 0.8, 0)])
+    acc = _acc()
+    acc.add_frame("f", **preds, **_gt([(10.0, 0.0, 0), (30.0, 0.0, -1)]))
+    m = acc.compute()
+    assert m["n_gt"]["car"] == 1 and m["ap"]["car"] == pytest.approx(0.2, abs=1e-12)
+    assert m["ap"]["ped"] is None and m["map"] == pytest.approx(0.2, abs=1e-12)     # no ped GT: not in the mean
+    counted = _acc()               # the same box labelled car instead: both predictions are TPs, AP 1
+    counted.add_frame("f", **preds, **_gt([(10.0, 0.0, 0), (30.0, 0.0, 0)]))
+    assert counted.compute()["ap"]["car"] == pytest.approx(1.0) and counted.compute()["n_gt"]["car"] == 2
+
+
+def test_metrics_accumulator_score_threshold_is_strict_and_changes_ap():
+    # one pedestrian GT with a perfect prediction of score 0.25 and a far FP of score 0.5
+    frame = {**_dets([(5.0, 5.0, 0.25, 1), (40.0, 0.0, 0.5, 1)]), **_gt([(5.0, 5.0, 1)])}
+    cut = _acc(score_threshold=0.3)                  # only the FP survives: AP 0
+    cut.add_frame("f", **frame)
+    low = _acc(score_threshold=0.2)                  # [FP 0.5, TP 0.25] with 1 GT: 0.2
+    low.add_frame("f", **frame)
+    at = _acc(score_threshold=0.25)                  # score == threshold is cut, like decode_detections
+    at.add_frame("f", **frame)
+    assert cut.compute()["map"] == 0.0 and at.compute()["map"] == 0.0
+    assert low.compute()["map"] == pytest.approx(0.2, abs=1e-12)
+
+
+def test_metrics_accumulator_keeps_the_top_k_scores_per_frame():
+    # car GT found by a 0.5 prediction; two pedestrian FPs score higher. Top-2 keeps only the FPs.
+    frame = {**_dets([(10.0, 0.0, 0.5, 0), (3.0, 3.0, 0.9, 1), (4.0, 4.0, 0.8, 1)]), **_gt([(10.0, 0.0, 0)])}
+    top2, top3 = _acc(max_detections=2), _acc(max_detections=3)
+    top2.add_frame("f", **frame)
+    top3.add_frame("f", **frame)
+    assert top2.compute()["ap"]["car"] == 0.0 and top3.compute()["ap"]["car"] == pytest.approx(1.0)
+    assert top2.compute()["ap"]["ped"] is None                  # FPs of a class without GT change nothing
+    # the K is per frame: the same frame again under another id keeps its own top 2
+    top2.add_frame("g", **frame)
+    assert top2.detections[1][1].tolist() == [0.9, 0.8]
+
+
+def test_metrics_accumulator_every_frame_once_and_merged_shards_equal_one_pass():
+    frames = [("f0", _dets([(10.2, 0.0, 0.9, 0)]), _gt([(10.0, 0.0, 0)]), np.array([[0, 1]])),
+              ("f1", _dets([(12.0, 0.0, 0.6, 0), (5.0, 5.5, 0.8, 1)]), _gt([(5.0, 5.0, 1)]), np.array([[1, 1]])),
+              ("f2", _dets([(20.0, 1.0, 0.7, 0)]), _gt([(20.0, 0.0, 0), (8.0, 0.0, -1)]), np.array([[2, 0]]))]
+    whole, shard0, shard1 = _acc(), _acc(), _acc()
+    for i, (fid, det, gt, sem) in enumerate(frames):
+        kw = dict(semantic_gt=np.array([[0, 1]]), semantic_pred=sem, **det, **gt)
+        whole.add_frame(fid, **kw)
+        (shard0 if i < 2 else shard1).add_frame(fid, **kw)
+    shard0.merge(shard1)
+    assert shard0.compute() == whole.compute() and shard0.frame_ids == ["f0", "f1", "f2"]
+    with pytest.raises(ValueError, match="'f1' was added twice"):
+        whole.add_frame("f1", semantic_gt=np.array([[0]]), semantic_pred=np.array([[0]]))
+    padded = _acc()                                    # DistributedSampler-style padding repeats f0
+    padded.add_frame("f0", semantic_gt=np.array([[0]]), semantic_pred=np.array([[0]]))
+    with pytest.raises(ValueError, match="scored on two ranks"):
+        whole.merge(padded)
+    with pytest.raises(ValueError, match="go together"):
+        _acc().add_frame("x", semantic_pred=np.array([[0]]))
+
+
+def test_metric_detections_decodes_at_the_eval_threshold_not_the_runtime_one():
+    from mtl.config import Config
+
+    cfg = Config().override(**{"decode.score_threshold": 0.5, "decode.eval_score_threshold": 0.05,
+                               "decode.max_detections": 2})
+    hh, hw = cfg.grid.head_shape
+    heat = np.zeros((cfg.classes.n_det, hh, hw), np.float32)
+    heat[0, 10, 10], heat[1, 40, 40], heat[0, 80, 80], heat[2, 90, 20] = 0.07, 0.6, 0.04, 0.3
+    det = metric_detections(heat, np.zeros((8, hh, hw), np.float32), cfg)
+    assert set(det) == {"boxes", "scores", "labels"}
+    assert det["scores"].tolist() == pytest.approx([0.6, 0.3]) and det["labels"].tolist() == [1, 2]   # top 2
+    det = metric_detections(heat, np.zeros((8, hh, hw), np.float32), cfg.override(**{"decode.max_detections": 9}))
+    assert det["scores"].tolist() == pytest.approx([0.6, 0.3, 0.07])          # 0.04 < 0.05 is cut
 
 
 def test_enet_weights_references():

@@ -223,3 +223,25 @@ def test_variant_table_and_export_options_import_neither_torch_nor_onnx():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_config_reads_the_metric_score_cut_from_its_old_place():
+    """Checkpoints, ONNX metadata and config files written before the move keep loading: the old
+    ``train.eval_score_threshold`` becomes ``decode.eval_score_threshold``; the new key wins over the old."""
+    from mtl.config import Config
+    from mtl.errors import ConfigError
+
+    new = Config().to_dict()
+    assert new["decode"]["eval_score_threshold"] == 0.05 and "eval_score_threshold" not in new["train"]
+    old = json.loads(json.dumps(new))
+    del old["decode"]["eval_score_threshold"]
+    old["train"]["eval_score_threshold"] = 0.07
+    before = json.dumps(old)
+    cfg = Config.from_dict(old)
+    assert cfg.decode.eval_score_threshold == 0.07 and json.dumps(old) == before          # input untouched
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict({"train": {"eval_score_threshold": 0.2}}).decode.eval_score_threshold == 0.2
+    both = {"train": {"eval_score_threshold": 0.2}, "decode": {"eval_score_threshold": 0.01}}
+    assert Config.from_dict(both).decode.eval_score_threshold == 0.01
+    with pytest.raises(ConfigError, match="train.eval_score_threshold: unknown config key"):
+        Config().override(**{"train.eval_score_threshold": 0.1})

@@ -133,6 +133,23 @@ def test_decode_in_graph_model_gives_the_same_boxes(art, pipe, tmp_path):
         assert np.allclose(a.scores, b.scores, atol=1e-6)
 
 
+def _old_config_layout(cfg_dict: dict, value: float) -> None:
+    """Edit a config dict in place into the layout of models exported before the metric score cut moved
+    from ``train.eval_score_threshold`` to ``decode.eval_score_threshold``."""
+    del cfg_dict["decode"]["eval_score_threshold"]
+    cfg_dict["train"]["eval_score_threshold"] = value
+
+
+def test_model_exported_with_the_old_config_layout_still_loads_and_runs(art, pipe, tmp_path):
+    old = export_tiny(art["ckpt"], tmp_path / "old.onnx", meta_edit=lambda m: _old_config_layout(m["config"], 0.07))
+    po = Pipeline.open(old, "onnxruntime", threads=1)
+    assert po.cfg.decode.eval_score_threshold == 0.07
+    assert po.cfg.to_dict() == art["cfg"].override(**{"decode.eval_score_threshold": 0.07}).to_dict()
+    f = next(iter_frames(art["chunks"], po.cfg))
+    a, b = pipe.run_frame(f), po.run_frame(f)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.boxes, b.boxes)
+
+
 # ----------------------------------------------------------------------------- raw A2D2 frames
 
 

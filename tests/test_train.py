@@ -27,6 +27,7 @@ def data(tmp_path_factory):
     (root / "config.json").write_text(cfg.to_json())
     write_tiny_chunks(root / "train", cfg, n_frames=4, per_chunk=2, seed=0)
     write_tiny_chunks(root / "val", cfg, n_frames=2, per_chunk=2, seed=1)
+    write_tiny_chunks(root / "val_odd", cfg, n_frames=5, per_chunk=2, seed=2)
     return root
 
 
@@ -112,6 +113,56 @@ def test_exact_resume(data, tmp_path):
     assert _rows(part)[-1]["train/total"] == _rows(full)[-1]["train/total"]
 
 
+def _old_checkpoint(ck: dict) -> dict:
+    """``ck`` as mtl wrote it before ``EpochProgress``: ``batch_in_epoch`` + ``partial_epoch`` instead of
+    ``progress``, and the metric score cut under ``train`` in the config."""
+    p = ck["progress"]
+    old = {k: v for k, v in ck.items() if k != "progress"}
+    old.update(batch_in_epoch=p["batch_in_epoch"],
+               partial_epoch={"sums": p["loss_sums"], "n_seen": p["n_seen"], "bad": p["n_bad"], "time": p["time_s"]})
+    cfg = json.loads(json.dumps(ck["config"]))
+    cfg["train"]["eval_score_threshold"] = cfg["decode"].pop("eval_score_threshold")
+    old["config"] = cfg
+    return old
+
+
+def test_mid_epoch_checkpoint_resumes_exactly_also_from_the_old_keys(data, tmp_path, monkeypatch):
+    import mtl.train
+
+    mid: dict[int, dict] = {}
+    real = mtl.train.save_checkpoint
+
+    def keep(path, obj):                # every mid-epoch last.pt of the uninterrupted run, as written
+        real(path, obj)
+        if "progress" in obj:
+            mid[obj["step"]] = torch.load(path, map_location="cpu", weights_only=True)
+
+    monkeypatch.setattr(mtl.train, "save_checkpoint", keep)
+    args = ("--epochs", "2", "--batch-size", "1", "--deterministic", "--seed", "4", "--ckpt-every-steps", "1")
+    full = tmp_path / "full"
+    assert _train(data, full, *args).exit_code == 0
+    assert sorted(mid) == [1, 2, 3, 5, 6, 7]            # 4 steps per epoch; epoch ends are not mid-epoch
+    ck = mid[6]
+    p = ck["progress"]
+    assert ck["epoch"] == 1 and (p["epoch"], p["batch_in_epoch"], p["n_seen"], p["n_bad"]) == (1, 2, 2, 0)
+    assert set(p["loss_sums"]) == {"hm", "reg", "sem", "total"} and p["time_s"] > 0
+    a = torch.load(full / "last.pt", weights_only=True)
+    for name, c in (("new", ck), ("old", _old_checkpoint(ck))):
+        run = tmp_path / name
+        run.mkdir()
+        torch.save(c, run / "last.pt")
+        (run / "metrics.jsonl").write_text((full / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+        r = _train(data, run, *args, "--resume")
+        assert r.exit_code == 0, r.output
+        assert "resuming epoch 2 after batch 2/4 (step 6)" in r.output
+        b = torch.load(run / "last.pt", weights_only=True)
+        assert b["step"] == a["step"] == 8 and "progress" not in b
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (name, k)
+        assert _rows(run)[-1]["train/total"] == _rows(full)[-1]["train/total"]
+        assert _rows(run)[-1]["train/frames"] == 4
+
+
 def test_resume_without_checkpoint_is_an_error(data, tmp_path):
     r = CliRunner().invoke(main, ["train", "--data", str(data / "train"), "--out", str(tmp_path / "x"),
                                   "--config", str(data / "config.json"), "--resume"])
@@ -149,6 +200,18 @@ def test_huge_lr_diverges_with_a_clear_error(data, tmp_path):
     assert "\nerror: " in r.output and "non-finite loss at epoch 1" in r.output
 
 
+def test_shard_sampler_splits_frames_without_repeats():
+    """Validation shards: contiguous, in rank order, every frame once (DistributedSampler pads the short
+    shards with repeated frames); lower ranks take the extra frames, so rank 0 has one whenever n > 0."""
+    from mtl.evaluate import ShardSampler
+
+    assert [list(ShardSampler(5, r, 2)) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert [list(ShardSampler(45, r, 4)) for r in range(4)] == [list(range(0, 12)), list(range(12, 23)),
+                                                                  list(range(23, 34)), list(range(34, 45))]
+    assert [list(ShardSampler(1, r, 2)) for r in range(2)] == [[0], []] and len(ShardSampler(1, 1, 2)) == 0
+    assert list(ShardSampler(3)) == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(data, tmp_path):
     if importlib.util.find_spec("torch.distributed.run") is None:    # what the command below runs
@@ -156,13 +219,29 @@ def test_torchrun_two_processes(data, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mtl.cli",
-           "train", "--data", str(data / "train"), "--val", str(data / "val"), "--out", str(run),
+           "train", "--data", str(data / "train"), "--val", str(data / "val_odd"), "--out", str(run),
            "--config", str(data / "config.json"), "--epochs", "2", "--batch-size", "1", "--no-progress"]
     p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    # 4 frames over 2 ranks x batch 1: 2 steps per epoch; metrics cover all frames of both ranks
-    assert rows[-1]["step"] == 4 and rows[-1]["val/frames"] == 2
+    # 4 frames over 2 ranks x batch 1: 2 steps per epoch
+    assert rows[-1]["step"] == 4
     assert "2 process(es)" in p.stdout
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+
+    # 5 validation frames on 2 ranks (3 + 2): each scored once, exactly like one process scores them
+    # (DistributedSampler would pad rank 1 with frame 0 and count 6 frames and frame 0's boxes twice)
+    ref_json = tmp_path / "single.json"
+    p = subprocess.run([sys.executable, "-m", "mtl.cli", "eval", "--checkpoint", str(run / "last.pt"), "--data",
+                        str(data / "val_odd"), "--batch-size", "1", "--out", str(ref_json), "--no-progress"],
+                       check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ref, got = json.loads(ref_json.read_text()), rows[-1]
+    assert got["val/frames"] == ref["frames"] == 5
+    assert {c: got[f"val/n_gt/{c}"] for c in ref["n_gt"]} == ref["n_gt"] and sum(ref["n_gt"].values()) > 5
+    for key in ("miou", "pixel_acc", "mean_acc", "map"):
+        assert got[f"val/{key}"] == ref[key], key
+    for cls, by_th in ref["ap_by_threshold"].items():
+        assert {th: got[f"val/ap_by_threshold/{cls}/{th}"] for th in by_th} == by_th, cls
+    assert got["val/loss/total"] == pytest.approx(ref["loss"]["total"], rel=1e-9)

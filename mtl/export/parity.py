@@ -8,8 +8,8 @@
   ``max_rel`` is ``max |a - b| / max(|ref|, 1e-3)`` elementwise (the floor keeps near-zero values from
   dominating).
 - ``evaluate_sessions``: mIoU / mAP of several onnxruntime sessions in ONE pass over the frames
-  (``mtl.metrics`` confusion matrix + ``DetectionAccumulator``, ``geometry.decode_detections`` at
-  ``cfg.train.eval_score_threshold``, like ``mtl eval``), numpy only.
+  (``mtl.metrics.MetricsAccumulator`` + ``metric_detections``: the same score cut and top-K as ``mtl eval``
+  and ``mtl bench``), numpy only.
 - ``metric_gate``: drop of mIoU and mAP of a variant against the fp32 ONNX model, against allowed drops.
 """
 from __future__ import annotations
@@ -246,17 +246,12 @@ def parity_report(model, cfg: Config, session, samples: list[dict], *, decode: b
 def evaluate_sessions(sessions: dict[str, Any], frames: Iterable[dict], cfg: Config, batch: int,
                       progress: bool = False) -> dict[str, dict[str, Any]]:
     """mIoU / mAP / pixel accuracy of every session over ``frames`` (one pass, frames loaded once)."""
-    from ..metrics import DetectionAccumulator, confusion_matrix, segmentation_metrics
+    from ..metrics import MetricsAccumulator, metric_detections
 
-    n_sem = cfg.classes.n_sem
-    thr = cfg.train.eval_score_threshold
-    conf = {k: np.zeros((n_sem, n_sem), np.int64) for k in sessions}
-    accs = {k: DetectionAccumulator(list(cfg.classes.det_classes)) for k in sessions}
-    n_frames = 0
+    accs = {k: MetricsAccumulator.from_config(cfg) for k in sessions}
     buf: list[dict] = []
 
     def flush():
-        nonlocal n_frames
         if not buf:
             return
         for feeds, n_real in batched(buf, batch):
@@ -265,12 +260,10 @@ def evaluate_sessions(sessions: dict[str, Any], frames: Iterable[dict], cfg: Con
                 out = dict(zip(names, sess.run(names, feeds)))
                 pred = out["sem_logits"][:n_real].argmax(1)
                 for i in range(n_real):
-                    conf[key] += confusion_matrix(buf[i]["semantic"], pred[i], n_sem, cfg.classes.ignore_index)
-                    det = numpy_decode(out, i, cfg, thr)
-                    gl = buf[i]["box_class"]
-                    keep = gl >= 0
-                    accs[key].add(det["boxes"], det["scores"], det["labels"], buf[i]["boxes"][keep], gl[keep])
-        n_frames += len(buf)
+                    f = buf[i]
+                    accs[key].add_frame(f["frame_id"], semantic_pred=pred[i], semantic_gt=f["semantic"],
+                                        **metric_detections(out["bbox_heatmap"][i], out["bbox_reg"][i], cfg),
+                                        gt_boxes=f["boxes"], gt_labels=f["box_class"])
         buf.clear()
 
     it = frames
@@ -284,11 +277,10 @@ def evaluate_sessions(sessions: dict[str, Any], frames: Iterable[dict], cfg: Con
             flush()
     flush()
     out: dict[str, dict] = {}
-    for key in sessions:
-        seg = segmentation_metrics(conf[key], list(cfg.classes.sem_classes))
-        det = accs[key].compute()
-        out[key] = {"miou": _f(seg["miou"]), "pixel_acc": _f(seg["pixel_acc"]), "map": _f(det["map"]),
-                    "ap": {k: _f(v) for k, v in det.get("ap", {}).items()}, "frames": n_frames}
+    for key, acc in accs.items():
+        m = acc.compute()
+        out[key] = {"miou": _f(m["miou"]), "pixel_acc": _f(m["pixel_acc"]), "map": _f(m["map"]),
+                    "ap": {k: _f(v) for k, v in m["ap"].items()}, "frames": m["frames"]}
     return out
 
 
