@@ -436,7 +436,8 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
 def _check_args(compare: tuple[str, ...], iters: int, warmup: int, rounds: int) -> None:
     unknown = [c for c in compare if c not in BENCH_BACKENDS]
     if unknown:
-        raise BackendUnavailableError(None, f"unknown --compare entries {unknown} (choose from {', '.join(BENCH_BACKENDS)})")
+        raise BackendUnavailableError(None, f"unknown --compare entries {unknown} "
+                                            f"(choose from {', '.join(BENCH_BACKENDS)})")
     if iters < 1 or warmup < 0 or rounds < 1:
         raise DataError(None, f"--iters and --rounds must be >= 1 and --warmup >= 0, got {iters} / {rounds} / {warmup}")
 
@@ -578,7 +579,8 @@ def to_markdown(report: dict) -> str:
     cfgd = report["model_config"]
     notes = [
         f"model `{report['model']}` (image {cfgd['image_hw'][0]}x{cfgd['image_hw'][1]}, BEV "
-        f"{cfgd['bev_channels']}x{cfgd['grid'][0]}x{cfgd['grid'][1]}), data `{report['data']}`: {report['frames']} frames, "
+        f"{cfgd['bev_channels']}x{cfgd['grid'][0]}x{cfgd['grid'][1]}), data `{report['data']}`: "
+        f"{report['frames']} frames, "
         f"{report['iters']} timed iterations (interleaved in {report.get('rounds', 1)} rounds) after "
         f"{report['warmup']} warm-up, batch 1, threads {report['threads']}",
         f"CPU: {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}); GPU: {dev['gpu'] or 'none'}",

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data.chunk import HAS_ALL, Chunk, list_chunks, load_npz, read_chunk
 from .config import Config
+from .data.chunk import HAS_ALL, Chunk, list_chunks, load_npz, read_chunk
 from .errors import ChunkError
 from .geometry import NearestTable, RemapTable, bev_raster, heatmap_targets, normalise_image, scale_cam_matrix
 

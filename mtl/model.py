@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .contract import OUTPUTS
 from .geometry import bev_to_image_grid, cam_matrix, scale_cam_matrix
 
 

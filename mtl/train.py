@@ -413,8 +413,8 @@ def build_data(run: Run, data: str | Path, val: str | Path | None) -> Data:
     val_loader = None
     if val is not None:
         val_ds = ChunkDataset(val, cfg, augment=False, skip_bad=tc.skip_bad)
-        val_loader = DataLoader(val_ds, batch_size=tc.batch_size, sampler=ShardSampler(len(val_ds), run.rank, run.world),
-                                **loader_kw)
+        val_loader = DataLoader(val_ds, batch_size=tc.batch_size,
+                                sampler=ShardSampler(len(val_ds), run.rank, run.world), **loader_kw)
     if len(train_loader) == 0:
         raise ConfigError(data, f"{len(train_ds)} frames are fewer than one batch of {tc.batch_size} x {run.world}")
     return Data(train_ds, sampler, train_loader, val_loader, len(train_loader))

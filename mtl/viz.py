@@ -236,7 +236,10 @@ def heatmap_panels(gt: np.ndarray, pred_prob: np.ndarray, grid: GridConfig, scal
     g = np.max(_np(gt).astype(np.float32), axis=0)
     p = np.max(_np(pred_prob).astype(np.float32), axis=0)
     diff = p - g
-    up = lambda a: np.repeat(np.repeat(bev_display(a), scale, 0), scale, 1)
+
+    def up(a):
+        return np.repeat(np.repeat(bev_display(a), scale, 0), scale, 1)
+
     panels = [
         _bev_panel(up(_apply_cmap(g, "inferno", 0.0, 1.0)), grid, f"{title_prefix}GT heatmap (max {g.max():.2f})"),
         _bev_panel(up(_apply_cmap(p, "inferno", 0.0, 1.0)), grid, f"pred sigmoid (max {p.max():.2f})"),

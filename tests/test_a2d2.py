@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from mtl import geometry
-from mtl.data import a2d2
 from mtl.config import CameraConfig, ClassesConfig, a2d2_classes
+from mtl.data import a2d2
 from mtl.errors import DataError
 
 CLASSES = ClassesConfig.a2d2_default()

@@ -22,13 +22,13 @@ from PIL import Image
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from test_convert import ALL, write_raw_tree
 from conftest import tiny_cfg, write_tiny_chunks
+from test_convert import ALL, write_raw_tree
 from test_runtime import tiny_artifacts
 
+from mtl.cli import main
 from mtl.data import a2d2
 from mtl.data.chunk import read_chunk
-from mtl.cli import main
 from mtl.errors import ChunkError, ConfigError, DataError, ModelMismatchError
 from mtl.geometry import bev_raster
 
@@ -126,7 +126,8 @@ CHUNK_CASES = [
     Case("chunk_image_semantic_size_mismatch", _chunk_case(_replace_png("semantic_png", _other_size_png)),
          ChunkError, "semantic map is 5x7 but the image is"),
     Case("chunk_nan_points", _chunk_case(_set("points", _nan_row(0))), ChunkError, "points contains NaN or inf"),
-    Case("chunk_inf_points", _chunk_case(_set("points", _nan_row(2, np.inf))), ChunkError, "points contains NaN or inf"),
+    Case("chunk_inf_points", _chunk_case(_set("points", _nan_row(2, np.inf))), ChunkError,
+         "points contains NaN or inf"),
     Case("chunk_zero_size_box", _chunk_case(_set("boxes", _nan_row(3, 0.0))), ChunkError,
          "boxes have non-positive length/width/height"),
     Case("chunk_nan_yaw", _chunk_case(_set("boxes", _nan_row(6))), ChunkError, "boxes contains NaN or inf"),

@@ -114,9 +114,8 @@ def test_onnx_conv_macs_hand_counted(tmp_path):
     """Conv, grouped strided Conv, ConvTranspose, MatMul and Gemm(transB) MACs from shape inference,
     against counts worked out by hand."""
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     from mtl.bench import onnx_conv_macs
 
@@ -134,7 +133,8 @@ def test_onnx_conv_macs_hand_counted(tmp_path):
     g = helper.make_graph(
         nodes, "macs",
         [vi("x", TensorProto.FLOAT, [1, 3, 10, 10]), vi("g", TensorProto.FLOAT, [1, 4, 6, 6]),
-         vi("t", TensorProto.FLOAT, [1, 2, 3, 3]), vi("m", TensorProto.FLOAT, [5, 7]), vi("q", TensorProto.FLOAT, [2, 4])],
+         vi("t", TensorProto.FLOAT, [1, 2, 3, 3]), vi("m", TensorProto.FLOAT, [5, 7]),
+         vi("q", TensorProto.FLOAT, [2, 4])],
         [vi(f"y{i}", TensorProto.FLOAT, None) for i in range(1, 6)],
         [init("w1", (8, 3, 3, 3)), init("w2", (4, 2, 3, 3)), init("w3", (2, 5, 2, 2)), init("w4", (7, 3)),
          init("w5", (6, 4))])
@@ -196,7 +196,8 @@ def test_eval_gate_and_bench_give_the_same_metrics_for_the_same_model_and_frames
     # the score cut matters for this model: the runtime's boxes (decoded at 0.3, what `mtl bench` used to
     # score) give another mAP
     at_runtime = MetricsAccumulator(cfg.classes.sem_classes, cfg.classes.det_classes,
-                                    score_threshold=cfg.decode.score_threshold, max_detections=cfg.decode.max_detections)
+                                    score_threshold=cfg.decode.score_threshold,
+                                    max_detections=cfg.decode.max_detections)
     for r, f in zip(outs["torch"], frames):
         at_runtime.add_frame(f.frame_id, boxes=r["boxes"], scores=r["scores"], labels=r["labels"],
                              gt_boxes=f.gt_boxes, gt_labels=f.gt_labels)

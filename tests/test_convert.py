@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mtl.data import a2d2
-from mtl.data.chunk import HAS_ALL, HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, read_chunk, write_chunk
 from mtl.cli import main
 from mtl.config import ClassesConfig, a2d2_classes
+from mtl.data import a2d2
+from mtl.data.chunk import HAS_ALL, HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, read_chunk, write_chunk
 from mtl.data.convert import convert
+from mtl.data.inspect import inspect_chunks
 from mtl.errors import ChunkError, ConfigError, DataError
 from mtl.geometry import scale_cam_matrix
-from mtl.data.inspect import inspect_chunks
 from mtl.io import encode_png
 
 CLASSES = ClassesConfig.a2d2_default()

@@ -85,7 +85,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(data, tmp_path)
     assert 0 < _batch_in_epoch(ck) < steps_per_epoch and ck["step"] < EPOCHS * steps_per_epoch
     assert len(_rows(crashed)) < EPOCHS
 
-    p = subprocess.run(_cmd(data, crashed, "--resume"), check=False, env=ENV, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(_cmd(data, crashed, "--resume"), check=False, env=ENV, capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert f"resuming epoch {ck['epoch'] + 1} after batch {_batch_in_epoch(ck)}/{steps_per_epoch}" in p.stdout
 

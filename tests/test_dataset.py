@@ -1,16 +1,17 @@
 """ChunkDataset: sample keys / shapes / dtypes, modality skipping, resize, flip consistency, collate, counts."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from conftest import TINY_HW, tiny_cfg, tiny_frame, write_tiny_chunks
-from mtl.data.chunk import HAS_ALL, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC
+
 from mtl.config import Config
+from mtl.data.chunk import HAS_ALL, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC
 from mtl.geometry import cam_matrix, points_in_boxes, project_points, scale_cam_matrix
+
 
 @pytest.fixture
 def tiny(tmp_path):

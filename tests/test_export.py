@@ -33,8 +33,8 @@ def setup(tmp_path_factory):
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "metrics": {}, "epoch": 0}, ckpt)
     out = root / "out"
     res = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--decode", "--fp16", "--int8",
-                                    "--int8-cpu", "--calib-data", str(calib), "--calib-frames", "4", "--val-data", str(val),
-                                    "--parity-frames", "3", "--gate-frames", "4"])
+                                    "--int8-cpu", "--calib-data", str(calib), "--calib-frames", "4",
+                                    "--val-data", str(val), "--parity-frames", "3", "--gate-frames", "4"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     report = json.loads((out / "export_report.json").read_text())
     return {"cfg": cfg, "model": model, "ckpt": ckpt, "val": val, "calib": calib, "out": out, "report": report,
@@ -297,8 +297,8 @@ def test_trt_check_graph_level_findings():
         ("warning", "op-restriction", "Cast: cast to DOUBLE: TensorRT computes it in FLOAT", "Cast@main"),
         ("warning", "op-restriction", "Cast: cast to DOUBLE: TensorRT computes it in FLOAT", "Cast@branch/then_branch"),
         ("error", "unsupported-op", "Unique (1 node) is not supported by TensorRT's ONNX parser", None),
-        ("warning", "int64-range", "2 int64 constant(s) outside the int32 range (e.g. 'huge'); older parsers clamp them",
-         None),
+        ("warning", "int64-range",
+         "2 int64 constant(s) outside the int32 range (e.g. 'huge'); older parsers clamp them", None),
     ]
     opset_info = ("info", "opset", "opset 22 needs a recent TensorRT 10 (10.0 parses up to 20)", None)
     assert _finding_rows(check_model(_graph_level_model())) == [

@@ -245,7 +245,8 @@ def _reference_bev_raster(points: np.ndarray, grid: GridConfig) -> np.ndarray:
 
 def _cloud(rng: np.random.Generator, n: int, grid: GridConfig) -> np.ndarray:
     """Uniform points in a box slightly larger than the grid, plus exact edges, NaN and inf rows."""
-    pts = np.column_stack([rng.uniform(grid.x_min - 2, grid.x_max + 2, n), rng.uniform(grid.y_min - 2, grid.y_max + 2, n),
+    pts = np.column_stack([rng.uniform(grid.x_min - 2, grid.x_max + 2, n),
+                           rng.uniform(grid.y_min - 2, grid.y_max + 2, n),
                            rng.uniform(grid.z_min - 0.5, grid.z_max + 0.5, n), rng.uniform(-0.1, 1.1, n)])
     edges = np.array([[grid.x_min, grid.y_min, grid.z_min, 0.5], [grid.x_max, 0.0, 0.0, 0.5],
                       [np.nextafter(np.float32(grid.x_max), np.float32(0)), grid.y_min, grid.z_max, 0.5],

@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from mtl.errors import OutputError, StorageError
 from mtl.io import (
-    JOURNAL,
     OutputLock,
     commit_files,
     pending_commit,

@@ -64,7 +64,8 @@ def test_readme_example_on_chunks(tmp_path):
     art["chunks"].rename(tmp_path / "val")
     lines = run_example(tmp_path)
     check_output(lines, "chunk")
-    boxes = [ln for ln in lines if re.fullmatch(r"\S+ +0\.\d\d  x= *-?\d+\.\d m  y= *-?\d+\.\d m  \d+\.\d x \d+\.\d m", ln)]
+    boxes = [ln for ln in lines if re.fullmatch(r"\S+ +0\.\d\d  x= *-?\d+\.\d m  "
+                                                r"y= *-?\d+\.\d m  \d+\.\d x \d+\.\d m", ln)]
     assert boxes, "\n".join(lines)                     # the per-box loop printed class, score, position, size
 
 

@@ -21,8 +21,8 @@ pytest.importorskip("onnxruntime")
 from click.testing import CliRunner
 from conftest import tiny_cfg, write_tiny_chunks
 
-from mtl.data.chunk import read_chunk, write_chunk
 from mtl.cli import main
+from mtl.data.chunk import read_chunk, write_chunk
 from mtl.errors import BackendUnavailableError, DataError, ModelMismatchError
 from mtl.runtime import Pipeline, RuntimeFrame, iter_frames
 
@@ -204,7 +204,8 @@ def test_chunk_calibration_image_size_and_class_mismatch_refused(art, pipe, tmp_
         pipe.run_frame(next(iter_frames(big)))
     # right intrinsics for the model but a different stored size -> image size refused
     fr = next(iter_frames(big))
-    with pytest.raises(ModelMismatchError, match="image size mismatch: image of .* is 40x80 but the model input is 32x64"):
+    with pytest.raises(ModelMismatchError,
+                       match="image size mismatch: image of .* is 40x80 but the model input is 32x64"):
         pipe.run_frame(replace(fr, cam_matrix=pipe.spec.model_cam_matrix))
 
     chunk = read_chunk(sorted(art["chunks"].glob("*.npz"))[0])
@@ -221,7 +222,8 @@ def test_grid_and_classes_mismatch_between_metadata_and_graph_refused(art, tmp_p
         meta["inputs"]["bev"] = [1, 8, 128, 64]
 
     onnx_grid = export_tiny(art["ckpt"], tmp_path / "grid.onnx", meta_edit=grid_edit)
-    with pytest.raises(ModelMismatchError, match=r"graph input 'bev' is \(1, 8, 64, 64\) but metadata says \(1, 8, 128, 64\)"):
+    with pytest.raises(ModelMismatchError,
+                       match=r"graph input 'bev' is \(1, 8, 64, 64\) but metadata says \(1, 8, 128, 64\)"):
         Pipeline.open(onnx_grid, "onnxruntime")
 
     def cls_edit(meta):
@@ -229,7 +231,8 @@ def test_grid_and_classes_mismatch_between_metadata_and_graph_refused(art, tmp_p
         meta["config"]["classes"]["det_groups"] = meta["config"]["classes"]["det_groups"][:3]   # a valid config
 
     onnx_cls = export_tiny(art["ckpt"], tmp_path / "cls.onnx", meta_edit=cls_edit)
-    with pytest.raises(ModelMismatchError, match="'bbox_heatmap' has 4 channels but the metadata config has 3 detection"):
+    with pytest.raises(ModelMismatchError,
+                       match="'bbox_heatmap' has 4 channels but the metadata config has 3 detection"):
         Pipeline.open(onnx_cls, "onnxruntime")
 
     def chan_edit(meta):
@@ -253,7 +256,8 @@ def test_wrong_input_shapes_and_dtypes_refused(art, pipe):
     h, w = art["cfg"].camera.image_hw
     img = np.zeros((h, w, 3), np.uint8)
     good_bev = np.zeros((1, 8, 64, 64), np.float32)
-    with pytest.raises(ModelMismatchError, match=r"input 'bev' has shape \(1, 8, 32, 32\), the model expects \(1, 8, 64, 64\)"):
+    with pytest.raises(ModelMismatchError,
+                       match=r"input 'bev' has shape \(1, 8, 32, 32\), the model expects \(1, 8, 64, 64\)"):
         pipe.infer({"image": np.zeros((1, 3, h, w), np.float32), "bev": np.zeros((1, 8, 32, 32), np.float32)})
     with pytest.raises(ModelMismatchError, match="input 'image' must be a float numpy array"):
         pipe.infer({"image": np.zeros((1, 3, h, w), np.uint8), "bev": good_bev})
@@ -292,7 +296,8 @@ def test_pipeline_run_checks_its_inputs_with_one_line_errors(art, pipe):
          r"image size mismatch: image is 1208x1920 but the model input is 32x64; Pipeline.run takes the undistorted"),
         (img, np.zeros((10, 3), np.float32), DataError, r"points has shape \(10, 3\), expected \(N, 4\)"),
         (img, np.zeros(4, np.float32), DataError, r"points has shape \(4,\), expected \(N, 4\)"),
-        (img, np.zeros((5, 4), np.int64), DataError, r"points must be a float array \(x, y, z, reflectance\), got dtype int64"),
+        (img, np.zeros((5, 4), np.int64), DataError,
+         r"points must be a float array \(x, y, z, reflectance\), got dtype int64"),
         (img, [[1, 2, 3, 4]], DataError, "points must be a float array .* got dtype int64"),
         (img, np.full((2, 4), "x"), DataError, "points must be a float array .* got dtype <U1"),
         (img, np.zeros((3, 4), bool), DataError, "points must be a float array .* got dtype bool"),
@@ -428,7 +433,8 @@ def test_tensorrt_unavailable_is_a_clear_error(art, tmp_path):
 
 def test_engine_sidecar_mismatch_refused_before_tensorrt(art, tmp_path):
     engine = _engine_with_sidecar(art, tmp_path, onnx_sha256="0" * 64)
-    with pytest.raises(ModelMismatchError, match=r"engine was built from another ONNX: sidecar onnx_sha256 000000000000\.\.\."):
+    with pytest.raises(ModelMismatchError,
+                       match=r"engine was built from another ONNX: sidecar onnx_sha256 000000000000\.\.\."):
         Pipeline.open(engine, "tensorrt")
     cfg = art["cfg"].to_dict()
     cfg["decode"]["score_threshold"] = 0.9
@@ -445,7 +451,8 @@ def test_cuda_backend_unavailable_and_auto_fallback_reported(art):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu installed: the CPU-only refusal path cannot be exercised")
-    with pytest.raises(BackendUnavailableError, match="onnxruntime-cuda: this onnxruntime has no CUDAExecutionProvider"):
+    with pytest.raises(BackendUnavailableError,
+                       match="onnxruntime-cuda: this onnxruntime has no CUDAExecutionProvider"):
         Pipeline.open(art["onnx"], "onnxruntime-cuda")
     p = Pipeline.open(art["onnx"], "auto", threads=1)
     assert p.backend_name == "onnxruntime" and p.fallback.startswith("auto -> onnxruntime (CPU)")

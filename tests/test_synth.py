@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from mtl import geometry
-from mtl.data import synth
 from mtl.config import CameraConfig, a2d2_classes
+from mtl.data import synth
 from mtl.errors import DataError
 
 SCALE = 0.15          # ray-cast resolution for tests; the PNGs are still full size
@@ -86,7 +86,8 @@ def test_layout_names_and_calibration(dataset):
     assert set(cal["lidars"]["front_center"]["view"]) == {"origin", "x-axis", "y-axis"}
     cam = cal["cameras"]["front_center"]
     ref = CameraConfig.a2d2_front_center()
-    assert np.allclose(cam["CamMatrix"], ref.cam_matrix) and np.allclose(cam["CamMatrixOriginal"], ref.cam_matrix_original)
+    assert (np.allclose(cam["CamMatrix"], ref.cam_matrix)
+            and np.allclose(cam["CamMatrixOriginal"], ref.cam_matrix_original))
     assert cam["Distortion"] == [list(ref.distortion)] and cam["Lens"] == "Telecam"
     assert cam["Resolution"] == [1920, 1208] and cam["tstamp_delay"] == 25000
     assert list(json.loads((dataset / "class_list.json").read_text()).items()) == \
@@ -236,7 +237,8 @@ def test_lidar_arrays_are_self_consistent(dataset, camera):
             assert np.allclose(z["distance"], np.linalg.norm(p, axis=1))
             u, v, _ = geometry.project_points(p, k)
             assert np.allclose(z["col"], u, atol=1e-9) and np.allclose(z["row"], v, atol=1e-9)
-            assert (z["col"] >= 0).all() and (z["col"] < 1920).all() and (z["row"] >= 0).all() and (z["row"] < 1208).all()
+            assert ((z["col"] >= 0).all() and (z["col"] < 1920).all()
+                    and (z["row"] >= 0).all() and (z["row"] < 1208).all())
             assert (z["lidar_id"] == 3.0).all()
             assert z["reflectance"].min() >= 0 and z["reflectance"].max() <= 255
             assert len(np.unique(z["reflectance"])) > 20

@@ -1,5 +1,6 @@
 """`mtl` command line. Each stage's commands live in its own torch-free-at-import module
-(mtl.cli.data, mtl.cli.train, mtl.cli.deploy, mtl.cli.doctor); heavy imports happen inside the command bodies so `mtl --help` is fast.
+(mtl.cli.data, mtl.cli.train, mtl.cli.deploy, mtl.cli.doctor); heavy imports happen inside the command bodies
+so `mtl --help` is fast.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ def _variant_flags(f):
 @_ck.option("--out", "out_dir", required=True, type=_ck.Path(file_okay=False),
             help=f"Output directory: {FP32.file} [+ {', '.join(v.file for v in OPTIONAL)}, *.engine], "
                  "export_report.json/.md.")
-@_ck.option("--opset", type=_ck.IntRange(min=18), default=18, show_default=True, help="ONNX opset (dynamo exporter: >= 18).")
+@_ck.option("--opset", type=_ck.IntRange(min=18), default=18, show_default=True,
+            help="ONNX opset (dynamo exporter: >= 18).")
 @_variant_flags
 @_ck.option("--calib-data", type=_ck.Path(file_okay=False), default=None, help="Chunks for INT8 calibration.")
 @_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True, help="Calibration frames.")
@@ -33,8 +34,10 @@ def _variant_flags(f):
             help=f"Chunks for the parity report and the {GATED_PRECISIONS} metric gates.")
 @_ck.option("--gate-frames", type=_ck.IntRange(min=0), default=128, show_default=True,
             help="Frames for the metric gate (evenly spaced; 0 = all of --val-data).")
-@_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True, help="Allowed mIoU drop of a variant vs fp32.")
-@_ck.option("--max-drop-map", type=float, default=0.02, show_default=True, help="Allowed mAP drop of a variant vs fp32.")
+@_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True,
+            help="Allowed mIoU drop of a variant vs fp32.")
+@_ck.option("--max-drop-map", type=float, default=0.02, show_default=True,
+            help="Allowed mAP drop of a variant vs fp32.")
 @_ck.option("--decode", is_flag=True, help="Add det_scores/det_labels/det_boxes (peak NMS + top-K + box decode) "
                                            "to the graph; the score threshold is applied by the runtime.")
 @_ck.option("--slim/--no-slim", default=True, show_default=True, help="onnxslim the fp32 graph (kept only if outputs "
@@ -48,8 +51,10 @@ def _variant_flags(f):
             help="TensorRT timing cache file (loaded if present, saved after the build) [default: OUT/timing.cache].")
 @_ck.option("--parity/--no-parity", default=True, show_default=True,
             help="Parity report + metric gates on real frames (needs --val-data or --calib-data).")
-@_ck.option("--parity-frames", type=_ck.IntRange(min=1), default=4, show_default=True, help="Frames for the parity report.")
-@_ck.option("--atol", type=float, default=1e-4, show_default=True, help="fp32 parity tolerance (max abs diff per output).")
+@_ck.option("--parity-frames", type=_ck.IntRange(min=1), default=4, show_default=True,
+            help="Frames for the parity report.")
+@_ck.option("--atol", type=float, default=1e-4, show_default=True,
+            help="fp32 parity tolerance (max abs diff per output).")
 def export_cmd(**flags):
     """Export CHECKPOINT to ONNX (dynamo, opset >= 18) with a parity report against torch on real frames,
     optional fp16 / int8 variants (each gated on mIoU / mAP drop), a static TensorRT-compatibility check and
@@ -67,56 +72,55 @@ COMMANDS.append(export_cmd)
 
 # ------------------------------------------------------------------------------- infer / bench
 # (torch-free at import: the runtime and bench modules are imported inside the command bodies)
-import click as _click
 
 _RUNTIME_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 
 
-@_click.command("infer")
-@_click.option("--model", "model", required=True, type=_click.Path(dir_okay=False),
-               help="Exported model: model.onnx (metadata key 'mtl') or a TensorRT .engine with its .engine.json.")
-@_click.option("--data", required=True, type=_click.Path(),
-               help="A directory of NPZ chunks, one chunk file, or a raw A2D2 tree (auto-detected).")
-@_click.option("--out", required=True, type=_click.Path(file_okay=False), help="Output directory.")
-@_click.option("--backend", type=_click.Choice(_RUNTIME_BACKENDS), default="auto", show_default=True,
-               help="auto: TensorRT EP -> CUDA EP -> CPU, each fallback reported. Explicit GPU backends never fall back.")
-@_click.option("--threads", type=int, default=None, help="CPU intra-op threads (default: onnxruntime's choice).")
-@_click.option("--overlay", is_flag=True, help="Also write <id>_overlay.png (semantic colours + projected boxes).")
-@_click.option("--limit", type=int, default=None, help="Process at most N frames.")
-@_click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_ck.command("infer")
+@_ck.option("--model", "model", required=True, type=_ck.Path(dir_okay=False),
+            help="Exported model: model.onnx (metadata key 'mtl') or a TensorRT .engine with its .engine.json.")
+@_ck.option("--data", required=True, type=_ck.Path(),
+            help="A directory of NPZ chunks, one chunk file, or a raw A2D2 tree (auto-detected).")
+@_ck.option("--out", required=True, type=_ck.Path(file_okay=False), help="Output directory.")
+@_ck.option("--backend", type=_ck.Choice(_RUNTIME_BACKENDS), default="auto", show_default=True,
+            help="auto: TensorRT EP -> CUDA EP -> CPU, each fallback reported. Explicit GPU backends never fall back.")
+@_ck.option("--threads", type=int, default=None, help="CPU intra-op threads (default: onnxruntime's choice).")
+@_ck.option("--overlay", is_flag=True, help="Also write <id>_overlay.png (semantic colours + projected boxes).")
+@_ck.option("--limit", type=int, default=None, help="Process at most N frames.")
+@_ck.option("--no-progress", is_flag=True, help="No progress bar.")
 def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
     """Run the torch-free runtime on every frame: OUT/<id>.json (boxes in metres with class names, scores,
     timing), OUT/<id>_sem.png (class-id PNG), optional overlays, OUT/summary.json."""
     from ..runtime.pipeline import infer_directory
 
     s = infer_directory(model, data, out, backend=backend, threads=threads, overlay_images=overlay, limit=limit,
-                        progress=not no_progress, log=lambda m: _click.echo(m, err=True))
+                        progress=not no_progress, log=lambda m: _ck.echo(m, err=True))
     t = s["mean_timing_ms"]
     skipped = ", ".join(f"{v} {k}" for k, v in s["frames_skipped"].items()) or "none"
-    _click.echo(f"{s['frames_written']} frames -> {out} ({s['backend']}: {', '.join(s['providers'])}); "
-                f"{s['detections']} detections; skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame")
-    _click.echo(f"summary: {out}/summary.json")
+    _ck.echo(f"{s['frames_written']} frames -> {out} ({s['backend']}: {', '.join(s['providers'])}); "
+             f"{s['detections']} detections; skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame")
+    _ck.echo(f"summary: {out}/summary.json")
 
 
-@_click.command("bench")
-@_click.option("--model", "model", required=True, type=_click.Path(dir_okay=False),
-               help=f"fp32 {FP32.file}; {' / '.join(v.file for v in OPTIONAL)} / *.engine are looked up next to it.")
-@_click.option("--compare", default=",".join(DEFAULT_COMPARE), show_default=True,
-               help=f"Comma-separated backends: {', '.join(BENCH_BACKENDS)}. Unavailable ones are listed as skipped "
-                    "with the reason.")
-@_click.option("--checkpoint", type=_click.Path(dir_okay=False), default=None,
-               help="Torch checkpoint: the eager torch column and the parity reference.")
-@_click.option("--data", required=True, type=_click.Path(), help="Chunks or a raw A2D2 tree (frames are preloaded).")
-@_click.option("--frames", "n_frames", type=int, default=8, show_default=True, help="Distinct frames to cycle through.")
-@_click.option("--iters", type=int, default=100, show_default=True, help="Timed frames per backend.")
-@_click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames per backend first.")
-@_click.option("--rounds", type=int, default=5, show_default=True,
-               help="Interleave the timed frames in this many rounds over all backends (machine drift hits "
-                    "every column alike).")
-@_click.option("--threads", type=int, default=None, help="Threads for every backend (ORT intra-op, torch).")
-@_click.option("--out", "out_dir", type=_click.Path(file_okay=False), default="benchmarks/results", show_default=True,
-               help="Directory for bench_<date>_<backends>.json / .md.")
-@_click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_ck.command("bench")
+@_ck.option("--model", "model", required=True, type=_ck.Path(dir_okay=False),
+            help=f"fp32 {FP32.file}; {' / '.join(v.file for v in OPTIONAL)} / *.engine are looked up next to it.")
+@_ck.option("--compare", default=",".join(DEFAULT_COMPARE), show_default=True,
+            help=f"Comma-separated backends: {', '.join(BENCH_BACKENDS)}. Unavailable ones are listed as skipped "
+                 "with the reason.")
+@_ck.option("--checkpoint", type=_ck.Path(dir_okay=False), default=None,
+            help="Torch checkpoint: the eager torch column and the parity reference.")
+@_ck.option("--data", required=True, type=_ck.Path(), help="Chunks or a raw A2D2 tree (frames are preloaded).")
+@_ck.option("--frames", "n_frames", type=int, default=8, show_default=True, help="Distinct frames to cycle through.")
+@_ck.option("--iters", type=int, default=100, show_default=True, help="Timed frames per backend.")
+@_ck.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames per backend first.")
+@_ck.option("--rounds", type=int, default=5, show_default=True,
+            help="Interleave the timed frames in this many rounds over all backends (machine drift hits "
+                 "every column alike).")
+@_ck.option("--threads", type=int, default=None, help="Threads for every backend (ORT intra-op, torch).")
+@_ck.option("--out", "out_dir", type=_ck.Path(file_okay=False), default="benchmarks/results", show_default=True,
+            help="Directory for bench_<date>_<backends>.json / .md.")
+@_ck.option("--no-progress", is_flag=True, help="No progress bar.")
 def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds, threads, out_dir, no_progress):
     """Per-stage latency (mean/p50/p90/p99), throughput, peak RSS and parity vs torch for each backend,
     printed as one table and written as JSON + markdown."""
@@ -125,8 +129,8 @@ def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds,
     names = tuple(c.strip() for c in compare.split(",") if c.strip())
     report = run_bench(model, data, names, checkpoint=checkpoint, iters=iters, warmup=warmup, threads=threads,
                        n_frames=n_frames, out_dir=out_dir, progress=not no_progress, rounds=rounds)
-    _click.echo(report["markdown"])
-    _click.echo(f"written: {report['written']['json']}\n         {report['written']['markdown']}")
+    _ck.echo(report["markdown"])
+    _ck.echo(f"written: {report['written']['json']}\n         {report['written']['markdown']}")
 
 
 COMMANDS += [infer_cmd, bench_cmd]

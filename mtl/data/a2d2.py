@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunk import load_npz
 from ..config import CameraConfig, ClassesConfig, a2d2_classes
 from ..errors import DataError
 from ..geometry import NearestTable, RemapTable, limit_period, undistort_map
 from ..io import decode_png
+from .chunk import load_npz
 
 KINDS = ("camera", "label", "lidar", "label3D")
 _EXT = {"camera": ".png", "label": ".png", "lidar": ".npz", "label3D": ".json"}

@@ -30,6 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..config import CameraConfig, ClassesConfig, Config, a2d2_classes
+from ..errors import ConfigError, DataError, MtlError
+from ..geometry import cam_matrix, scale_cam_matrix
+from ..io import encode_png, write_json_atomic
 from .a2d2 import (
     RawFramePaths,
     find_frames,
@@ -42,10 +46,6 @@ from .a2d2 import (
     read_lidar,
 )
 from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, write_chunk
-from ..config import CameraConfig, ClassesConfig, Config, a2d2_classes
-from ..errors import ConfigError, DataError, MtlError
-from ..geometry import cam_matrix, scale_cam_matrix
-from ..io import encode_png, write_json_atomic
 
 # bump when the same raw input would produce different chunk contents
 CONVERTER_VERSION = 1

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Chunk, Frame, list_chunks, read_chunk
 from ..config import ClassesConfig
 from ..errors import ChunkError
+from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Chunk, Frame, list_chunks, read_chunk
 
 
 def chunk_files(path: str | Path) -> list[Path]:

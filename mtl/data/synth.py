@@ -46,11 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .a2d2 import raw_file_path
 from ..config import CameraConfig, a2d2_classes, front_center_calib
 from ..errors import DataError
 from ..geometry import project_points, scale_cam_matrix, undistort_normalised
 from ..io import encode_png, write_bytes_atomic, write_json_atomic
+from .a2d2 import raw_file_path
 
 SYNTH_VERSION = 1
 CAMERA_HEIGHT = 1.70             # m; ground plane z = -CAMERA_HEIGHT in the camera view frame
@@ -934,7 +934,8 @@ def shade(surf: Surface, grid: _RayGrid, prims: Prims, hits: Hits, street: Stree
         for o in objs:
             cy, sy = math.cos(o.yaw), math.sin(o.yaw)
             ds, dt = sr - o.centre[0], tr - o.centre[1]
-            shadow |= (np.abs(cy * ds + sy * dt) < o.size[0] / 2 + 0.25) & (np.abs(-sy * ds + cy * dt) < o.size[1] / 2 + 0.25)
+            shadow |= ((np.abs(cy * ds + sy * dt) < o.size[0] / 2 + 0.25)
+                       & (np.abs(-sy * ds + cy * dt) < o.size[1] / 2 + 0.25))
         col[np.flatnonzero(ground)[shadow]] *= 0.45
     col += rng.standard_normal((n, 3), dtype=np.float32) * 0.018
     # haze towards the horizon colour, then the sky gradient
@@ -995,7 +996,8 @@ def lidar_scan(prims: Prims, street: Street, ego: Ego, ground_z: float, k: np.nd
     pl = (pts - grid.origin) @ rot.T
     azimuth = np.mod(math.pi / 2 - np.arctan2(pl[:, 1], pl[:, 0]), 2 * math.pi)
     cam_az = idx % grid.n_az
-    timestamp = cam_tstamp - TSTAMP_DELAY - 30_000 + ((grid.n_az - 1 - cam_az) * (FRAME_DT_US * LIDAR_AZ_STEP_DEG / 360)).astype(np.int64)
+    timestamp = cam_tstamp - TSTAMP_DELAY - 30_000 + (
+        (grid.n_az - 1 - cam_az) * (FRAME_DT_US * LIDAR_AZ_STEP_DEG / 360)).astype(np.int64)
     return {
         "azimuth": azimuth.astype(np.float64),
         "row": v.astype(np.float64),

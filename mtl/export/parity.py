@@ -158,7 +158,8 @@ def _merge_det(acc: dict | None, c: dict) -> dict:
     if acc is None:
         return dict(c, frames_failed=int(not c["passed"]))
     out = {k: acc[k] + c[k] for k in ("n_ref", "n_got", "matched", "unmatched", "unmatched_borderline")}
-    out.update(same_count=acc["same_count"] and c["same_count"], max_box_diff=max(acc["max_box_diff"], c["max_box_diff"]),
+    out.update(same_count=acc["same_count"] and c["same_count"],
+               max_box_diff=max(acc["max_box_diff"], c["max_box_diff"]),
                max_score_diff=max(acc["max_score_diff"], c["max_score_diff"]), passed=acc["passed"] and c["passed"],
                frames_failed=acc["frames_failed"] + int(not c["passed"]))
     return out

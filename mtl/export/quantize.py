@@ -12,8 +12,8 @@ INT8 (``quantize_int8``): ``onnxruntime.quantization.quantize_static`` in QDQ fo
 symmetric INT8 activations and weights (zero point 0: TensorRT rejects non-zero zero points and UINT8),
 per-channel weights, biases left in float (TensorRT's DequantizeLinear has no INT32 input), MinMax
 calibration over dataset frames, only ``Conv`` / ``ConvTranspose`` / ``MatMul`` / ``Gemm`` quantized (the decode
-tail after the heatmap Sigmoid and the resizes stay float) and, by default, the final head convs excluded (the last conv before each
-output: heatmap logits, box regression, semantic logits), whose outputs have a wide range that int8 would
+tail after the heatmap Sigmoid and the resizes stay float) and, by default, the final head convs excluded (the last conv
+before each output: heatmap logits, box regression, semantic logits), whose outputs have a wide range that int8 would
 turn directly into score / box / class errors. ``quant_pre_process`` (shape inference + basic graph
 optimisation) runs first when it succeeds.
 

@@ -317,7 +317,8 @@ def write_report(report: dict[str, Any], out_dir: Path, t_start: float, failed: 
 
 def variant_entry(path: Path, proto: Any, findings: list[dict], info: dict[str, Any]) -> dict[str, Any]:
     return {"path": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-            "nodes": len(proto.graph.node), "op_types": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
+            "nodes": len(proto.graph.node),
+            "op_types": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
             "trt_check": findings, "info": info, "status": "ok"}
 
 

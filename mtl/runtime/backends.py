@@ -501,7 +501,8 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
     is_engine = path.suffix in (".engine", ".plan", ".trt")
     if is_engine:
         if backend not in ("auto", "tensorrt"):
-            raise BackendUnavailableError(path, f"{backend} runs ONNX models; a TensorRT engine needs --backend tensorrt")
+            raise BackendUnavailableError(path, f"{backend} runs ONNX models; "
+                                                "a TensorRT engine needs --backend tensorrt")
         meta = read_sidecar(path)
         spec = check_sidecar(path, meta)
         b = TensorRTBackend(path, meta)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..config import CameraConfig, Config
-from ..errors import ConfigError, DataError, ModelMismatchError
 from ..contract import METADATA_FORMAT, METADATA_KEY, OUTPUTS, validate_metadata
+from ..errors import ConfigError, DataError, ModelMismatchError
 from ..geometry import bev_raster, cam_matrix, normalise_image, scale_cam_matrix
 
 STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
@@ -124,15 +124,16 @@ class ModelSpec:
             raise ModelMismatchError(p, f"metadata image input {self.image_shape} is not (B, 3, H, W)")
         if tuple(self.image_shape[2:]) != tuple(cfg.camera.image_hw):
             raise ModelMismatchError(p, f"metadata image input is {self.image_shape[2]}x{self.image_shape[3]} but "
-                                        f"its config says camera.image_hw {cfg.camera.image_hw[0]}x{cfg.camera.image_hw[1]}")
+                                        f"its config says camera.image_hw "
+                                        f"{cfg.camera.image_hw[0]}x{cfg.camera.image_hw[1]}")
         if len(self.bev_shape) != 4:
             raise ModelMismatchError(p, f"metadata bev input {self.bev_shape} is not (B, C, H, W)")
         if self.bev_shape[1] != cfg.grid.n_channels:
             raise ModelMismatchError(p, f"metadata bev input has {self.bev_shape[1]} channels but the config's grid "
                                         f"gives {cfg.grid.n_channels} (5 + {cfg.grid.n_height_slices} height slices)")
         if tuple(self.bev_shape[2:]) != tuple(cfg.grid.shape):
-            raise ModelMismatchError(p, f"metadata bev input is {self.bev_shape[2]}x{self.bev_shape[3]} but the config's "
-                                        f"grid is {cfg.grid.shape[0]}x{cfg.grid.shape[1]}")
+            raise ModelMismatchError(p, f"metadata bev input is {self.bev_shape[2]}x{self.bev_shape[3]} "
+                                        f"but the config's grid is {cfg.grid.shape[0]}x{cfg.grid.shape[1]}")
         missing = [o for o in OUTPUTS if o not in self.outputs]
         if missing:
             raise ModelMismatchError(p, f"model lacks outputs {missing} (has {list(self.outputs)})")
@@ -181,7 +182,8 @@ def check_classes(meta: dict, spec: ModelSpec, source: str) -> None:
         if names is None:
             continue
         if tuple(names) != tuple(model_names):
-            raise ModelMismatchError(source, f"data {key} differ from the model's ({_first_diff(tuple(names), tuple(model_names))})")
+            raise ModelMismatchError(source, f"data {key} differ from the model's "
+                                             f"({_first_diff(tuple(names), tuple(model_names))})")
 
 
 def check_cam_matrix(k_frame: np.ndarray, spec: ModelSpec, source: str, what: str = "frame cam_matrix") -> None:
