@@ -19,7 +19,6 @@ for any number of workers, and ``set_epoch`` changes the draw per epoch.
 from __future__ import annotations
 
 import warnings
-import zipfile
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import Config
-from .data.chunk import HAS_ALL, Chunk, list_chunks, load_npz, read_chunk
+from .data.chunk import HAS_ALL, Chunk, check_class_names, list_chunks, load_npz, parse_meta, read_chunk
 from .errors import ChunkError
 from .geometry import NearestTable, RemapTable, bev_raster, heatmap_targets, normalise_image, scale_cam_matrix
 
@@ -38,19 +37,19 @@ TENSOR_KEYS = ("image", "bev", "heatmap", "reg", "reg_mask", "semantic")
 LIST_KEYS = ("boxes", "box_class", "frame_id")
 
 
-def _index_chunk(path: Path) -> tuple[int, np.ndarray]:
-    """(number of frames, modality mask) of a chunk, reading only the two small members."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            n = len(z["frame_id"])
-            mask = z["modality_mask"] if "modality_mask" in z.files else np.full(n, HAS_ALL, np.uint8)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        # let the full reader produce the precise one-line error
-        arrays = load_npz(path)
-        if "frame_id" not in arrays:
-            raise ChunkError(path, "missing keys ['frame_id']") from None
-        raise ChunkError(path, "unreadable chunk") from None
-    return n, np.asarray(mask)
+def _index_chunk(path: Path, cfg: Config) -> tuple[int, np.ndarray]:
+    """(number of frames, modality mask) of a chunk, reading only its small members; a chunk whose recorded
+    class names differ from ``cfg``'s is refused (``ModelMismatchError``), as ``mtl infer`` does."""
+    arrays = load_npz(path, keys=("frame_id", "modality_mask", "meta"))
+    if "frame_id" not in arrays:
+        raise ChunkError(path, "missing keys ['frame_id']")
+    n = len(arrays["frame_id"])
+    if "meta" in arrays:
+        check_class_names(parse_meta(path, arrays["meta"]), cfg.classes, path)
+    mask = np.asarray(arrays.get("modality_mask", np.full(n, HAS_ALL, np.uint8)))
+    if mask.shape != (n,):
+        raise ChunkError(path, f"modality_mask has shape {mask.shape}, expected ({n},)")
+    return n, mask
 
 
 def resize_image(image: np.ndarray, out_hw: tuple[int, int], nearest: bool = False, fill: int = 0) -> np.ndarray:
@@ -117,7 +116,7 @@ class ChunkDataset(Dataset):
         self.bad_files: dict[str, str] = {}
         for ci, path in enumerate(self.files):
             try:
-                n, mask = _index_chunk(Path(path))
+                n, mask = _index_chunk(Path(path), cfg)
             except ChunkError as e:
                 if not skip_bad:
                     raise

@@ -99,8 +99,21 @@ def decode_png(data: bytes, source: str | Path, mode: str | None = None):
 
     if len(data) == 0:
         raise DataError(source, "PNG is empty (0 bytes)")
+    from .limits import limits, over_limit
+
+    lim = limits()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        im = Image.open(io.BytesIO(data))       # reads the header only: the size is known before decoding
+    except Image.DecompressionBombError as e:   # PIL's own cap (only above ours when MTL_MAX_IMAGE_PIXELS is raised)
+        raise DataError(source, f"PNG is too large to decode ({e})") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises several unrelated types for corrupt data
+        raise DataError(source, f"PNG does not decode ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w * h > lim.max_image_pixels:
+        im.close()
+        raise DataError(source, f"PNG is {w}x{h} = {w * h} pixels, {over_limit('max_image_pixels', lim)}")
+    try:
+        with im:
             im.load()
             if mode is not None and im.mode != mode:
                 im = im.convert(mode)

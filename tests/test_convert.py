@@ -16,7 +16,7 @@ from mtl.data import a2d2
 from mtl.data.chunk import HAS_ALL, HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, read_chunk, write_chunk
 from mtl.data.convert import convert
 from mtl.data.inspect import inspect_chunks
-from mtl.errors import ChunkError, ConfigError, DataError
+from mtl.errors import ChunkError, ConfigError, DataError, OutputError
 from mtl.geometry import scale_cam_matrix
 from mtl.io import encode_png
 
@@ -226,7 +226,7 @@ def test_overwrite_replaces_only_after_success(tmp_path):
     out = tmp_path / "out"
     convert(root, out, chunk_size=1, workers=1, progress=False)
     assert len(list(out.glob("chunk_*.npz"))) == 3
-    with pytest.raises(ConfigError, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         convert(root, out, workers=1, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # a failing conversion with --overwrite must not lose the old one
@@ -237,7 +237,8 @@ def test_overwrite_replaces_only_after_success(tmp_path):
     # a successful one replaces it and removes stale chunks
     summary = convert(root, out, chunk_size=64, overwrite=True, skip_bad=True, workers=1, progress=False,
                       log=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == ["chunk_00000.npz", "summary.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "chunk_00000.npz", "manifest.json", "summary.json"]
     assert summary["frames_written"] == 2
 
 
@@ -296,8 +297,18 @@ def test_cli_convert_and_inspect(tmp_path):
     r = runner.invoke(main, ["data", "inspect", str(out / "chunk_00001.npz")])
     assert r.exit_code == 0 and "1 frames" in r.stdout and "OK" in r.stdout
     r = runner.invoke(main, ["data", "convert", "--a2d2", str(root), "--out", str(out), "--no-progress"])
-    assert r.exit_code == ConfigError.exit_code and "--overwrite" in r.stderr
+    assert r.exit_code == OutputError.exit_code and "--overwrite" in r.stderr
     (out / "chunk_00001.npz").write_bytes(b"")
     r = runner.invoke(main, ["data", "inspect", str(out)])
     assert r.exit_code == ChunkError.exit_code
+    assert r.stderr.strip() == (f"error: {out}: chunk_00001.npz is 0 bytes but manifest.json says "
+                                f"{_listed_size(out, 'chunk_00001.npz')} "
+                                "(changed or truncated after it was written)")
+    (out / "manifest.json").unlink()          # a legacy directory: the chunk itself is then refused
+    r = runner.invoke(main, ["data", "inspect", str(out)])
+    assert r.exit_code == ChunkError.exit_code
     assert r.stderr.strip() == f"error: {out / 'chunk_00001.npz'}: file is empty (0 bytes)"
+
+
+def _listed_size(out: Path, name: str) -> int:
+    return next(e["size"] for e in json.loads((out / "manifest.json").read_text())["files"] if e["name"] == name)

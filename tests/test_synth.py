@@ -12,7 +12,7 @@ from PIL import Image
 from mtl import geometry
 from mtl.config import CameraConfig, a2d2_classes
 from mtl.data import synth
-from mtl.errors import DataError
+from mtl.errors import DataError, OutputError
 
 SCALE = 0.15          # ray-cast resolution for tests; the PNGs are still full size
 FRAMES, SEED, SCENE_SIZE = 3, 7, 2
@@ -303,7 +303,7 @@ def test_ground_is_at_camera_height(dataset, camera, undistort):
 
 def _file_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "synth_summary.json"}
+            if p.is_file() and p.name != "synth_summary.json" and p.name != ".mtl.lock"}
 
 
 def test_same_seed_same_bytes_for_any_workers_and_other_seed_differs(dataset, tmp_path):
@@ -321,17 +321,17 @@ def test_same_seed_same_bytes_for_any_workers_and_other_seed_differs(dataset, tm
 def test_refuses_non_empty_out_and_overwrite_replaces_only_synth_output(tmp_path):
     out = tmp_path / "raw"
     _gen(out, frames=2, scene_size=1)                      # scenes 000000, 000100
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         _gen(out, frames=1)
     _gen(out, frames=1, overwrite=True)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["20990101_000000"]   # stale scene removed
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="notes.txt"):
+    with pytest.raises(OutputError, match="notes.txt"):
         _gen(out, frames=1, overwrite=True)
     assert (out / "notes.txt").exists()
     (out / "notes.txt").unlink()
     (out / "20180807_145028").mkdir()                     # looks like a real A2D2 scene: never deleted
-    with pytest.raises(DataError, match="20180807_145028"):
+    with pytest.raises(OutputError, match="20180807_145028"):
         _gen(out, frames=1, overwrite=True)
     with pytest.raises(DataError, match="frames"):
         _gen(tmp_path / "x", frames=0)
@@ -349,5 +349,5 @@ def test_cli_synth(tmp_path):
     assert res.output.startswith("synth: 1 frames in 1 scenes") and "points/frame" in res.output
     assert len(_frames(out)) == 1 and (out / "synth_summary.json").is_file()
     res = CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--frames", "1", "--no-progress"])
-    assert res.exit_code == DataError.exit_code
+    assert res.exit_code == OutputError.exit_code
     assert "error:" in res.output and "not empty" in res.output

@@ -31,8 +31,12 @@ import numpy as np
 from ..config import CameraConfig, ClassesConfig, a2d2_classes
 from ..errors import DataError
 from ..geometry import NearestTable, RemapTable, limit_period, undistort_map
-from ..io import decode_png
+from ..io import decode_png, storage_error
+from ..limits import Limits, limits, over_limit
 from .chunk import load_npz
+
+_LIDAR_KEYS = ("points", "reflectance", "pcloud_points", "pcloud_attr.reflectance")
+_F32_MAX = float(np.finfo(np.float32).max)
 
 KINDS = ("camera", "label", "lidar", "label3D")
 _EXT = {"camera": ".png", "label": ".png", "lidar": ".npz", "label3D": ".json"}
@@ -112,12 +116,19 @@ def _matrix(value, path: Path, what: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_json(path: Path, missing: str = "file not found"):
-    """Parsed JSON of ``path``; a missing, unreadable or malformed file is a one-line ``DataError``."""
+    """Parsed JSON of ``path``; a missing, unreadable, oversized or malformed file is a one-line ``DataError``."""
+    lim = limits()
     try:
-        return json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > lim.max_json_bytes:
+            raise DataError(path, f"JSON file is {size} bytes, {over_limit('max_json_bytes', lim)}")
+        return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise DataError(path, missing) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise storage_error(e, path) or DataError(path, f"cannot read ({e})") from None
+    # ValueError: malformed JSON, bad UTF-8, or an integer of over 4300 digits; RecursionError: deep nesting
+    except (ValueError, RecursionError) as e:
         raise DataError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
 
 
@@ -167,7 +178,14 @@ def read_lidar(path: str | Path) -> np.ndarray:
     (``pcloud_points``, ``pcloud_attr.reflectance``). An empty cloud gives (0, 4).
     """
     path = Path(path)
-    z = load_npz(path, DataError)
+    lim = limits()
+
+    def check(members: dict) -> None:          # from the headers, before any array is loaded
+        for key in _LIDAR_KEYS:
+            if key in members and members[key][1] and members[key][1][0] > lim.max_points:
+                raise DataError(path, f"{key} has {members[key][1][0]} rows, {over_limit('max_points', lim)}")
+
+    z = load_npz(path, DataError, keys=_LIDAR_KEYS, check=check)
     pts = z.get("points", z.get("pcloud_points"))
     refl = z.get("reflectance", z.get("pcloud_attr.reflectance"))
     if pts is None:
@@ -185,6 +203,10 @@ def read_lidar(path: str | Path) -> np.ndarray:
     bad = ~np.isfinite(pts).all(axis=1) | ~np.isfinite(refl)
     if bad.any():
         raise DataError(path, f"{int(bad.sum())} of {len(pts)} points are NaN or inf")
+    huge = (np.abs(pts) > _F32_MAX).any(axis=1)
+    if huge.any():
+        raise DataError(path, f"{int(huge.sum())} of {len(pts)} points have coordinates that overflow float32 "
+                              f"(|value| > {_F32_MAX:.3g})")
     out = np.empty((len(pts), 4), np.float32)              # (N, 4)
     out[:, :3] = pts
     out[:, 3] = np.clip(refl.astype(np.float32) * (1.0 / 255.0), 0.0, 1.0)
@@ -194,16 +216,26 @@ def read_lidar(path: str | Path) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- boxes
 
 
-def _box_vector(box: dict, field: str, n: int, path: Path, name: str) -> np.ndarray:
+def _box_vector(box: dict, field: str, n: int, path: Path, name: str, lim: Limits) -> np.ndarray:
     if field not in box:
         raise DataError(path, f"{name} has no {field!r}")
     try:
         v = np.asarray(box[field], np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise DataError(path, f"{name}.{field} is not numeric") from None
+    except OverflowError:                      # an integer beyond float64 (e.g. 10**400)
+        raise DataError(path, f"{name}.{field} holds a number too large for float64") from None
     if v.size != n or not np.isfinite(v).all():
-        raise DataError(path, f"{name}.{field} must be {n} finite numbers, got {box[field]!r}")
+        raise DataError(path, f"{name}.{field} must be {n} finite numbers, got {_short(repr(box[field]))}")
+    big = np.abs(v) > lim.max_coordinate
+    if big.any():
+        raise DataError(path, f"{name}.{field} value {v[big][0]:g} is out of range: |value| "
+                              f"{over_limit('max_coordinate', lim)}")
     return v
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def read_boxes(path: str | Path, classes_cfg: ClassesConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -218,6 +250,9 @@ def read_boxes(path: str | Path, classes_cfg: ClassesConfig) -> tuple[np.ndarray
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise DataError(path, f"expected an object of boxes, got {type(doc).__name__}")
+    lim = limits()
+    if len(doc) > lim.max_boxes:
+        raise DataError(path, f"{len(doc)} boxes, {over_limit('max_boxes', lim)}")
     name_to_id = classes_cfg.a2d2_name_to_det_id()
     boxes = np.zeros((len(doc), 7), np.float64)            # (M, 7)
     cls = np.zeros(len(doc), np.int16)                     # (M,)
@@ -229,10 +264,10 @@ def read_boxes(path: str | Path, classes_cfg: ClassesConfig) -> tuple[np.ndarray
             raise DataError(path, f"{name} has no 'class' name")
         if label not in name_to_id:
             raise DataError(path, f"{name}: unknown class {label!r} (add it to classes.det_groups or det_ignore_names)")
-        centre = _box_vector(box, "center", 3, path, name)
-        size = _box_vector(box, "size", 3, path, name)
-        axis = _box_vector(box, "axis", 3, path, name)
-        angle = _box_vector(box, "rot_angle", 1, path, name)[0]
+        centre = _box_vector(box, "center", 3, path, name, lim)
+        size = _box_vector(box, "size", 3, path, name, lim)
+        axis = _box_vector(box, "axis", 3, path, name, lim)
+        angle = _box_vector(box, "rot_angle", 1, path, name, lim)[0]
         if (size <= 0).any():
             raise DataError(path, f"{name}.size must be positive, got {size.tolist()}")
         norm = float(np.linalg.norm(axis))
@@ -298,7 +333,7 @@ def _read_bytes(path: Path) -> bytes:
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except OSError as e:
-        raise DataError(path, f"cannot read ({e})") from None
+        raise storage_error(e, path) or DataError(path, f"cannot read ({e})") from None
 
 
 # ------------------------------------------------------------------------------ undistort + resize

@@ -10,16 +10,20 @@ map is an empty byte range, missing LiDAR is 0 points, missing label3D is 0 boxe
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import zipfile
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ChunkError, DataError, MtlError
-from ..io import atomic_path, decode_png
+from ..io import atomic_path, decode_png, pending_commit, storage_error
+from ..limits import Limits, limits, over_limit
 
 FORMAT_VERSION = 1
 HAS_IMAGE, HAS_SEMANTIC, HAS_LIDAR, HAS_BOXES = 1, 2, 4, 8
@@ -40,6 +44,8 @@ _REQUIRED = {
     "cam_matrix": (np.float32, 3),
     "meta": ("U", 0),
 }
+_KEYS = (*_REQUIRED, "modality_mask")
+MAX_FRAME_ID = 64           # characters; a format rule, the same on write and read
 
 
 @dataclass
@@ -126,8 +132,8 @@ def _check_frame(path: Path, f: Frame) -> None:
     def bad(reason: str) -> ChunkError:
         return ChunkError(path, f"frame {f.frame_id!r}: {reason}")
 
-    if not isinstance(f.frame_id, str) or not 0 < len(f.frame_id) <= 64:
-        raise bad("frame_id must be a non-empty string of at most 64 characters")
+    if not isinstance(f.frame_id, str) or not 0 < len(f.frame_id) <= MAX_FRAME_ID:
+        raise bad(f"frame_id must be a non-empty string of at most {MAX_FRAME_ID} characters")
     points, boxes = np.asarray(f.points), np.asarray(f.boxes)
     # explicit shapes: reshape(-1, 4) would silently scramble e.g. an (N, 3) array with N % 4 == 0
     if points.ndim != 2 or points.shape[1] != 4:
@@ -159,7 +165,7 @@ def write_chunk(path: str | Path, frames: Sequence[Frame], meta: dict) -> Path:
     for f in frames:
         _check_frame(path, f)
     arrays: dict[str, np.ndarray] = {}
-    arrays["frame_id"] = np.array([f.frame_id for f in frames], dtype="<U64")
+    arrays["frame_id"] = np.array([f.frame_id for f in frames], dtype=f"<U{MAX_FRAME_ID}")
     img = [np.frombuffer(f.image_png, np.uint8) for f in frames]
     sem = [np.frombuffer(f.semantic_png, np.uint8) for f in frames]
     arrays["image_png"], arrays["image_offsets"] = _concat(img, np.uint8, None)
@@ -188,35 +194,93 @@ def _check_offsets(path: str, name: str, off: np.ndarray, k: int, total: int) ->
         raise ChunkError(path, f"{name} is not monotonic")
 
 
-def load_npz(path: str | Path, error: type[MtlError] = ChunkError) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` without ever unpickling; any failure raises ``error(path, reason)``."""
+def npz_members(zf: zipfile.ZipFile, path: str | Path, error: type[MtlError], lim: Limits) -> dict:
+    """{key: (zip member, shape, dtype)} of every array in an open ``.npz``, from the zip and ``.npy`` headers
+    alone: nothing is decompressed beyond a header, and a member over the size cap, holding objects or
+    declaring more bytes than it holds is refused before anything is allocated."""
+    cap = lim.max_npz_member_bytes
+    members = {}
+    for info in zf.infolist():
+        key = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if key is None:
+            raise error(path, f"member {info.filename!r} is not an .npy array")
+        if info.file_size > cap + 65536:           # 64 KiB: more than any .npy header
+            raise error(path, f"member {key!r} is {info.file_size} bytes, {over_limit('max_npz_member_bytes', lim)}")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise error(path, f"member {key!r} has .npy format version {version}, expected 1.0 or 2.0")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            header = f.tell()
+        if dtype.hasobject:
+            raise error(path, "contains object arrays (pickle is never loaded)")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > cap:
+            raise error(path, f"member {key!r} {shape} {dtype} would take {nbytes} bytes, "
+                              f"{over_limit('max_npz_member_bytes', lim)}")
+        if nbytes > info.file_size - header:
+            raise error(path, f"member {key!r} declares {nbytes} bytes of data but holds "
+                              f"{info.file_size - header} (truncated or crafted npz)")
+        members[key] = (info, shape, dtype)
+    return members
+
+
+def load_npz(path: str | Path, error: type[MtlError] = ChunkError, keys: Collection[str] | None = None,
+             check: Callable[[dict], None] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (only ``keys`` when given) without ever unpickling; any failure raises
+    ``error(path, reason)``. Member sizes are checked from the headers first (``npz_members``), then
+    ``check({key: (info, shape, dtype)})`` may refuse more (e.g. too many points) before anything is loaded."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
     except FileNotFoundError:
         raise error(path, "file not found") from None
     except OSError as e:
-        raise error(path, f"cannot read ({e})") from None
+        raise storage_error(e, path) or error(path, f"cannot read ({e})") from None
     if not magic:
         raise error(path, "file is empty (0 bytes)")
     # np.load treats unknown bytes as a pickle and then blames allow_pickle, which would be misleading
     if magic != b"PK\x03\x04":
         raise error(path, "not an npz (zip) file")
+    lim = limits()
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        with zipfile.ZipFile(path) as zf:
+            members = npz_members(zf, path, error, lim)
+            if check is not None:
+                check(members)
+            out = {}
+            for key, (info, _, _) in members.items():
+                if keys is None or key in keys:
+                    with zf.open(info) as f:
+                        out[key] = np.lib.format.read_array(f, allow_pickle=False)
+            return out
+    except MtlError:
+        raise
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e) or "pickled" in str(e):
             raise error(path, "contains object arrays (pickle is never loaded)") from None
         raise error(path, f"not a readable npz ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+    except OSError as e:
+        raise storage_error(e, path) or error(path, f"corrupt or truncated npz ({type(e).__name__}: {e})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
         raise error(path, f"corrupt or truncated npz ({type(e).__name__}: {e})") from None
+
+
+def _check_per_frame(path: str, arrays: dict[str, np.ndarray], lim: Limits) -> None:
+    """Points and boxes of each frame within the caps (the runtime rasterises one frame at a time)."""
+    for key, off, cap in (("points", "point_offsets", "max_points"), ("boxes", "box_offsets", "max_boxes")):
+        n = np.diff(arrays[off])
+        if n.size and n.max() > getattr(lim, cap):
+            i = int(np.argmax(n))
+            raise ChunkError(path, f"frame {arrays['frame_id'][i]!s}: {int(n[i])} {key}, {over_limit(cap, lim)}")
 
 
 def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
     """Load and validate a chunk. Raises ``ChunkError`` naming the file and the first problem found."""
     path = str(path)
-    arrays = load_npz(path, ChunkError)
+    members: set[str] = set()
+    arrays = load_npz(path, ChunkError, keys=_KEYS, check=members.update)
 
     missing = [k for k in _REQUIRED if k not in arrays]
     if missing:
@@ -230,18 +294,21 @@ def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
             raise ChunkError(path, f"{key} has dtype {a.dtype}, expected {np.dtype(dtype)}")
         if a.ndim != ndim:
             raise ChunkError(path, f"{key} has {a.ndim} dims, expected {ndim}")
-    try:
-        meta = json.loads(str(arrays["meta"]))
-    except json.JSONDecodeError as e:
-        raise ChunkError(path, f"meta is not JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ChunkError(path, f"meta must be a JSON object, got {type(meta).__name__}")
+    meta = parse_meta(path, arrays["meta"])
     if meta.get("format_version") != FORMAT_VERSION:
         raise ChunkError(path, f"format_version {meta.get('format_version')!r}, this mtl reads {FORMAT_VERSION}")
+    unknown = sorted(members - set(_KEYS))      # never loaded; refused so a chunk is exactly what it says
+    if unknown:
+        raise ChunkError(path, f"unexpected member(s) {unknown} (not keys of chunk format {FORMAT_VERSION})")
 
     k = len(arrays["frame_id"])
     if k == 0:
         raise ChunkError(path, "chunk holds no frames")
+    id_len = np.char.str_len(arrays["frame_id"])
+    if id_len.min() == 0 or id_len.max() > MAX_FRAME_ID:
+        i = int(np.argmax((id_len == 0) | (id_len > MAX_FRAME_ID)))
+        raise ChunkError(path, f"frame {i}: frame_id has {int(id_len[i])} characters, the chunk format allows "
+                               f"1..{MAX_FRAME_ID}")
     if arrays["points"].shape[1:] != (4,):
         raise ChunkError(path, f"points has shape {arrays['points'].shape}, expected (N, 4)")
     if arrays["boxes"].shape[1:] != (7,):
@@ -254,6 +321,7 @@ def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
     _check_offsets(path, "semantic_offsets", arrays["semantic_offsets"], k, len(arrays["semantic_png"]))
     _check_offsets(path, "point_offsets", arrays["point_offsets"], k, len(arrays["points"]))
     _check_offsets(path, "box_offsets", arrays["box_offsets"], k, len(arrays["boxes"]))
+    _check_per_frame(path, arrays, limits())
     mask = np.full(k, HAS_ALL, np.uint8)
     if "modality_mask" in arrays:
         m = arrays["modality_mask"]
@@ -286,12 +354,131 @@ def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
     return Chunk(path=path, frame_ids=arrays["frame_id"], arrays=arrays, meta=meta)
 
 
-def list_chunks(directory: str | Path) -> list[Path]:
-    """Sorted chunk files of a directory (``*.npz``, temp files excluded)."""
-    d = Path(directory)
+# ------------------------------------------------------------------------------------------ manifest
+
+MANIFEST = "manifest.json"
+MANIFEST_KIND = "mtl chunks"
+INTERRUPTED = "an interrupted write was not finished: run the same command again to finish it"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_manifest(directory: Path, names: Sequence[str], **about) -> dict:
+    """The manifest of the files ``directory/<name>`` (name, size, sha256) plus what the set is (``about``)."""
+    files = [{"name": n, "size": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)}
+             for n in names]
+    return {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, **about, "files": files}
+
+
+def _read_manifest(directory: Path) -> dict[str, dict] | None:
+    """{name: entry} of ``directory/manifest.json``, None when there is none (a legacy directory)."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > 16 << 20:
+            raise ValueError("over 16 MiB")
+        doc = json.loads(path.read_bytes())
+    except OSError as e:
+        raise storage_error(e, path) or ChunkError(path, f"cannot read ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ChunkError(path, f"not a readable manifest ({type(e).__name__}: {e})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND:
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        raise ChunkError(path, f"is not a chunk manifest (kind {kind!r}, expected {MANIFEST_KIND!r})")
+    entries = doc.get("files")
+    ok = isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"] == Path(e["name"]).name
+        and e["name"] not in ("", ".", "..") and type(e.get("size")) is int and e["size"] >= 0
+        and isinstance(e.get("sha256"), str) and len(e["sha256"]) == 64 for e in entries)
+    if not ok:
+        raise ChunkError(path, "files must be a list of {name (a file of this folder), size, sha256}")
+    return {e["name"]: e for e in entries}
+
+
+def _check_listed(directory: Path, entry: dict, sha256: bool) -> None:
+    p = directory / entry["name"]
+    if not p.is_file():
+        raise ChunkError(directory, f"{entry['name']} is listed in {MANIFEST} but missing (incomplete output: "
+                                    "convert again)")
+    size = p.stat().st_size
+    if size != entry["size"]:
+        raise ChunkError(directory, f"{entry['name']} is {size} bytes but {MANIFEST} says {entry['size']} "
+                                    "(changed or truncated after it was written)")
+    if sha256 and file_sha256(p) != entry["sha256"]:
+        raise ChunkError(directory, f"{entry['name']} sha256 differs from {MANIFEST} (changed after it was written)")
+
+
+def list_chunks(path: str | Path, sha256: bool = False) -> list[Path]:
+    """The chunk files every reader reads: a directory's sorted ``*.npz`` (temp files excluded) or the one
+    chunk file ``path``, after checking the directory's manifest.
+
+    Refused (``ChunkError`` naming the directory): a pending commit (an interrupted convert), a file the
+    manifest lists that is missing or has another size (``sha256``: or other bytes), a ``*.npz`` the manifest
+    does not list (chunks of two conversions mixed). A directory without a manifest (written before manifests
+    or by hand with ``write_chunk``) is accepted as it is."""
+    p = Path(path)
+    d = p.parent if p.is_file() else p
     if not d.is_dir():
         raise ChunkError(d, "not a directory of chunks")
-    files = sorted(p for p in d.glob("*.npz") if not p.name.startswith("."))
+    if pending_commit(d):
+        raise ChunkError(d, INTERRUPTED)
+    files = [p] if p.is_file() else sorted(q for q in d.glob("*.npz") if not q.name.startswith("."))
+    listed = _read_manifest(d)
+    if listed is not None:
+        for f in files:
+            if f.name not in listed:
+                raise ChunkError(d, f"{f.name} is not listed in {MANIFEST}: files of another conversion are mixed "
+                                    "in (convert again with --overwrite, or move it out)")
+        for entry in listed.values() if not p.is_file() else [listed[p.name]]:
+            _check_listed(d, entry, sha256)
     if not files:
         raise ChunkError(d, "no *.npz chunks found (make them with `mtl data convert --a2d2 RAW --out DIR`)")
     return files
+
+
+def has_manifest(directory: str | Path) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+# ------------------------------------------------------------------------------------------ class lists
+
+
+def _first_diff(a: tuple, b: tuple) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"first difference at {i}: {x!r} vs model {y!r}"
+    return f"{len(a)} vs model {len(b)} classes"
+
+
+def check_class_names(meta: dict, classes, source: str | Path) -> None:
+    """Class names recorded in a chunk's meta (when there are) must equal ``classes`` (a ``ClassesConfig``:
+    the model's, or the config a model is trained with); else ``ModelMismatchError`` naming ``source``.
+    The one check ``mtl infer``, ``mtl eval``, ``mtl train`` and ``mtl export`` apply to their data."""
+    from ..errors import ModelMismatchError
+
+    for key, model_names in (("sem_classes", classes.sem_classes), ("det_classes", classes.det_classes)):
+        names = meta.get(key)
+        if names is None:
+            continue
+        if not isinstance(names, list) or tuple(names) != tuple(model_names):
+            got = tuple(names) if isinstance(names, list) else (names,)
+            raise ModelMismatchError(source, f"data {key} differ from the model's "
+                                             f"({_first_diff(got, tuple(model_names))})")
+
+
+def parse_meta(path: str | Path, raw: np.ndarray) -> dict:
+    """The chunk ``meta`` member (a JSON object) as a dict; ``ChunkError`` otherwise."""
+    try:
+        meta = json.loads(str(raw))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ChunkError(path, f"meta is not JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise ChunkError(path, f"meta must be a JSON object, got {type(meta).__name__}")
+    return meta

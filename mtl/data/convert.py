@@ -9,9 +9,14 @@ reason ("missing lidar+label3D"). With ``partial`` a frame is kept when it has a
 the chunk ``modality_mask`` records what it has (a label PNG without its camera image is not stored: the
 semantic map must align with a stored image).
 
-Output safety: chunks are written to a hidden staging folder inside DIR and moved into place only after the
-whole conversion succeeded, so a failed run (or Ctrl-C) leaves an existing DIR exactly as it was; with
-``overwrite`` stale ``chunk_*.npz`` from an earlier run are removed at that point, never before.
+Output safety: one convert per DIR at a time (``DIR/.mtl.lock``). Chunks, ``summary.json`` and
+``manifest.json`` (names, sizes, sha256 of the set; written last) are written to a hidden staging folder
+inside DIR and switched into place by one journaled commit (``io.commit_files``) only after the whole
+conversion succeeded: a failed, interrupted (Ctrl-C, SIGTERM) or killed run leaves an existing DIR as it
+was, or, killed during the commit itself, with a journal that readers refuse and the next convert rolls
+forward. With ``overwrite`` old ``chunk_*.npz`` the new set lacks are removed by that commit, never before.
+Staging folders of dead runs are removed when the next convert starts; worker processes die with the
+parent (``output.die_with_parent``).
 """
 from __future__ import annotations
 
@@ -31,9 +36,17 @@ import numpy as np
 
 from .. import __version__
 from ..config import CameraConfig, ClassesConfig, Config, a2d2_classes
-from ..errors import ConfigError, DataError, MtlError
+from ..errors import ConfigError, DataError, MtlError, OutputError, StorageError
 from ..geometry import cam_matrix, scale_cam_matrix
-from ..io import encode_png, write_json_atomic
+from ..io import (
+    OutputLock,
+    commit_files,
+    encode_png,
+    pending_commit,
+    recover_commit,
+    remove_stale_temps,
+    write_json_atomic,
+)
 from .a2d2 import (
     RawFramePaths,
     find_frames,
@@ -42,10 +55,22 @@ from .a2d2 import (
     read_boxes,
     read_camera_config,
     read_camera_png,
+    read_json,
     read_label_png,
     read_lidar,
 )
-from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Frame, write_chunk
+from .chunk import (
+    HAS_BOXES,
+    HAS_IMAGE,
+    HAS_LIDAR,
+    HAS_SEMANTIC,
+    INTERRUPTED,
+    MANIFEST,
+    Frame,
+    make_manifest,
+    write_chunk,
+)
+from .output import die_with_parent, drop_if_only_lock, remove_stale_staging, sigterm_as_interrupt
 
 # bump when the same raw input would produce different chunk contents
 CONVERTER_VERSION = 1
@@ -131,6 +156,8 @@ def _run_job(job: _Job) -> tuple:
     # errors travel back as plain tuples: MtlError(path, reason) does not survive pickling
     try:
         return ("ok", *load_frame(job.paths, job.camera, job.classes))
+    except StorageError as e:              # the machine refused a read: not a bad file to skip
+        return ("storage", "", e.path, e.reason)
     except MtlError as e:
         return ("bad", _bad_kind(job.paths, e), e.path, e.reason)
 
@@ -141,7 +168,8 @@ def _make_pool(workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor 
     fork is fast and needs no importable ``__main__`` (stdin, notebooks) but is only safe while this process
     has a single thread; otherwise spawn, which re-imports the caller's main module."""
     method = "fork" if threading.active_count() == 1 and "fork" in get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
     try:
         pool.submit(int).result()      # with fork, the first submit forks every worker
     except BrokenProcessPool as e:
@@ -207,39 +235,44 @@ class _Totals:
 # ------------------------------------------------------------------------------------ output dir
 
 
+STAGING_PREFIX = ".convert-staging-"
+
+
 def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check DIR and create the hidden staging folder the chunks are first written to."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(out, "output exists and is not a directory")
-    old = sorted(out.glob(CHUNK_PATTERN)) if out.is_dir() else []
-    if (old or (out / "summary.json").exists()) and not overwrite:
-        raise ConfigError(out, f"already holds a conversion ({len(old)} chunks); pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / f".convert-staging-{os.getpid()}"
+    """Under the output lock: finish a commit an earlier run was killed in, drop what dead runs left, refuse
+    to replace a conversion without ``overwrite``, and create this run's hidden staging folder."""
+    recover_commit(out)
+    remove_stale_temps(out)
+    remove_stale_staging(out, STAGING_PREFIX)
+    old = sorted(out.glob(CHUNK_PATTERN))
+    if (old or (out / "summary.json").exists() or (out / MANIFEST).exists()) and not overwrite:
+        raise OutputError(out, f"already holds a conversion ({len(old)} chunks); pass --overwrite to replace it "
+                               "(the old one stays until the new one is complete)")
+    staging = out / f"{STAGING_PREFIX}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
 
 
-def _commit(staging: Path, out: Path, names: list[str]) -> None:
-    for name in names:
-        os.replace(staging / name, out / name)
-    for stale in out.glob(CHUNK_PATTERN):
-        if stale.name not in names:
-            stale.unlink()
+def _commit(staging: Path, out: Path, chunk_names: list[str], summary: dict, about: dict) -> None:
+    """Switch ``out`` to the new set in one commit: chunks, summary.json, manifest.json last; old chunks the
+    new set lacks are removed by the commit itself (never before it)."""
+    write_json_atomic(staging / "summary.json", summary)
+    names = [*chunk_names, "summary.json"]
+    write_json_atomic(staging / MANIFEST, make_manifest(staging, names, **about))
+    old = [p.name for p in out.glob(CHUNK_PATTERN)] + ["summary.json", MANIFEST]
+    commit_files(staging, out, [*names, MANIFEST], remove=old)
 
 
 def _check_class_list(root: Path) -> None:
     """A dataset whose class_list.json disagrees with the packaged colour table would be mislabelled."""
-    import json
-
     path = root / "class_list.json"
     if not path.is_file():
         return
-    try:
-        theirs = {k.lower(): v for k, v in json.loads(path.read_text()).items()}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise DataError(path, f"not a readable colour -> class JSON object ({type(e).__name__})") from None
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise DataError(path, f"not a colour -> class JSON object (got {type(doc).__name__})")
+    theirs = {k.lower(): v for k, v in doc.items()}
     ours = a2d2_classes()["a2d2_colours"]
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if diff:
@@ -273,6 +306,27 @@ def _default_log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
+def _plan(root: Path, camera: CameraConfig, classes: ClassesConfig, partial: bool
+          ) -> tuple[list[RawFramePaths], list[_Job], dict[str, int]]:
+    """(frames found, the jobs to convert, skip reason -> count); DataError when nothing can be converted."""
+    found = find_frames(root)
+    if not found:
+        raise DataError(root, "no front-centre frames found (expected <scene>/<camera|label|lidar|label3D>/"
+                              "cam_front_center/<scene14>_<kind>_frontcenter_<id9>.<ext>)")
+    skipped: dict[str, int] = {}
+    jobs: list[_Job] = []
+    for paths in found:
+        chosen, reason = select_frame(paths, partial)
+        if chosen is None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            jobs.append(_Job(chosen, camera, classes))
+    if not jobs:
+        raise DataError(root, f"no frame could be converted: {len(found)} found, skipped {_fmt_counts(skipped)}"
+                              + ("" if partial else "; --partial keeps frames that have a camera image or LiDAR"))
+    return found, jobs, skipped
+
+
 def convert(
     root: str | Path, out: str | Path, cfg: Config | None = None, *, chunk_size: int = 64,
     image_size: str | tuple[int, int] | None = None, partial: bool = False, skip_bad: bool = False,
@@ -281,7 +335,8 @@ def convert(
 ) -> dict:
     """Convert the raw A2D2 tree ``root`` into chunks under ``out``; returns the summary (also written to
     ``out/summary.json``). Raises ``DataError`` on a bad file (unless ``skip_bad``) or when no frame could
-    be converted, ``ConfigError`` on bad options; in both cases ``out`` is left as it was."""
+    be converted, ``ConfigError`` on bad options, ``OutputError`` when ``out`` holds a conversion (without
+    ``overwrite``) or another convert is writing it; in every case ``out`` is left as it was."""
     t0 = time.perf_counter()
     cfg = cfg or Config()
     root, out = Path(root), Path(out)
@@ -290,26 +345,12 @@ def convert(
     workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
     if not root.is_dir():
         raise DataError(root, "A2D2 root is not a directory")
+    if pending_commit(root):               # e.g. an `mtl data synth` killed while it switched its tree
+        raise DataError(root, INTERRUPTED)
     camera = read_camera_config(root / "cams_lidars.json", cfg.camera.name, cfg.camera)
     camera = replace(camera, image_hw=resolve_image_hw(image_size, camera))
     _check_class_list(root)
-    found = find_frames(root)
-    if not found:
-        raise DataError(root, "no front-centre frames found (expected <scene>/<camera|label|lidar|label3D>/"
-                              "cam_front_center/<scene14>_<kind>_frontcenter_<id9>.<ext>)")
-
-    skipped: dict[str, int] = {}
-    jobs: list[_Job] = []
-    for paths in found:
-        chosen, reason = select_frame(paths, partial)
-        if chosen is None:
-            skipped[reason] = skipped.get(reason, 0) + 1
-        else:
-            jobs.append(_Job(chosen, camera, cfg.classes))
-    if not jobs:
-        raise DataError(root, f"no frame could be converted: {len(found)} found, skipped {_fmt_counts(skipped)}"
-                              + ("" if partial else "; --partial keeps frames that have a camera image or LiDAR"))
-
+    found, jobs, skipped = _plan(root, camera, cfg.classes, partial)
     meta = {
         "source": "a2d2", "source_root": str(root.resolve()), "converter": "mtl.data.convert",
         "converter_version": CONVERTER_VERSION, "mtl_version": __version__, "partial": partial,
@@ -318,37 +359,48 @@ def convert(
         "camera": camera.to_dict(),
         "classes": cfg.classes.to_dict(),
     }
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "output exists and is not a directory")
     created = not out.exists()
-    staging = _prepare_out(out, overwrite)
-    ok = False
-    try:
-        names, bad_files, totals = _write_all(jobs, staging, meta, chunk_size, workers, skip_bad, skipped,
-                                              progress, log, cfg.classes)
-        if not names:
-            raise DataError(root, f"no frame could be converted: {len(found)} found, skipped {_fmt_counts(skipped)}")
-        elapsed = time.perf_counter() - t0
-        written = sum(n for _, n in names)
-        summary = {
-            "source": str(root.resolve()), "out": str(out.resolve()), "converter_version": CONVERTER_VERSION,
-            "mtl_version": __version__,
-            "options": {"chunk_size": chunk_size, "image_hw": list(camera.image_hw), "partial": partial,
-                        "skip_bad": skip_bad, "workers": workers},
-            "frames_found": len(found), "frames_written": written, "frames_skipped": len(found) - written,
-            "skipped": dict(sorted(skipped.items())), "bad_files": bad_files,
-            "chunks": [{"file": name, "frames": n} for name, n in names],
-            **totals.to_dict(),
-            "elapsed_s": round(elapsed, 3), "seconds_per_frame": round(elapsed / max(1, len(jobs)), 4),
-        }
-        _commit(staging, out, [name for name, _ in names])
-        write_json_atomic(out / "summary.json", summary)
-        ok = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not ok and created and not any(out.iterdir()):
-            out.rmdir()
+    with OutputLock(out, "mtl data convert"), sigterm_as_interrupt():
+        staging, ok = None, False
+        try:
+            staging = _prepare_out(out, overwrite)
+            names, bad_files, totals = _write_all(jobs, staging, meta, chunk_size, workers, skip_bad, skipped,
+                                                  progress, log, cfg.classes)
+            if not names:
+                raise DataError(root, f"no frame could be converted: {len(found)} found, "
+                                      f"skipped {_fmt_counts(skipped)}")
+            summary = _summary(root, out, found, names, skipped, bad_files, totals, t0, len(jobs),
+                               {"chunk_size": chunk_size, "image_hw": list(camera.image_hw), "partial": partial,
+                                "skip_bad": skip_bad, "workers": workers})
+            about = {"written_by": "mtl data convert", "converter_version": CONVERTER_VERSION,
+                     "source": summary["source"], "frames": summary["frames_written"]}
+            _commit(staging, out, [name for name, _ in names], summary, about)
+            ok = True
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if not ok and created:
+                drop_if_only_lock(out)
     for reason, n in sorted(skipped.items()):
         log(f"warning: skipped {n} frame(s): {reason}")
     return summary
+
+
+def _summary(root: Path, out: Path, found: list, names: list[tuple[str, int]], skipped: dict[str, int],
+             bad_files: list[dict], totals: _Totals, t0: float, n_jobs: int, options: dict) -> dict:
+    elapsed = time.perf_counter() - t0
+    written = sum(n for _, n in names)
+    return {
+        "source": str(root.resolve()), "out": str(out.resolve()), "converter_version": CONVERTER_VERSION,
+        "mtl_version": __version__, "options": options,
+        "frames_found": len(found), "frames_written": written, "frames_skipped": len(found) - written,
+        "skipped": dict(sorted(skipped.items())), "bad_files": bad_files,
+        "chunks": [{"file": name, "frames": n} for name, n in names],
+        **totals.to_dict(),
+        "elapsed_s": round(elapsed, 3), "seconds_per_frame": round(elapsed / max(1, n_jobs), 4),
+    }
 
 
 def _write_all(jobs: list[_Job], staging: Path, meta: dict, chunk_size: int, workers: int, skip_bad: bool,
@@ -377,6 +429,8 @@ def _write_all(jobs: list[_Job], staging: Path, meta: dict, chunk_size: int, wor
         with Bar(total=len(jobs), unit="frame", desc="convert", disable=not progress, file=sys.stderr) as bar:
             for job, res in zip(jobs, _results(jobs, pool, window)):
                 bar.update(1)
+                if res[0] == "storage":
+                    raise StorageError(res[2], res[3])
                 if res[0] == "bad":
                     _, kind, path, reason = res
                     if not skip_bad:

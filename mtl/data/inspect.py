@@ -14,16 +14,25 @@ import numpy as np
 
 from ..config import ClassesConfig
 from ..errors import ChunkError
-from .chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC, Chunk, Frame, list_chunks, read_chunk
+from .chunk import (
+    HAS_BOXES,
+    HAS_IMAGE,
+    HAS_LIDAR,
+    HAS_SEMANTIC,
+    Chunk,
+    Frame,
+    has_manifest,
+    list_chunks,
+    read_chunk,
+)
 
 
 def chunk_files(path: str | Path) -> list[Path]:
+    """The chunk files under ``path`` (a directory or one chunk), its manifest checked with sha256."""
     p = Path(path)
-    if p.is_dir():
-        return list_chunks(p)
     if not p.exists():
         raise ChunkError(p, "not found")
-    return [p]
+    return list_chunks(p, sha256=True)
 
 
 def _class_names(chunk: Chunk) -> tuple[list[str], list[str], int]:
@@ -126,7 +135,9 @@ def inspect_chunks(path: str | Path) -> dict:
             stats.add_frame(frame)
         chunks.append({"file": str(file), "frames": len(chunk)})
     return {
-        "path": str(path), "chunks": chunks, "format_version": first.get("format_version"),
+        "path": str(path), "chunks": chunks, "manifest": has_manifest(Path(path) if Path(path).is_dir()
+                                                                      else Path(path).parent),
+        "format_version": first.get("format_version"),
         "source": first.get("source"), "converter_version": first.get("converter_version"),
         **stats.to_dict(),
     }
@@ -160,5 +171,9 @@ def format_report(r: dict) -> str:
     if r["duplicate_frame_ids"]:
         dup = r["duplicate_frame_ids"]
         lines.append(f"  warning: {len(dup)} duplicate frame ids, e.g. {dup[0]}")
-    lines.append("  OK: every chunk and PNG is valid")
+    if r.get("manifest"):
+        lines.append("  OK: every chunk and PNG is valid; the set matches manifest.json (names, sizes, sha256)")
+    else:
+        lines.append("  OK: every chunk and PNG is valid (no manifest.json: a directory written before manifests "
+                     "or by hand, so completeness is not checked)")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 import zipfile
 from collections.abc import Callable
@@ -47,10 +48,20 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CameraConfig, a2d2_classes, front_center_calib
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from ..geometry import project_points, scale_cam_matrix, undistort_normalised
-from ..io import encode_png, write_bytes_atomic, write_json_atomic
+from ..io import (
+    JOURNAL,
+    OutputLock,
+    commit_files,
+    encode_png,
+    recover_commit,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from .a2d2 import raw_file_path
+from .output import die_with_parent, drop_if_only_lock, remove_stale_staging, sigterm_as_interrupt
 
 SYNTH_VERSION = 1
 CAMERA_HEIGHT = 1.70             # m; ground plane z = -CAMERA_HEIGHT in the camera view frame
@@ -1175,28 +1186,56 @@ def _work(index: int) -> dict:
             "classes": classes}
 
 
+def _pool_init(parent_pid: int, *args) -> None:
+    die_with_parent(parent_pid)
+    _init_worker(*args)
+
+
 _OWN_ROOT_FILES = {"cams_lidars.json", "class_list.json", "synth_summary.json"}
 # only the synthetic year: --overwrite must never delete a real A2D2 tree (2018 scene folders)
 _SCENE_RE = re.compile(rf"^{BASE_TIME.year}\d{{4}}_\d{{6}}$")
+_STAGING_PREFIX = ".synth-staging-"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``overwrite``; then remove only what a synth run writes."""
-    if out.exists() and not out.is_dir():
-        raise DataError(out, "exists and is not a directory")
-    entries = sorted(out.iterdir()) if out.exists() else []
+def _own_hidden(name: str) -> bool:
+    """mtl's own bookkeeping in OUT (lock, commit journal, staging folders), not user content."""
+    return name in (OutputLock.NAME, JOURNAL) or name.startswith(_STAGING_PREFIX)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> list[str]:
+    """Under the output lock: finish an interrupted commit, drop what dead runs left, refuse a non-empty
+    ``out`` unless ``overwrite``. Returns the files (relative to ``out``) of the old synthetic dataset, which
+    the commit of the new one removes; anything synth never writes makes ``--overwrite`` refuse."""
+    recover_commit(out)
+    remove_stale_temps(out)
+    remove_stale_staging(out, _STAGING_PREFIX)
+    entries = sorted(e for e in out.iterdir() if not _own_hidden(e.name))
     if not entries:
-        return
+        return []
     if not overwrite:
-        raise DataError(out, f"is not empty ({len(entries)} entries); pass --overwrite to replace a synthetic dataset")
+        raise OutputError(out, f"is not empty ({len(entries)} entries); pass --overwrite to replace a synthetic "
+                               "dataset")
     foreign = [e.name for e in entries if not (e.name in _OWN_ROOT_FILES or (e.is_dir() and _SCENE_RE.match(e.name)))]
     if foreign:
-        raise DataError(out, f"--overwrite refused: holds entries synth never writes ({', '.join(foreign[:3])}); "
-                        "choose an empty directory")
-    import shutil
+        raise OutputError(out, f"--overwrite refused: holds entries synth never writes ({', '.join(foreign[:3])}); "
+                               "choose an empty directory")
+    return [str(p.relative_to(out)) for e in entries for p in ([e] if e.is_file() else sorted(e.rglob("*")))
+            if p.is_file() or p.is_symlink()]
 
-    for e in entries:
-        shutil.rmtree(e) if e.is_dir() else e.unlink()
+
+def _commit_tree(staging: Path, out: Path, old: list[str]) -> None:
+    """Switch ``out`` to the tree in ``staging`` in one journaled commit (synth_summary.json last); the old
+    dataset's files are removed by the commit, then its emptied scene folders."""
+    names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    names.remove("synth_summary.json")
+    names.append("synth_summary.json")
+    for parent in sorted({(out / n).parent for n in names}):     # the commit moves files, not folders
+        parent.mkdir(parents=True, exist_ok=True)
+    commit_files(staging, out, names, remove=old)
+    for scene in (e for e in out.iterdir() if e.is_dir() and _SCENE_RE.match(e.name)):
+        for d in sorted((p for p in scene.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [scene]:
+            if not any(d.iterdir()):
+                d.rmdir()
 
 
 def default_workers() -> int:
@@ -1206,7 +1245,10 @@ def default_workers() -> int:
 def generate(out: str | Path, frames: int, seed: int = 0, workers: int | None = None, scene_size: int = 50,
              overwrite: bool = False, progress: bool = False, _render_scale: float = RENDER_SCALE) -> dict:
     """Write ``frames`` synthetic frames in the raw A2D2 layout under ``out``; returns the summary dict
-    (also written to ``out/synth_summary.json``). Output bytes depend only on (frames, seed, scene_size)."""
+    (also written to ``out/synth_summary.json``). Output bytes depend only on (frames, seed, scene_size).
+
+    One synth per ``out`` at a time (``OutputLock``); the tree is rendered into a hidden staging folder and
+    switched in by one commit, so a failed, interrupted or killed run leaves an earlier dataset as it was."""
     out = Path(out)
     if frames < 1:
         raise DataError(out, f"--frames must be >= 1, got {frames}")
@@ -1218,13 +1260,36 @@ def generate(out: str | Path, frames: int, seed: int = 0, workers: int | None = 
     if workers < 1:
         raise DataError(out, f"--workers must be >= 1, got {workers}")
     workers = min(workers, frames)
-    _prepare_out(out, overwrite)
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "exists and is not a directory")
+    created = not out.exists()
+    with OutputLock(out, "mtl data synth"), sigterm_as_interrupt():
+        staging, ok = None, False
+        try:
+            old = _prepare_out(out, overwrite)
+            staging = out / f"{_STAGING_PREFIX}{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            summary = _render_all(staging, frames, seed, workers, scene_size, progress, _render_scale)
+            write_json_atomic(staging / "synth_summary.json", summary)
+            _commit_tree(staging, out, old)
+            ok = True
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if not ok and created:
+                drop_if_only_lock(out)
+    return summary
+
+
+def _render_all(root: Path, frames: int, seed: int, workers: int, scene_size: int, progress: bool,
+                render_scale: float) -> dict:
+    """Render and write every frame (and the root JSON files) under ``root``; returns the summary."""
     start = time.perf_counter()
     camera = CameraConfig.a2d2_front_center()
-    cam = camera_model(camera, _render_scale)
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "cams_lidars.json", (json.dumps(cams_lidars_json(), indent=1) + "\n").encode())
-    write_bytes_atomic(out / "class_list.json", (json.dumps(dict(class_colours()), indent=4) + "\n").encode())
+    cam = camera_model(camera, render_scale)
+    write_bytes_atomic(root / "cams_lidars.json", (json.dumps(cams_lidars_json(), indent=1) + "\n").encode())
+    write_bytes_atomic(root / "class_list.json", (json.dumps(dict(class_colours()), indent=4) + "\n").encode())
 
     from tqdm import tqdm
 
@@ -1232,7 +1297,7 @@ def generate(out: str | Path, frames: int, seed: int = 0, workers: int | None = 
     bar = tqdm(total=frames, unit="frame", desc="synth", disable=not progress)
     try:
         if workers == 1 or frames == 1:
-            _init_worker(str(out), seed, scene_size, cam, camera)
+            _init_worker(str(root), seed, scene_size, cam, camera)
             for i in range(frames):
                 results.append(_work(i))
                 bar.update()
@@ -1240,16 +1305,14 @@ def generate(out: str | Path, frames: int, seed: int = 0, workers: int | None = 
             import multiprocessing as mp
 
             with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(
-                    workers, initializer=_init_worker, initargs=(str(out), seed, scene_size, cam, camera)) as pool:
+                    workers, initializer=_pool_init,
+                    initargs=(os.getpid(), str(root), seed, scene_size, cam, camera)) as pool:
                 for r in pool.imap_unordered(_work, range(frames), chunksize=1):
                     results.append(r)
                     bar.update()
     finally:
         bar.close()
-    elapsed = time.perf_counter() - start
-    summary = _summary(results, frames, seed, scene_size, workers, elapsed)
-    write_json_atomic(out / "synth_summary.json", summary)
-    return summary
+    return _summary(results, frames, seed, scene_size, workers, time.perf_counter() - start)
 
 
 def _summary(results: list[dict], frames: int, seed: int, scene_size: int, workers: int, elapsed: float) -> dict:

@@ -118,7 +118,7 @@ def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = Fal
 def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
     from ..data.chunk import HAS_IMAGE, HAS_LIDAR, list_chunks, read_chunk
 
-    files = [path] if path.is_file() else list_chunks(path)
+    files = list_chunks(path)          # checks the directory's manifest (pending, missing, mixed)
     for cf in files:
         chunk = read_chunk(cf)
         for f in chunk:

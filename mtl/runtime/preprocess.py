@@ -167,23 +167,12 @@ def _fmt(shape: tuple) -> str:
 # ---------------------------------------------------------------------------------- frame checks
 
 
-def _first_diff(a: tuple, b: tuple) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"first difference at {i}: {x!r} vs model {y!r}"
-    return f"{len(a)} vs model {len(b)} classes"
-
-
 def check_classes(meta: dict, spec: ModelSpec, source: str) -> None:
-    """Chunk meta class names (when recorded) must equal the model's classes."""
-    cls = spec.cfg.classes
-    for key, model_names in (("sem_classes", cls.sem_classes), ("det_classes", cls.det_classes)):
-        names = meta.get(key)
-        if names is None:
-            continue
-        if tuple(names) != tuple(model_names):
-            raise ModelMismatchError(source, f"data {key} differ from the model's "
-                                             f"({_first_diff(tuple(names), tuple(model_names))})")
+    """Chunk meta class names (when recorded) must equal the model's classes (``data.chunk.check_class_names``,
+    the check mtl eval / train use too)."""
+    from ..data.chunk import check_class_names
+
+    check_class_names(meta, spec.cfg.classes, source)
 
 
 def check_cam_matrix(k_frame: np.ndarray, spec: ModelSpec, source: str, what: str = "frame cam_matrix") -> None:
