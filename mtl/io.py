@@ -102,16 +102,24 @@ def decode_png(data: bytes, source: str | Path, mode: str | None = None):
     from .limits import limits, over_limit
 
     lim = limits()
+
+    def check_size(w: int, h: int) -> None:
+        if w * h > lim.max_image_pixels:
+            raise DataError(source, f"PNG is {w}x{h} = {w * h} pixels, {over_limit('max_image_pixels', lim)}")
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":     # the size, before PIL sees the data
+        check_size(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
     try:
         im = Image.open(io.BytesIO(data))       # reads the header only: the size is known before decoding
     except Image.DecompressionBombError as e:   # PIL's own cap (only above ours when MTL_MAX_IMAGE_PIXELS is raised)
         raise DataError(source, f"PNG is too large to decode ({e})") from None
     except Exception as e:  # noqa: BLE001 - PIL raises several unrelated types for corrupt data
         raise DataError(source, f"PNG does not decode ({type(e).__name__}: {e})") from None
-    w, h = im.size
-    if w * h > lim.max_image_pixels:
+    try:
+        check_size(*im.size)                    # other formats PIL recognises
+    except DataError:
         im.close()
-        raise DataError(source, f"PNG is {w}x{h} = {w * h} pixels, {over_limit('max_image_pixels', lim)}")
+        raise
     try:
         with im:
             im.load()

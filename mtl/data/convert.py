@@ -70,7 +70,14 @@ from .chunk import (
     make_manifest,
     write_chunk,
 )
-from .output import die_with_parent, drop_if_only_lock, remove_stale_staging, sigterm_as_interrupt
+from .output import (
+    cleanup_staging,
+    die_with_parent,
+    drop_if_only_lock,
+    remove_stale_staging,
+    signals_deferred,
+    sigterm_as_interrupt,
+)
 
 # bump when the same raw input would produce different chunk contents
 CONVERTER_VERSION = 1
@@ -376,11 +383,11 @@ def convert(
                                 "skip_bad": skip_bad, "workers": workers})
             about = {"written_by": "mtl data convert", "converter_version": CONVERTER_VERSION,
                      "source": summary["source"], "frames": summary["frames_written"]}
-            _commit(staging, out, [name for name, _ in names], summary, about)
+            with signals_deferred():
+                _commit(staging, out, [name for name, _ in names], summary, about)
             ok = True
         finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+            cleanup_staging(staging, out)
             if not ok and created:
                 drop_if_only_lock(out)
     for reason, n in sorted(skipped.items()):

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..io import OutputLock, pid_alive
+from ..io import OutputLock, pending_commit, pid_alive
 
 PR_SET_PDEATHSIG = 1              # linux/prctl.h
 WATCHDOG_PERIOD_S = 0.5
@@ -71,6 +71,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT / SIGTERM that arrive inside the block are delivered when it ends (main thread only): a commit
+    is short, and finishing it beats leaving a journal for the next run to roll forward."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def cleanup_staging(staging: Path | None, out: Path) -> None:
+    """Remove this run's staging folder, unless a pending commit journal still needs its files (the next
+    run, or ``io.recover_commit``, finishes that commit and removes the folder)."""
+    if staging is not None and not pending_commit(out):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def remove_stale_staging(out: Path, prefix: str) -> int:
     """Delete ``out/<prefix><pid>`` folders of processes that are gone (a live one's is kept)."""
     n = 0
@@ -94,4 +115,5 @@ def drop_if_only_lock(out: Path) -> None:
             pass
 
 
-__all__ = ["die_with_parent", "drop_if_only_lock", "remove_stale_staging", "sigterm_as_interrupt"]
+__all__ = ["cleanup_staging", "die_with_parent", "drop_if_only_lock", "remove_stale_staging", "signals_deferred",
+           "sigterm_as_interrupt"]

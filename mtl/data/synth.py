@@ -61,7 +61,14 @@ from ..io import (
     write_json_atomic,
 )
 from .a2d2 import raw_file_path
-from .output import die_with_parent, drop_if_only_lock, remove_stale_staging, sigterm_as_interrupt
+from .output import (
+    cleanup_staging,
+    die_with_parent,
+    drop_if_only_lock,
+    remove_stale_staging,
+    signals_deferred,
+    sigterm_as_interrupt,
+)
 
 SYNTH_VERSION = 1
 CAMERA_HEIGHT = 1.70             # m; ground plane z = -CAMERA_HEIGHT in the camera view frame
@@ -1272,11 +1279,11 @@ def generate(out: str | Path, frames: int, seed: int = 0, workers: int | None = 
             staging.mkdir()
             summary = _render_all(staging, frames, seed, workers, scene_size, progress, _render_scale)
             write_json_atomic(staging / "synth_summary.json", summary)
-            _commit_tree(staging, out, old)
+            with signals_deferred():
+                _commit_tree(staging, out, old)
             ok = True
         finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+            cleanup_staging(staging, out)
             if not ok and created:
                 drop_if_only_lock(out)
     return summary
