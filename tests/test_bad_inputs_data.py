@@ -377,6 +377,11 @@ def test_limits_come_from_the_environment_and_a_bad_value_is_one_line(monkeypatc
         monkeypatch.setenv("MTL_MAX_POINTS", bad)
         with pytest.raises(ConfigError, match=rf"MTL_MAX_POINTS='{re.escape(bad)}': expected a positive integer"):
             limits()
+    monkeypatch.delenv("MTL_MAX_POINTS")
+    monkeypatch.setenv("MTL_MAX_COORDINATE", "inf")
+    r = CliRunner().invoke(main, ["data", "convert", "--a2d2", "nowhere", "--out", "nothing", "--skip-bad"])
+    assert r.exit_code == ConfigError.exit_code
+    assert r.stderr.strip().splitlines() == ["error: MTL_MAX_COORDINATE='inf': expected a positive number"]
 
 
 def test_readme_lists_every_cap_with_its_variable_and_default():
@@ -520,6 +525,10 @@ def test_permission_denied_is_one_line_exit_10_and_keeps_everything(shared_tmp):
     if os.getuid() == 0:
         line = _one_line(r, StorageError.exit_code)
         assert line.startswith(f"error: {out / 'chunk_00001.npz'}: Permission denied"), line
+        out.chmod(0o700)                                               # a folder nobody may list
+        line = _one_line(_cli(["data", "inspect", str(out)], **env), StorageError.exit_code)
+        assert line.startswith(f"error: {out}: Permission denied"), line
+        out.chmod(0o755)
 
     synth_out = shared_tmp / "synth"
     synth_out.mkdir()
@@ -616,10 +625,12 @@ def test_convert_overwrite_killed_at_every_write_point_leaves_old_or_new_then_fi
         if rc == 0:
             break
         assert rc == -signal.SIGKILL, (k, rc)
-        # the same command again finishes the job: the new set, nothing of the dead run left
-        again = subprocess.run(_convert_args(synth_raw, out, *NEW), env={**env, "MTL_FAULT_AT_WRITE": ""},
-                               capture_output=True, text=True)
-        assert again.returncode == 0, again.stderr
+        # the same command again (here in-process, one worker: same bytes) finishes the job: the new set,
+        # nothing of the dead run left
+        args = _convert_args(synth_raw, out, *NEW)[3:]
+        args[args.index("--workers") + 1] = "1"
+        again = CliRunner().invoke(main, args)
+        assert again.exit_code == 0, again.output
         assert _chunk_set(out) == new and not pending_commit(out)
         assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [OutputLock.NAME], k
         shutil.rmtree(out)
@@ -708,6 +719,10 @@ def test_synth_killed_mid_commit_is_refused_by_convert_then_finished_by_the_same
     r = CliRunner().invoke(main, ["data", "convert", "--a2d2", str(out), "--out", str(tmp_path / "c"),
                                   "--no-progress", "--workers", "1"])
     assert r.exit_code == DataError.exit_code and "an interrupted write was not finished" in r.stderr
+    from mtl.runtime import iter_frames
+
+    with pytest.raises(DataError, match="an interrupted write was not finished"):     # mtl infer on the raw tree
+        list(iter_frames(out))
     generate(1, 2)                                   # the same command again finishes it
     assert data(_tree(out)) == new != old
     assert not pending_commit(out) and not list(out.glob(".synth-staging-*"))

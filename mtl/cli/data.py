@@ -13,9 +13,10 @@ def data() -> None:
 
 
 @data.command("convert")
-@click.option("--a2d2", "root", required=True, type=click.Path(file_okay=False),
+@click.option("--a2d2", "root", required=True, type=click.Path(file_okay=False, readable=False),
               help="Raw A2D2 camera_lidar_semantic_bboxes root (holds cams_lidars.json and the scene folders).")
-@click.option("--out", required=True, type=click.Path(), help="Output directory for chunk_*.npz and summary.json.")
+@click.option("--out", required=True, type=click.Path(readable=False),
+              help="Output directory for chunk_*.npz, summary.json and manifest.json.")
 @click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per chunk.")
 @click.option("--image-size", default=None, metavar="HxW|original",
               help="Stored image size, e.g. 320x512, or 'original' (undistorted 1208x1920). "
@@ -34,7 +35,9 @@ def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite,
     """Convert a raw A2D2 front-centre tree into NPZ chunks (images undistorted + resized).
 
     Frames are paired by scene and frame id; by default a frame needs camera, label, lidar and label3D
-    (others are skipped and counted per reason). Writes DIR/summary.json and prints a one-line summary.
+    (others are skipped and counted per reason). Writes DIR/summary.json and DIR/manifest.json (every file
+    of the set with its size and sha256) and prints a one-line summary. The whole set is switched in by one
+    commit once the conversion succeeded: a failed, interrupted or killed run leaves DIR as it was.
     """
     from ..data.convert import convert, format_summary
 
@@ -45,7 +48,7 @@ def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite,
 
 
 @data.command("inspect")
-@click.argument("path", type=click.Path())
+@click.argument("path", type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(path, as_json):
     """Validate chunks (a chunk file or a directory of chunks) and print their statistics.
@@ -61,7 +64,8 @@ def inspect_cmd(path, as_json):
 
 
 @data.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root (raw A2D2 layout).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, readable=False),
+              help="Output root (raw A2D2 layout).")
 @click.option("--frames", default=200, show_default=True, type=click.IntRange(min=1), help="Number of frames.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Same seed -> byte-identical files (for any --workers).")

@@ -427,9 +427,10 @@ def list_chunks(path: str | Path, sha256: bool = False) -> list[Path]:
     d = p.parent if p.is_file() else p
     if not d.is_dir():
         raise ChunkError(d, "not a directory of chunks")
+    # iterdir, unlike glob, reports an unreadable folder (PermissionError naming it) instead of listing nothing
+    files = [p] if p.is_file() else sorted(q for q in d.iterdir() if q.suffix == ".npz" and not q.name.startswith("."))
     if pending_commit(d):
         raise ChunkError(d, INTERRUPTED)
-    files = [p] if p.is_file() else sorted(q for q in d.glob("*.npz") if not q.name.startswith("."))
     listed = _read_manifest(d)
     if listed is not None:
         for f in files:

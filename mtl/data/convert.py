@@ -47,6 +47,7 @@ from ..io import (
     remove_stale_temps,
     write_json_atomic,
 )
+from ..limits import limits
 from .a2d2 import (
     RawFramePaths,
     find_frames,
@@ -350,6 +351,7 @@ def convert(
     if chunk_size < 1:
         raise ConfigError(None, f"--chunk-size must be >= 1, got {chunk_size}")
     workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+    limits()                               # a bad MTL_MAX_* value: refused here, not once per frame in a worker
     if not root.is_dir():
         raise DataError(root, "A2D2 root is not a directory")
     if pending_commit(root):               # e.g. an `mtl data synth` killed while it switched its tree

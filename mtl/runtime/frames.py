@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import CameraConfig, Config
 from ..errors import DataError
+from ..io import pending_commit
 
 KIND_CHUNK, KIND_RAW = "chunk", "raw"
 
@@ -91,7 +92,11 @@ def detect_source(path: str | Path) -> str:
     if not p.is_dir():
         raise DataError(p, "data path is neither a directory nor a .npz chunk")
     if any(q for q in p.glob("*.npz") if not q.name.startswith(".")):
-        return KIND_CHUNK
+        return KIND_CHUNK                      # list_chunks refuses it if a commit is pending or the set is mixed
+    if pending_commit(p):                      # e.g. a raw tree whose `mtl data synth` was killed mid-commit
+        from ..data.chunk import INTERRUPTED
+
+        raise DataError(p, INTERRUPTED)
     if (p / "cams_lidars.json").is_file():
         return KIND_RAW
     raise DataError(p, "no *.npz chunks and no cams_lidars.json: not a chunk directory or a raw A2D2 tree")
