@@ -279,7 +279,7 @@ def _check_per_frame(path: str, arrays: dict[str, np.ndarray], lim: Limits) -> N
 def read_chunk(path: str | Path, check_finite: bool = True) -> Chunk:
     """Load and validate a chunk. Raises ``ChunkError`` naming the file and the first problem found."""
     path = str(path)
-    members: set[str] = set()
+    members: set[str] = set()          # every member's name, from the headers (unknown ones are refused below)
     arrays = load_npz(path, ChunkError, keys=_KEYS, check=members.update)
 
     missing = [k for k in _REQUIRED if k not in arrays]

@@ -135,12 +135,19 @@ def inspect_chunks(path: str | Path) -> dict:
             stats.add_frame(frame)
         chunks.append({"file": str(file), "frames": len(chunk)})
     return {
-        "path": str(path), "chunks": chunks, "manifest": has_manifest(Path(path) if Path(path).is_dir()
-                                                                      else Path(path).parent),
+        "path": str(path), "chunks": chunks, "manifest": _manifest_scope(Path(path)),
         "format_version": first.get("format_version"),
         "source": first.get("source"), "converter_version": first.get("converter_version"),
         **stats.to_dict(),
     }
+
+
+def _manifest_scope(path: Path) -> str | None:
+    """What ``list_chunks`` checked against a manifest: the whole ``"set"``, one ``"file"`` of it, or nothing."""
+    folder = path if path.is_dir() else path.parent
+    if not has_manifest(folder):
+        return None
+    return "set" if path.is_dir() else "file"
 
 
 def _percent(counts: dict[str, int]) -> str:
@@ -171,8 +178,10 @@ def format_report(r: dict) -> str:
     if r["duplicate_frame_ids"]:
         dup = r["duplicate_frame_ids"]
         lines.append(f"  warning: {len(dup)} duplicate frame ids, e.g. {dup[0]}")
-    if r.get("manifest"):
+    if r.get("manifest") == "set":
         lines.append("  OK: every chunk and PNG is valid; the set matches manifest.json (names, sizes, sha256)")
+    elif r.get("manifest") == "file":
+        lines.append("  OK: every chunk and PNG is valid; the file matches its folder's manifest.json (size, sha256)")
     else:
         lines.append("  OK: every chunk and PNG is valid (no manifest.json: a directory written before manifests "
                      "or by hand, so completeness is not checked)")
