@@ -1,4 +1,5 @@
-"""mtl.viz: debug-image orientation (x forward UP, y left LEFT), palette, overlay, curves, `mtl viz`."""
+"""mtl.viz / mtl.draw: debug-image orientation (x forward UP, y left LEFT), palette, overlays with titles and
+legends, BEV views, heatmap panels per class, curves with integer epoch ticks, `mtl viz RUN` and `mtl viz --data`."""
 from __future__ import annotations
 
 import io
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mtl import draw
 from mtl import geometry as G
 from mtl.config import Config
+from mtl.draw import FRAME_LEFT, FRAME_RIGHT, FRAME_TOP, bev_view, title_bar
 from mtl.viz import (
-    bev_box_figure,
     bev_display,
     bev_display_pixel,
     colorize_semantic,
@@ -83,10 +85,9 @@ def _brightest(panel):
 def test_heatmap_panel_peak_where_box_is(x, y):
     grid = Config().grid
     t = G.heatmap_targets(np.array([[x, y, 0, 4, 2, 1.5, 0]], np.float32), np.array([0]), grid, 4)
-    img = heatmap_panels(t["heatmap"], t["heatmap"], grid, scale=2)
+    img = heatmap_panels(t["heatmap"], t["heatmap"], grid, ("car", "truck", "pedestrian", "cyclist"), scale=2)
     h, w = grid.head_shape[0] * 2, grid.head_shape[1] * 2
-    top, left = 18, 30                                   # _bev_panel margins (title, x tick labels)
-    gt_panel = img[top: top + h, left: left + w]
+    gt_panel = img[FRAME_TOP: FRAME_TOP + h, FRAME_LEFT: FRAME_LEFT + w]     # row 0 = class 0 (car)
     r, c = _brightest(gt_panel)
     er, ec = bev_display_pixel(x, y, grid, (h, w))
     assert abs(r - er) <= 3 and abs(c - ec) <= 3, ((r, c), (er, ec))
@@ -94,35 +95,38 @@ def test_heatmap_panel_peak_where_box_is(x, y):
     if x > grid.x_max / 2:
         assert r < h / 2                                  # upper-left quadrant
     # the pred panel (same map) has its peak at the same place
-    pred_left = left + w + 8 + 6 + left                   # panel width (30 + w + 8) + gap 6 + margin
-    r2, c2 = _brightest(img[top: top + h, pred_left: pred_left + w])
+    pred_left = FRAME_LEFT + w + FRAME_RIGHT + 10 + FRAME_LEFT        # panel width + hstack gap + margin
+    r2, c2 = _brightest(img[FRAME_TOP: FRAME_TOP + h, pred_left: pred_left + w])
     assert (r2, c2) == (r, c)
+    # one row per class: the truck row (class 1, no object) is dark everywhere
+    row_h = FRAME_TOP + h + draw.FRAME_BOTTOM + 8
+    truck = img[row_h + FRAME_TOP: row_h + FRAME_TOP + h, FRAME_LEFT: FRAME_LEFT + w]
+    assert truck.astype(int).sum(-1).max() < 30 and gt_panel.astype(int).sum(-1).max() > 600
 
 
-def _colour_mask(rgb, colour, tol=60):
+def _colour_mask(rgb, colour, tol=40):
     return (np.abs(rgb.astype(np.int32) - np.array(colour)).max(-1) < tol)
 
 
-def test_bev_plot_boxes_orientation():
+def test_bev_view_boxes_orientation_and_scale():
     grid = Config().grid
-    box = np.array([[40.0, 10.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)
-    near = np.array([[20.0, 5.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)
-    fig = bev_box_figure(grid, occupancy=np.zeros(grid.shape), gt_boxes=box, pred_boxes=near)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
-    rgb = np.asarray(Image.open(buf).convert("RGB"))
-    bb = fig.axes[0].get_window_extent()                  # display coords, origin bottom-left
-    H = rgb.shape[0]
-    top, bottom, left, right = H - bb.y1, H - bb.y0, bb.x0, bb.x1
-    green = np.argwhere(_colour_mask(rgb, (0, 192, 0)))
-    red = np.argwhere(_colour_mask(rgb, (255, 0, 0)))
-    assert len(green) > 20 and len(red) > 20
-    gr, gc = green.mean(0)
-    assert top < gr < (top + bottom) / 2 and left < gc < (left + right) / 2      # x=40, y=+10: upper-left
-    rr, rc = red.mean(0)
-    assert gr < rr < bottom - 10 and rc < (left + right) / 2 and rc > gc         # x=20, y=+5: lower, left
-    # metric scale: the red box centre lies 20 m above the axes bottom
-    assert abs((bottom - rr) / (bottom - top) * (grid.x_max - grid.x_min) - 20.0) < 1.0
+    gt = np.array([[40.0, 10.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)          # car, upper left
+    pred = np.array([[20.0, 5.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)         # truck, lower, left
+    rgb = bev_view(grid, gt_boxes=gt, gt_labels=[0], boxes=pred, labels=[1], scores=[0.8],
+                   det_names=("car", "truck"), size=512)
+    m = rgb[FRAME_TOP: FRAME_TOP + 512, FRAME_LEFT: FRAME_LEFT + 512]        # 10 px per metre
+    car = np.argwhere(_colour_mask(m, draw.det_colour(0)))
+    truck = np.argwhere(_colour_mask(m, draw.det_colour(1)))
+    assert len(car) > 20 and len(truck) > 20
+    er, ec = bev_display_pixel(40.0, 10.0, grid, (512, 512))
+    assert np.abs(car.mean(0) - (er, ec)).max() < 6 and ec < 256 and er < 256
+    tr, tc = bev_display_pixel(20.0, 5.0, grid, (512, 512))
+    rows, cols = truck[:, 0], truck[:, 1]
+    assert abs(np.median(cols) - tc) < 15 and tr - 40 < np.median(rows) < tr + 15    # label sits above the box
+    assert rows.max() <= tr + 24                                              # the 4.5 m box: +-22.5 px
+    # the ego triangle at the bottom centre
+    ego = np.argwhere(_colour_mask(m, draw.EGO_COLOUR))
+    assert len(ego) > 10 and abs(ego[:, 1].mean() - 256) < 3 and ego[:, 0].min() > 512 - 20
 
 
 def test_palette_and_colorize(cfg):
@@ -154,19 +158,24 @@ def test_write_debug_images(tmp_path, small_cfg):
     assert names == ["item0_bev.png", "item0_heatmap.png", "item0_overlay.png", "item0_semantic.png"]
     assert all(p.parent == tmp_path / "epoch_007" and p.is_file() for p in paths)
     assert not [p for p in (tmp_path / "epoch_007").iterdir() if p.name.startswith(".")]   # no temp files
-    assert _read(tmp_path / "epoch_007" / "item0_overlay.png").shape == (48, 80, 3)
-    # GT heatmap panel of the written PNG: brightest pixel at the box, upper-left quadrant
+    # overlay: the 80 px camera image upscaled 7x (>= 512 px wide) under a title, with a legend below
+    ov = _read(tmp_path / "epoch_007" / "item0_overlay.png")
+    title = title_bar("scene/000000001 \u00b7 epoch 7 \u00b7 predicted boxes score > 0.1", 560)
+    assert ov.shape[1] == 560 and ov.shape[0] > title.shape[0] + 48 * 7
+    assert (ov[: title.shape[0]] == title).all()                             # the title names frame and epoch
+    # GT heatmap panel of the written PNG (below the title): brightest pixel at the box, upper-left quadrant
     hm = _read(tmp_path / "epoch_007" / "item0_heatmap.png")
-    gt_panel = hm[18: 18 + 256, 30: 30 + 256]
+    th = title_bar("scene/000000001 \u00b7 epoch 7 \u00b7 BEV centre heatmaps per class", hm.shape[1]).shape[0]
+    gt_panel = hm[th + FRAME_TOP: th + FRAME_TOP + 256, FRAME_LEFT: FRAME_LEFT + 256]
     r, c = _brightest(gt_panel)
     er, ec = bev_display_pixel(40.0, 10.0, small_cfg.grid, (256, 256))
     assert abs(r - er) <= 3 and abs(c - ec) <= 3 and r < 128 and c < 128
-    # BEV plot: the GT (green) and decoded prediction (red) box overlap in the upper-left
-    bev = _read(tmp_path / "epoch_007" / "item0_bev.png")
-    green, red = np.argwhere(_colour_mask(bev, (0, 192, 0))), np.argwhere(_colour_mask(bev, (255, 0, 0)))
-    assert len(green) > 20 and len(red) > 20
-    assert np.abs(green.mean(0) - red.mean(0)).max() < 6
-    assert green.mean(0)[0] < bev.shape[0] / 2 and green.mean(0)[1] < bev.shape[1] / 2
+    # BEV view: the GT box (shaded) and the decoded prediction (outlined), both class 0, in the upper-left
+    bev = _read(tmp_path / "epoch_007" / "item0_bev.png")[FRAME_TOP: FRAME_TOP + 512, FRAME_LEFT: FRAME_LEFT + 512]
+    car = np.argwhere(_colour_mask(bev, draw.det_colour(0)))
+    assert len(car) > 20
+    er, ec = bev_display_pixel(40.0, 10.0, small_cfg.grid, (512, 512))
+    assert abs(np.median(car[:, 1]) - ec) < 8 and er - 40 < np.median(car[:, 0]) < er + 10
 
 
 def test_write_debug_images_accepts_tensors(tmp_path, small_cfg):

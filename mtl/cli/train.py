@@ -122,19 +122,45 @@ COMMANDS.append(eval_cmd)
 
 
 @click.command("viz")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=click.Path(), required=False)
+@click.option("--data", default=None, type=click.Path(),
+              help="Draw one data frame instead: NPZ chunks (a directory or one chunk) or a raw A2D2 tree.")
+@click.option("--frame", "frame_id", default=None, metavar="ID",
+              help="With --data: the frame id (e.g. 20180810_142822/000015196, or its file-name form "
+                   "20180810_142822__000015196) [default: the first frame].")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="With --data: config JSON (classes, calibration, grid); default config when omitted.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Output PNG [default: RUN/curves.png].")
-def viz_cmd(run, out):
-    """Plot the metric curves of a training run (RUN/metrics.jsonl) into RUN/curves.png.
+              help="Output PNG [default: RUN/curves.png; with --data: frame_<id>.png in the current directory].")
+def viz_cmd(run, data, frame_id, config_path, out):
+    """Plot the metric curves of a training run (RUN/metrics.jsonl) into RUN/curves.png, or draw one data
+    frame (--data): the camera with the ground-truth 3D boxes, the semantic ground truth in colour, and the
+    LiDAR bird's-eye view with the boxes. A modality the frame lacks (e.g. a LiDAR-only A2D2 frame) is a grey
+    panel saying so. Prints the PNG path.
 
-    Every numeric key is plotted against the epoch, grouped into panels: losses, segmentation,
-    detection, throughput (and other). Prints the PNG path. (Per-epoch debug images are written during
-    `mtl train` by mtl.viz.write_debug_images, in epoch_NNN/ folders under the run.)
+    Curves: every numeric key is plotted against the epoch, grouped into panels: losses, segmentation,
+    detection, throughput (and other). (Per-epoch debug images are written during `mtl train` by
+    mtl.viz.write_debug_images, in epoch_NNN/ folders under the run.)
     """
-    from ..viz import plot_curves
+    from ..errors import ConfigError
 
-    click.echo(str(plot_curves(run, out=out)))
+    if (run is None) == (data is None):
+        raise ConfigError(None, "give exactly one of RUN (metric curves) and --data CHUNKS|RAW (one frame)")
+    if data is None:
+        if frame_id or config_path:
+            raise ConfigError(None, "--frame and --config go with --data")
+        from ..viz import plot_curves
+
+        click.echo(str(plot_curves(run, out=out)))
+        return
+    from ..config import build_config
+    from ..draw import save
+    from ..runtime.frames import sanitise_frame_id
+    from ..viz import find_frame, frame_sheet
+
+    cfg = build_config(config_path, (), {})
+    frame = find_frame(data, cfg, frame_id)
+    click.echo(str(save(out or f"frame_{sanitise_frame_id(frame.frame_id)}.png", frame_sheet(frame, cfg))))
 
 
 COMMANDS.append(viz_cmd)
