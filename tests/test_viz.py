@@ -2,7 +2,6 @@
 legends, BEV views, heatmap panels per class, curves with integer epoch ticks, `mtl viz RUN` and `mtl viz --data`."""
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
