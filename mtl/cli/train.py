@@ -6,6 +6,7 @@ import json
 import click
 
 from ..config import SEM_CLASS_WEIGHTS, SEM_LOSSES, Config, build_config
+from .options import progress_option, want_progress
 
 COMMANDS: list = []
 
@@ -67,10 +68,10 @@ def set_option(precedence: str):
 @config_option("--skip-bad", "train.skip_bad",
                "Log and count corrupt chunks / frames (train/skipped_bad in metrics.jsonl) instead of stopping",
                is_flag=True)
-@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@progress_option
 def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lambda_sem, sem_loss, sem_class_weights,
               config_path, assignments, resume, seed, num_workers, viz_every, deterministic, ckpt_every_steps,
-              skip_bad, no_progress):
+              skip_bad, progress):
     """Train the fused multi-task model on NPZ chunks.
 
     Writes RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt, RUN/metrics.jsonl (one JSON line per
@@ -85,7 +86,7 @@ def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lam
         "loss.lambda_hm": lambda_hm, "loss.lambda_reg": lambda_reg, "loss.lambda_sem": lambda_sem,
         "loss.sem_loss": sem_loss, "loss.sem_class_weights": sem_class_weights,
     })
-    train(cfg, data, out, val=val, resume=resume, progress=not no_progress, resume_epochs=epochs)
+    train(cfg, data, out, val=val, resume=resume, progress=want_progress(progress), resume_epochs=epochs)
 
 
 COMMANDS.append(train_cmd)
@@ -101,14 +102,14 @@ COMMANDS.append(train_cmd)
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--skip-bad", is_flag=True, help="Log and count corrupt chunks / frames instead of stopping.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def eval_cmd(checkpoint, data, out, batch_size, workers, skip_bad, no_progress):
+@progress_option
+def eval_cmd(checkpoint, data, out, batch_size, workers, skip_bad, progress):
     """Evaluate a checkpoint: per-class IoU / AP table, mIoU, mAP, pixel accuracy (+ JSON with --out)."""
     from ..evaluate import evaluate_checkpoint, format_table
     from ..io import write_json_atomic
 
     metrics, cfg = evaluate_checkpoint(checkpoint, data, batch_size=batch_size, workers=workers,
-                                       progress=not no_progress, skip_bad=skip_bad)
+                                       progress=want_progress(progress), skip_bad=skip_bad)
     click.echo(format_table(metrics, cfg))
     if out:
         write_json_atomic(out, {"checkpoint": str(checkpoint), "data": str(data), **metrics})
