@@ -172,9 +172,10 @@ def find_frame(data: str | Path, cfg: Config, frame_id: str | None = None):
     raise DataError(data, f"no frame {frame_id!r}; frames here: {shown}")
 
 
-def _frame_camera(frame, cfg: Config) -> tuple[np.ndarray, np.ndarray] | None:
+def frame_camera(frame, cfg: Config, width: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """(image, intrinsics) of a frame's camera, undistorted: chunk frames as stored, raw frames undistorted
-    and resized to the model size (``data.a2d2.prepare_image``). None without a camera image."""
+    and resized (``data.a2d2.prepare_image``) to the model's aspect ratio, ``width`` pixels wide (default: the
+    model size). None without a camera image."""
     from .io import decode_png
 
     if not frame.has_image:
@@ -184,7 +185,7 @@ def _frame_camera(frame, cfg: Config) -> tuple[np.ndarray, np.ndarray] | None:
         from .data.a2d2 import prepare_image
 
         h, w = cfg.camera.image_hw
-        hw = (round(h * 1024 / w), 1024)           # sharper than the model size, still a screen's width
+        hw = (round(h * (width or w) / w), width or w)
         camera = frame.camera or cfg.camera
         img = prepare_image(img, camera, hw, frame.source)
         return img, scale_cam_matrix(cam_matrix(camera), tuple(camera.resolution_wh), hw)
@@ -197,7 +198,7 @@ def frame_sheet(frame, cfg: Config) -> np.ndarray:
     frame does not have is a grey panel saying so. Returns (H, W, 3) uint8."""
     c = cfg.classes
     palette = semantic_palette(c)
-    cam = _frame_camera(frame, cfg)
+    cam = frame_camera(frame, cfg, width=1024)                 # sharper than the model size, a screen wide
     has_boxes = frame.gt_boxes is not None
     if cam is not None:
         camera = camera_overlay(cam[0], cam[1], gt_boxes=frame.gt_boxes if has_boxes else None,
@@ -392,6 +393,7 @@ __all__ = [
     "curves_figure",
     "denormalise_image",
     "find_frame",
+    "frame_camera",
     "frame_sheet",
     "heatmap_panels",
     "integer_ticks",

@@ -41,7 +41,7 @@ def test_notes_only_with_verbose(capsys):
 def test_commands_with_bars_share_the_progress_flag():
     flags = {name: {o for p in cmd.params for o in p.opts + p.secondary_opts}
              for name, cmd in [*main.commands.items(), *main.commands["data"].commands.items()]}
-    for name in ("train", "eval", "export", "bench", "synth", "convert", "report"):
+    for name in ("train", "eval", "export", "bench", "synth", "convert"):
         assert {"--progress", "--no-progress"} <= flags[name], name
 
 

@@ -1,4 +1,4 @@
-"""`mtl export`, `mtl infer`, `mtl bench`."""
+"""`mtl export`, `mtl infer`, `mtl bench`, `mtl report`."""
 from __future__ import annotations
 
 import click as _ck
@@ -136,4 +136,25 @@ def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds,
     _ck.echo(f"written: {report['written']['json']}\n         {report['written']['markdown']}")
 
 
-COMMANDS += [infer_cmd, bench_cmd]
+@_ck.command("report")
+@_ck.argument("paths", nargs=-1, required=True, type=_ck.Path(exists=True))
+@_ck.option("--out", required=True, type=_ck.Path(file_okay=False),
+            help="Folder for the site (index.html + images); created if missing.")
+@_ck.option("--overwrite", is_flag=True,
+            help="Write into a non-empty folder that is not an earlier report (only the report's files are "
+                 "written; nothing else is deleted). An earlier report in --out is always replaced.")
+def report_cmd(paths, out, overwrite):
+    """Make one static site from training runs, export folders, infer outputs and bench results (any mix,
+    several at once): curves, per-class IoU / AP per epoch and debug images of a run; parity, gates and the
+    TensorRT check of an export; a contact sheet (camera overlay + bird's-eye view), per-frame detections
+    and metrics of an infer output; tables, latency distributions and the system description of a bench.
+    Open OUT/index.html in a browser: no server, no network."""
+    from ..report import build_report
+
+    manifest = build_report(paths, out, overwrite=overwrite)
+    size = sum(f["size"] for f in manifest["files"]) / 1e6
+    kinds = ", ".join(f"{i['kind']} {i['path']}" for i in manifest["inputs"])
+    _ck.echo(f"report: {out}/index.html ({kinds}; {len(manifest['files'])} files, {size:.1f} MB)")
+
+
+COMMANDS += [infer_cmd, bench_cmd, report_cmd]
