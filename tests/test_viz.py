@@ -230,3 +230,116 @@ def test_cli_viz(tmp_path):
     res = runner.invoke(main, ["viz", str(tmp_path), "--out", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output
     assert res.output.strip() == str(tmp_path / "c.png") and (tmp_path / "c.png").is_file()
+
+
+# ------------------------------------------------------------------------------ readable drawings
+
+
+def test_fonts_are_scalable_and_readable():
+    from PIL import ImageFont
+
+    assert isinstance(draw.font(draw.LABEL_PT), ImageFont.FreeTypeFont)
+    small, big = draw.text_size("Ag", 14)[1], draw.text_size("Ag", 28)[1]
+    assert small >= 12 and big > 1.6 * small                  # the bitmap default is ~11 px whatever is asked
+
+
+def test_camera_overlay_draws_labelled_class_coloured_boxes_title_and_legend():
+    from mtl.viz import model_cam_matrix
+
+    cfg = Config()
+    h, w = cfg.camera.image_hw
+    k = model_cam_matrix(cfg)
+    box = np.array([[20.0, 0.0, -0.8, 0.8, 0.8, 1.8, 0.0]], np.float32)      # a pedestrian 20 m ahead
+    img = np.full((h, w, 3), 90, np.uint8)
+    title = "scene/000000007 \u00b7 model.onnx \u00b7 score > 0.1"
+    out = draw.camera_overlay(img, k, boxes=box, labels=[2], scores=[0.77], det_names=cfg.classes.det_classes,
+                              title=title)
+    th = title_bar(title, w).shape[0]
+    assert out.shape[1] == w and out.shape[0] > th + h                       # title above, legend below
+    assert (out[:th] == title_bar(title, w)).all()
+    body = out[th: th + h]
+    ped = np.argwhere(_colour_mask(body, draw.det_colour(2)))
+    u, _, _ = G.project_points(np.array([[20.0, 0.0, -0.8]]), k)
+    assert len(ped) > 50 and abs(np.median(ped[:, 1]) - u[0]) < 12           # the box, centred on its projection
+    legend = out[th + h:]
+    assert _colour_mask(legend, draw.det_colour(2)).sum() > 20                 # its class in the legend
+    assert not _colour_mask(out, draw.det_colour(0)).any()                    # no car drawn or listed
+
+
+def test_curves_have_integer_epoch_ticks():
+    from mtl.viz import curves_figure
+
+    rows = [{"epoch": 1, "train/total": 4.0, "val/miou": 0.1}, {"epoch": 2, "train/total": 2.0, "val/miou": 0.3}]
+    fig = curves_figure(rows)
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_runtime_overlay_uses_neither_matplotlib_nor_torch():
+    code = """
+import json, sys
+import numpy as np
+from mtl.config import Config
+from mtl.runtime import Result, overlay
+cfg = Config()
+h, w = cfg.camera.image_hw
+res = Result(frame_id="s/1", boxes=np.array([[15, 2, -1, 4, 2, 1.5, 0]], np.float32),
+             scores=np.array([0.8], np.float32), labels=np.array([0]), label_names=["car"],
+             semantic=np.zeros((h, w), np.uint8), image=np.zeros((h, w, 3), np.uint8))
+out = overlay(res, cfg, model="model.onnx")
+print(json.dumps({"shape": list(out.shape), "mods": sorted(m for m in sys.modules
+                  if m.split(".")[0] in ("matplotlib", "torch"))}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["mods"] == [] and res["shape"][1] == 512 and res["shape"][0] > 320
+
+
+def test_frame_sheet_and_mtl_viz_data_on_tiny_chunks(tmp_path):
+    from click.testing import CliRunner
+    from conftest import tiny_cfg, write_tiny_chunks
+
+    from mtl.cli import main
+
+    cfg = tiny_cfg()
+    chunks = write_tiny_chunks(tmp_path / "c", cfg, n_frames=2)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    runner = CliRunner()
+    out = tmp_path / "f.png"
+    r = runner.invoke(main, ["viz", "--data", str(chunks), "--frame", "tiny__0_001", "--config",
+                             str(tmp_path / "cfg.json"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == str(out)
+    sheet = _read(out)
+    assert sheet.shape[1] > 1000 and _colour_mask(sheet, draw.det_colour(0), tol=20).sum() + \
+        sum(_colour_mask(sheet, draw.det_colour(c), tol=20).sum() for c in (1, 2, 3)) > 50    # the 3D boxes
+    r = runner.invoke(main, ["viz", "--data", str(chunks), "--frame", "nope", "--config", str(tmp_path / "cfg.json")])
+    assert r.exit_code == 4 and "no frame 'nope'; frames here: tiny/0_000, tiny/0_001" in r.output
+    for args in (["viz"], ["viz", str(tmp_path), "--data", str(chunks)], ["viz", str(tmp_path), "--frame", "x"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, args
+
+
+def test_mtl_viz_data_draws_the_real_a2d2_frames(a2d2_sample, tmp_path):
+    """The real sample: a camera + semantic frame, and the frame with LiDAR + 3D boxes only (no camera)."""
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+    from mtl.viz import find_frame, frame_sheet
+
+    cfg = Config()
+    lidar = find_frame(a2d2_sample, cfg, "20180810_142822/000015196")
+    assert not lidar.has_image and len(lidar.points) > 1000 and len(lidar.gt_boxes) == 4
+    sheet = frame_sheet(lidar, cfg)
+    for c in (0, 3):                                               # its car and its two cyclists, shaded in the BEV
+        assert _colour_mask(sheet, draw.det_colour(c), tol=10).sum() > 30
+    out = tmp_path / "lidar.png"
+    r = CliRunner().invoke(main, ["viz", "--data", str(a2d2_sample), "--frame", "20180810_142822/000015196",
+                                  "--out", str(out)])
+    assert r.exit_code == 0 and (_read(out) == sheet).all()
+    cam = frame_sheet(find_frame(a2d2_sample, cfg, "20180807_145028/000006882"), cfg)
+    road = draw.semantic_palette(cfg.classes)[cfg.classes.sem_classes.index("road")]
+    assert _colour_mask(cam, road, tol=3).sum() > 10000                        # the semantic ground truth
