@@ -33,9 +33,14 @@ def read_bench(path: Path) -> list[dict[str, Any]]:
     files = [path] if path.is_file() else sorted([*path.glob("*.json"), *path.glob("*/*.json")])
     found = []
     for p in files:
-        if "system" in p.name:
+        if "system" in p.name and p != path:
             continue
-        doc = _load(p)
+        try:
+            doc = _load(p)
+        except DataError:
+            if p == path:
+                raise                                   # the file asked for; in a folder, other JSON may lie
+            continue
         if not _is_result(doc):
             continue
         sys_files = sorted(q for q in p.parent.glob("*.json") if "system" in q.name)
@@ -43,7 +48,8 @@ def read_bench(path: Path) -> list[dict[str, Any]]:
         found.append({"name": p.stem if p.name != "result.json" else p.parent.name, "path": p, "report": doc,
                       "system": system if isinstance(system, dict) else None})
     if not found:
-        raise DataError(path, "no mtl bench result (a JSON with 'rows') here")
+        raise DataError(path, "not an mtl bench result (a JSON with 'rows')" if path.is_file() else
+                        "no mtl bench result (a JSON with 'rows') here")
     return found
 
 
@@ -84,7 +90,7 @@ def _result(res: dict, key: str, sec: Section) -> str:
     for r in ok:
         m = r.get("metrics") or {}
         if m.get("miou") is not None or m.get("map") is not None:
-            sec.key_metrics.append({"source": str(res["path"]), "what": f"bench, {r['backend']}",
+            sec.key_metrics.append({"source": sec.path, "what": f"bench {scenario}, {r['backend']}",
                                     "frames": rep.get("frames"), "miou": m.get("miou"), "pixel_acc": None,
                                     "map": m.get("map")})
     return "\n".join(body)

@@ -44,6 +44,8 @@ def read_infer(path: Path) -> dict[str, Any]:
     frames = []
     for name in names:
         p = _local(path, f"{name}.json")
+        if p is None and isinstance(summary.get("files"), list):
+            raise DataError(path / "summary.json", f"lists frame {name!r} but {name}.json is not there")
         doc = _json(p) if p else None
         if not isinstance(doc, dict) or not isinstance(doc.get("detections"), list):
             continue
@@ -58,13 +60,14 @@ def read_infer(path: Path) -> dict[str, Any]:
 
 
 def is_infer(path: Path) -> bool:
+    """A folder whose summary.json is infer's (its frames are read, and their errors reported, later)."""
     if not (path / "summary.json").is_file():
         return False
     try:
-        read_infer(path)
-    except DataError:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
         return False
-    return True
+    return isinstance(summary, dict) and ("frames_written" in summary or "files" in summary)
 
 
 # ------------------------------------------------------------------------------------------ section

@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..errors import DataError, OutputError
 from ..io import JOURNAL, OutputLock, commit_files, recover_commit, write_bytes_atomic, write_json_atomic
-from .bench import bench_section, is_bench
+from .bench import bench_section, is_bench, read_bench
 from .export import export_section, is_export
 from .html import Section, esc, page, table
 from .infer import infer_section, is_infer
@@ -44,7 +44,8 @@ def detect_kind(path: Path) -> tuple[str, Path]:
             return "run", path.parent
         if path.name == "export_report.json":
             return "export", path.parent
-        if path.suffix == ".json" and is_bench(path):
+        if path.suffix == ".json" and path.name != "summary.json":
+            read_bench(path)                              # its own error when it is not one
             return "bench", path
     elif path.is_dir():
         for kind, test, _ in KINDS:
@@ -63,6 +64,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path, overwrite: bool =
     for _, p in inputs:
         if out.resolve() == p.resolve():
             raise OutputError(out, "is one of the report's inputs; choose another --out")
+    if out.is_dir():
+        check_out(out, overwrite)                         # fail before drawing anything (again under the lock)
     builders = {k: build for k, _, build in KINDS}
     sections = [builders[kind](p, f"{kind}-{i + 1}") for i, (kind, p) in enumerate(inputs)]
     subtitle = (f"{len(sections)} input{'s' if len(sections) != 1 else ''} \u00b7 generated "
@@ -117,15 +120,22 @@ def _safe(name: Any) -> bool:
     return isinstance(name, str) and bool(_SAFE_NAME.match(name)) and ".." not in name.split("/")
 
 
+def check_out(out: Path, overwrite: bool) -> list[str] | None:
+    """The previous report's files in ``out`` (None: empty or not a report); ``OutputError`` for a non-empty
+    folder that is not a report, unless ``overwrite``."""
+    old = _previous(out)
+    present = [p.name for p in out.iterdir() if p.name not in (OutputLock.NAME, JOURNAL)]
+    if present and old is None and not overwrite:
+        raise OutputError(out, f"not empty ({len(present)} entries) and not an earlier mtl report; choose an "
+                               "empty or new --out, or pass --overwrite to write the report's files into it")
+    return old
+
+
 def write_site(out: Path, files: dict[str, bytes], manifest: dict, overwrite: bool) -> None:
     """All of ``files`` + the manifest into ``out`` as one commit (module docstring for the refusals)."""
     with OutputLock(out, "mtl report"):
         recover_commit(out)
-        old = _previous(out)
-        present = [p.name for p in out.iterdir() if p.name not in (OutputLock.NAME, JOURNAL)]
-        if present and old is None and not overwrite:
-            raise OutputError(out, f"not empty ({len(present)} entries) and not an earlier mtl report; choose an "
-                                   "empty or new --out, or pass --overwrite to write the report's files into it")
+        old = check_out(out, overwrite)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
         try:
             for name, data in files.items():
