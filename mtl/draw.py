@@ -34,6 +34,7 @@ from .config import ClassesConfig, GridConfig, a2d2_classes
 from .geometry import box_corners_bev, project_points, scale_cam_matrix
 
 TITLE_PT, LABEL_PT, SMALL_PT = 17, 14, 12
+MAX_LABELS = 12                     # text labels per picture (the best scores); every box is still drawn
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (110, 110, 110)
 EGO_COLOUR = (0, 120, 255)
 # one colour per detection class id (car, truck, pedestrian, cyclist, ...): bright, distinct from each other
@@ -344,10 +345,18 @@ def _dashed(draw, a, b, fill, width: int = 1, dash: float = 7.0, gap: float = 5.
         t = t1 + gap
 
 
+def labelled(scores: np.ndarray | None, n: int, limit: int = MAX_LABELS) -> set[int]:
+    """Indices of the boxes that get a text label: the ``limit`` best scores (all when fewer); the others
+    are outlined only, so a crowded frame stays readable."""
+    if scores is None or n <= limit:
+        return set(range(min(n, limit)))
+    return {int(i) for i in np.argsort(-np.asarray(scores, np.float64), kind="stable")[:limit]}
+
+
 def _draw_camera_boxes(draw, boxes, labels, scores, k, names, hw, ground_truth: bool) -> set[int]:
-    """Projected box edges (predictions: solid with a dark halo + ``class score`` label; ground truth:
-    dashed + ``GT class``). Returns the class ids drawn."""
-    drawn: set[int] = set()
+    """Projected box edges (predictions: solid with a dark halo + ``class score`` label for the best
+    ``MAX_LABELS``; ground truth: dashed + ``GT class``), labels drawn last. Returns the class ids drawn."""
+    drawn: dict[int, tuple[list, int]] = {}
     h, w = hw
     for i, segs in enumerate(box_edges_image(boxes, k)):
         pts = [p for s in segs for p in s]
@@ -361,15 +370,17 @@ def _draw_camera_boxes(draw, boxes, labels, scores, k, names, hw, ground_truth: 
             else:
                 draw.line([a, b], fill=BLACK, width=4)
                 draw.line([a, b], fill=colour, width=2)
+        drawn[i] = (pts, lab)
+    for i in sorted(labelled(scores, len(boxes)) & set(drawn)):
+        pts, lab = drawn[i]
         top = min(pts, key=lambda p: p[1])
         text = f"GT {class_name(names, lab)}" if ground_truth else \
             f"{class_name(names, lab)} {float(scores[i]):.2f}" if scores is not None else class_name(names, lab)
         tw, th = text_size(text, SMALL_PT)
         x = float(np.clip(top[0] - tw / 2, 2, max(w - tw - 2, 2)))
         y = float(np.clip(top[1] - th - 6, 2, max(h - th - 2, 2)))
-        _text(draw, (x, y), text, SMALL_PT, fill=_contrast(colour), bg=colour)
-        drawn.add(lab)
-    return drawn
+        _text(draw, (x, y), text, SMALL_PT, fill=_contrast(det_colour(lab)), bg=det_colour(lab))
+    return {lab for _, lab in drawn.values()}
 
 
 def camera_overlay(image: np.ndarray, k: np.ndarray, *, semantic: np.ndarray | None = None,
@@ -400,6 +411,8 @@ def camera_overlay(image: np.ndarray, k: np.ndarray, *, semantic: np.ndarray | N
     pred = _draw_camera_boxes(d, _boxes(boxes), _ids(labels, boxes), scores, k, det_names, hw, False) \
         if boxes is not None else set()
     entries = [(f"{class_name(det_names, c)} box", det_colour(c), "outline") for c in sorted(pred | gt)]
+    if len(_boxes(boxes)) > MAX_LABELS:
+        entries.append((f"labels: the {MAX_LABELS} best of {len(_boxes(boxes))} boxes", GREY, "outline"))
     if gt:
         entries.append(("dashed = ground truth", GREY, "outline"))
     if semantic is not None and palette is not None and sem_names:
@@ -550,13 +563,15 @@ def bev_view(grid: GridConfig, *, points: np.ndarray | None = None, occupancy: n
             poly = _bev_polygon(b, grid, hw)
             _text(d, (max(p[0] for p in poly) + 4, min(p[1] for p in poly)), class_name(det_names, lab), SMALL_PT,
                   bg=WHITE, pad=1)
-    for i, (b, lab) in enumerate(zip(pb, pl)):
+    for b, lab in zip(pb, pl):
         poly = _bev_polygon(b, grid, hw)
         front = ((poly[0][0] + poly[1][0]) / 2, (poly[0][1] + poly[1][1]) / 2)
         centre = bev_display_pixel(b[0], b[1], grid, hw)
         for width, colour in ((5, BLACK), (3, det_colour(lab))):
             d.line(poly + poly[:1], fill=colour, width=width, joint="curve")
             d.line([(float(centre[1]), float(centre[0])), front], fill=colour, width=width - 2)
+    for i in sorted(labelled(scores, len(pb))):
+        poly, lab = _bev_polygon(pb[i], grid, hw), pl[i]
         text = class_name(det_names, lab) + (f" {float(scores[i]):.2f}" if scores is not None else "")
         x, y = min(p[0] for p in poly), min(p[1] for p in poly)
         _text(d, (x, y - text_size(text, SMALL_PT)[1] - 5), text, SMALL_PT, fill=_contrast(det_colour(lab)),
@@ -569,6 +584,7 @@ def bev_view(grid: GridConfig, *, points: np.ndarray | None = None, occupancy: n
     classes = sorted(set(pl.tolist()) | set(gtl.tolist()))
     entries = [(class_name(det_names, c), det_colour(c), "fill") for c in classes]
     entries += [("outlined = predicted", GREY, "outline")] if len(pb) else []
+    entries += [(f"labels: the {MAX_LABELS} best of {len(pb)}", GREY, "outline")] if len(pb) > MAX_LABELS else []
     entries += [("shaded = ground truth", GREY, "shade")] if len(gtb) else []
     entries += [("ego", EGO_COLOUR, "ego"), ("rings: range from ego", (170, 200, 230), "outline")]
     return vstack([framed, legend(entries, framed.shape[1])], gap=0)
@@ -677,6 +693,7 @@ __all__ = [
     "font",
     "heatmap_panels",
     "hstack",
+    "labelled",
     "legend",
     "overlay_semantic",
     "placeholder",

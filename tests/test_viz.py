@@ -343,3 +343,9 @@ def test_mtl_viz_data_draws_the_real_a2d2_frames(a2d2_sample, tmp_path):
     cam = frame_sheet(find_frame(a2d2_sample, cfg, "20180807_145028/000006882"), cfg)
     road = draw.semantic_palette(cfg.classes)[cfg.classes.sem_classes.index("road")]
     assert _colour_mask(cam, road, tol=3).sum() > 10000                        # the semantic ground truth
+
+
+def test_only_the_best_scores_get_a_text_label():
+    assert draw.labelled(np.array([0.2, 0.9, 0.5, 0.7]), 4, limit=2) == {1, 3}
+    assert draw.labelled(np.array([0.2, 0.9]), 2, limit=12) == {0, 1}
+    assert draw.labelled(None, 20, limit=12) == set(range(12))

@@ -71,7 +71,8 @@ def _best_row(rows: list[dict]) -> dict | None:
 def _summary(path: Path, rows: list[dict]) -> str:
     last, best = rows[-1], _best_row(rows)
     head = ["", "epoch", "train loss", "val mIoU", "val pixel acc", "val mAP", "epoch time s"]
-    picked = [("last", last)] + ([("best (best.pt)", best)] if best is not None and best is not last else [])
+    picked = [("last" + (" = best (best.pt)" if best is last else ""), last)] + \
+        ([("best (best.pt)", best)] if best is not None and best is not last else [])
     body = [[name, r.get("epoch"), r.get("train/total"), r.get("val/miou"), r.get("val/pixel_acc"), r.get("val/map"),
              r.get("epoch_time")] for name, r in picked]
     files = ", ".join(f"<code>{esc(p.name)}</code>" for p in sorted(path.glob("*.pt")))
