@@ -90,7 +90,7 @@ def _result(res: dict, key: str, sec: Section) -> str:
     for r in ok:
         m = r.get("metrics") or {}
         if m.get("miou") is not None or m.get("map") is not None:
-            sec.key_metrics.append({"source": sec.path, "what": f"bench {scenario}, {r['backend']}",
+            sec.key_metrics.append({"source": res["name"], "what": f"bench {scenario}, {r['backend']}",
                                     "frames": rep.get("frames"), "miou": m.get("miou"), "pixel_acc": None,
                                     "map": m.get("map")})
     return "\n".join(body)
@@ -139,7 +139,7 @@ def _latency(ok: list[dict], title: str) -> tuple[bytes | None, str]:
     how = ("from the per-frame latencies" if kinds == {"samples"} else
            "from the reported percentiles: the result has no per-frame latencies" if kinds == {"percentiles"} else
            "per-frame latencies where the result has them, else its percentiles")
-    return charts.latency_cdf(series, f"{title} ({how})"), how
+    return charts.latency_cdf(series, f"{title}\nend-to-end latency, {how}"), how
 
 
 def _system(system: dict | None) -> str:

@@ -76,8 +76,8 @@ def latency_cdf(series: dict[str, tuple[str, Sequence[float] | list[tuple[float,
     """Cumulative distribution of the end-to-end latency per backend. ``series``: backend -> ("samples",
     per-frame latencies) or ("percentiles", [(ms, fraction), ...]); percentile curves are drawn as marked
     points joined by dashed lines (only those quantiles are known)."""
-    fig = _figure(9.5, 4.6)
-    ax = fig.add_axes([0.08, 0.13, 0.62, 0.76])
+    fig = _figure(9.5, 4.8)
+    ax = fig.add_axes([0.08, 0.12, 0.62, 0.74])
     for i, (name, (kind, data)) in enumerate(series.items()):
         colour = f"C{i % 10}"
         if kind == "samples":
@@ -91,6 +91,6 @@ def latency_cdf(series: dict[str, tuple[str, Sequence[float] | list[tuple[float,
     ax.set_ylabel("fraction of frames at or below")
     ax.set_ylim(0, 1.02)
     ax.grid(True, lw=0.3, alpha=0.6)
-    ax.set_title(title, fontsize=11)
+    fig.suptitle(title, x=0.01, y=0.985, ha="left", va="top", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return png(fig)
