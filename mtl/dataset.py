@@ -29,12 +29,31 @@ import torch
 from torch.utils.data import Dataset
 
 from .config import Config
-from .data.chunk import HAS_ALL, Chunk, check_class_names, list_chunks, load_npz, parse_meta, read_chunk
+from .data.chunk import (
+    HAS_ALL,
+    HAS_BOXES,
+    HAS_IMAGE,
+    HAS_LIDAR,
+    HAS_SEMANTIC,
+    Chunk,
+    check_class_names,
+    list_chunks,
+    load_npz,
+    parse_meta,
+    read_chunk,
+)
 from .errors import ChunkError
 from .geometry import NearestTable, RemapTable, bev_raster, heatmap_targets, normalise_image, scale_cam_matrix
 
 TENSOR_KEYS = ("image", "bev", "heatmap", "reg", "reg_mask", "semantic")
-LIST_KEYS = ("boxes", "box_class", "frame_id")
+LIST_KEYS = ("boxes", "box_class", "frame_id", "modality_mask")
+
+
+def scored_tasks(mask: int) -> tuple[bool, bool]:
+    """(semantic, detection): what a frame with chunk ``modality_mask`` can be scored on. The semantic map
+    needs the camera image and its label; the boxes need the LiDAR sweep and the 3D labels."""
+    sem, det = HAS_IMAGE | HAS_SEMANTIC, HAS_LIDAR | HAS_BOXES
+    return (int(mask) & sem) == sem, (int(mask) & det) == det
 
 
 def _index_chunk(path: Path, cfg: Config) -> tuple[int, np.ndarray]:
@@ -95,6 +114,10 @@ class ChunkDataset(Dataset):
 
     Chunks are read lazily and kept in a small per-process LRU cache (each DataLoader worker has its own).
     Frames lacking a modality (chunk ``modality_mask``) are skipped; their count is ``self.skipped``.
+    ``partial`` (evaluation) keeps every frame that can be scored on at least one task (``scored_tasks``);
+    ``self.partial_frames`` counts those that are not complete. A missing camera image is fed as the
+    normalisation mean (zeros after normalising), a missing label map as all-ignore, missing LiDAR as no
+    points; ``modality_mask`` in each sample says what the frame really has.
 
     ``skip_bad``: a chunk that cannot even be indexed is left out (``self.bad_files``: path -> reason), and a
     frame that fails later (corrupt PNG, NaN points found when its chunk is first read) becomes
@@ -103,7 +126,7 @@ class ChunkDataset(Dataset):
     """
 
     def __init__(self, chunk_dir: str | Path, cfg: Config, augment: bool = False, seed: int = 0,
-                 max_cached_chunks: int = 16, skip_bad: bool = False):
+                 max_cached_chunks: int = 16, skip_bad: bool = False, partial: bool = False):
         self.cfg = cfg
         self.augment = augment
         self.seed = seed
@@ -113,6 +136,7 @@ class ChunkDataset(Dataset):
         self.files = [str(p) for p in list_chunks(chunk_dir)]
         self.index: list[tuple[int, int]] = []
         self.skipped = 0
+        self.partial_frames = 0
         self.bad_files: dict[str, str] = {}
         for ci, path in enumerate(self.files):
             try:
@@ -123,8 +147,10 @@ class ChunkDataset(Dataset):
                 self.bad_files[path] = e.reason      # the caller logs these (mtl train / eval)
                 continue
             for fi in range(n):
-                if (int(mask[fi]) & HAS_ALL) == HAS_ALL:
+                complete = (int(mask[fi]) & HAS_ALL) == HAS_ALL
+                if complete or (partial and any(scored_tasks(mask[fi]))):
                     self.index.append((ci, fi))
+                    self.partial_frames += not complete
                 else:
                     self.skipped += 1
         if self.skipped:
@@ -132,7 +158,9 @@ class ChunkDataset(Dataset):
                           stacklevel=2)
         if not self.index:
             bad = f" ({len(self.bad_files)} bad chunk(s) skipped)" if self.bad_files else ""
-            raise ChunkError(chunk_dir, f"no complete frames (camera + semantic + LiDAR + boxes) in the chunks{bad}")
+            need = ("camera + semantic label, or LiDAR + 3D boxes" if partial else
+                    "complete frames (camera + semantic + LiDAR + boxes)")
+            raise ChunkError(chunk_dir, f"no {need} in the chunks{bad}")
         self._cache: OrderedDict[int, Chunk] = OrderedDict()
         self._failed: dict[int, ChunkError] = {}
 
@@ -177,7 +205,7 @@ class ChunkDataset(Dataset):
         cfg = self.cfg
         ci, fi = self.index[idx]
         frame = self._chunk(ci).frame(fi)
-        image, semantic = frame.image(), frame.semantic()
+        image, semantic = self._camera(frame)
         if semantic.shape != image.shape[:2]:
             raise ChunkError(frame.source, f"frame {frame.frame_id}: semantic map {semantic.shape[0]}x"
                                            f"{semantic.shape[1]} and image {image.shape[0]}x{image.shape[1]} "
@@ -211,7 +239,22 @@ class ChunkDataset(Dataset):
             "boxes": boxes,
             "box_class": box_class,
             "frame_id": frame.frame_id,
+            "modality_mask": int(frame.modality_mask),
         }
+
+    def _camera(self, frame) -> tuple[np.ndarray, np.ndarray]:
+        """(image (H, W, 3) uint8, semantic (H, W)); stand-ins for what a partial frame lacks (class docstring)."""
+        if (frame.modality_mask & HAS_ALL) == HAS_ALL:
+            return frame.image(), frame.semantic()
+        cam = self.cfg.camera
+        image = frame.image() if frame.modality_mask & HAS_IMAGE else None
+        semantic = frame.semantic() if image is not None and frame.modality_mask & HAS_SEMANTIC else None
+        if image is None:
+            image = np.empty((*cam.image_hw, 3), np.uint8)
+            image[:] = np.round(np.asarray(cam.mean) * 255).astype(np.uint8)
+        if semantic is None:
+            semantic = np.full(image.shape[:2], self.cfg.classes.ignore_index, np.uint8)
+        return image, semantic
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from .config import Config
+from .data.chunk import HAS_ALL
+from .dataset import scored_tasks
 from .metrics import MetricsAccumulator, metric_detections
 
 
@@ -51,8 +53,9 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], cfg: Config, device
              ) -> dict[str, Any]:
     """Run ``model`` over ``loader`` and return
     ``{"loss": {term: mean, "total": mean}, "miou", "pixel_acc", "mean_acc", "per_class_iou": {name: iou|None},
-    "map", "ap": {cls: ap}, "ap_by_threshold": {...}, "n_gt", "frames", "skipped_bad", "time_s",
-    "samples_per_s"}`` (see ``MetricsAccumulator.compute``)."""
+    "map", "ap": {cls: ap}, "ap_by_threshold": {...}, "n_gt", "frames", "semantic_frames", "detection_frames",
+    "skipped_bad", "time_s", "samples_per_s"}`` (see ``MetricsAccumulator.compute``). A frame whose
+    ``modality_mask`` lacks what a task needs (``dataset.scored_tasks``) is scored on the other task only."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -78,7 +81,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], cfg: Config, device
     if with_losses:
         result["loss"] = {k: v / max(acc.frames, 1) for k, v in loss_sums.items()}
     result.update(metrics)
-    result.update(skipped_bad=n_bad, time_s=elapsed, samples_per_s=acc.frames / max(elapsed, 1e-9))
+    result.update(semantic_frames=acc.n_semantic_frames, detection_frames=acc.n_detection_frames,
+                  skipped_bad=n_bad, time_s=elapsed, samples_per_s=acc.frames / max(elapsed, 1e-9))
     return result
 
 
@@ -102,14 +106,19 @@ def _add_losses(loss_sums: dict[str, float], out: dict, b: dict, cfg: Config, se
 
 
 def _add_batch(acc: MetricsAccumulator, out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Config) -> None:
-    """Every frame of a batch into the accumulator (one host copy per output)."""
+    """Every frame of a batch into the accumulator (one host copy per output), each on the tasks its
+    ``modality_mask`` allows."""
     sem = out["sem_logits"].argmax(1).cpu().numpy()                       # (B, H, W)
     heat = torch.sigmoid(out["bbox_heatmap"].float()).cpu().numpy()       # (B, n_det, Hh, Wh)
     reg = out["bbox_reg"].float().cpu().numpy()                           # (B, 8, Hh, Wh)
     gt_sem = batch["semantic"].numpy()
+    masks = batch.get("modality_mask") or [HAS_ALL] * len(batch["frame_id"])
     for i, fid in enumerate(batch["frame_id"]):
-        acc.add_frame(fid, semantic_pred=sem[i], semantic_gt=gt_sem[i], **metric_detections(heat[i], reg[i], cfg),
-                      gt_boxes=batch["boxes"][i], gt_labels=batch["box_class"][i])
+        with_sem, with_det = scored_tasks(masks[i])
+        acc.add_frame(fid, semantic_pred=sem[i] if with_sem else None, semantic_gt=gt_sem[i] if with_sem else None,
+                      **(metric_detections(heat[i], reg[i], cfg) if with_det else {}),
+                      gt_boxes=batch["boxes"][i] if with_det else None,
+                      gt_labels=batch["box_class"][i] if with_det else None)
 
 
 def _gather(acc: MetricsAccumulator, loss_sums: dict[str, float], n_bad: int
@@ -149,7 +158,10 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def format_table(metrics: dict[str, Any], cfg: Config) -> str:
-    """Human-readable table: per-class IoU, per-class AP, then mIoU / pixel acc / mAP."""
+    """Human-readable table: per-class IoU, per-class AP, then mIoU / pixel acc / mAP; a task no frame could
+    be scored on shows '-' (e.g. real A2D2 frames with semantic labels but no 3D boxes)."""
+    n_sem = metrics.get("semantic_frames", metrics["frames"])
+    n_det = metrics.get("detection_frames", metrics["frames"])
     lines = [f"{'semantic class':<16} {'IoU':>7}"]
     for name, iou in metrics["per_class_iou"].items():
         lines.append(f"{name:<16} {'-' if iou is None else f'{iou:.3f}':>7}")
@@ -159,15 +171,23 @@ def format_table(metrics: dict[str, Any], cfg: Config) -> str:
         ap = metrics["ap"].get(name)
         lines.append(f"{name:<16} {'-' if ap is None else f'{ap:.3f}':>7}")
     lines.append("")
-    lines.append(f"mIoU {metrics['miou']:.4f}   pixel acc {metrics['pixel_acc']:.4f}   mAP {metrics['map']:.4f}"
-                 f"   ({metrics['frames']} frames, {metrics['samples_per_s']:.1f} frames/s)")
+
+    def val(key: str, n: int) -> str:
+        return f"{metrics[key]:.4f}" if n else "-"
+
+    counts = "" if n_sem == n_det == metrics["frames"] else \
+        f": {n_sem} scored for semantics, {n_det} for detection"
+    lines.append(f"mIoU {val('miou', n_sem)}   pixel acc {val('pixel_acc', n_sem)}   mAP {val('map', n_det)}"
+                 f"   ({metrics['frames']} frames{counts}, {metrics['samples_per_s']:.1f} frames/s)")
     return "\n".join(lines)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, batch_size: int = 4, workers: int = 0,
                         device: str | None = None, progress: bool = True, skip_bad: bool = False
                         ) -> tuple[dict[str, Any], Config]:
-    """Load a checkpoint and evaluate it on a chunk directory (no augmentation, no losses weighting changes)."""
+    """Load a checkpoint and evaluate it on a chunk directory (no augmentation). Partial frames (chunks
+    converted with ``--partial``) are scored on the tasks their labels allow (``dataset.scored_tasks``);
+    ``partial_frames`` counts them, and the loss is left out when there are any."""
     from torch.utils.data import DataLoader
 
     from .dataset import ChunkDataset, collate
@@ -176,9 +196,12 @@ def evaluate_checkpoint(checkpoint: str, data: str, batch_size: int = 4, workers
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, _ = load_checkpoint(checkpoint, map_location=dev)
     model.to(dev)
-    ds = ChunkDataset(data, cfg, augment=False, skip_bad=skip_bad)
+    ds = ChunkDataset(data, cfg, augment=False, skip_bad=skip_bad, partial=True)
     for path, reason in ds.bad_files.items():
         print(f"warning: skipped bad chunk {path}: {reason}", flush=True)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     sem_w = torch.tensor(cfg.loss.sem_weights, dtype=torch.float32, device=dev) if cfg.loss.sem_weights else None
-    return evaluate(model, loader, cfg, dev, sem_weights=sem_w, progress=progress), cfg
+    # a loss over stand-ins for missing labels would mean nothing: only complete data gets one
+    metrics = evaluate(model, loader, cfg, dev, sem_weights=sem_w, progress=progress,
+                       with_losses=ds.partial_frames == 0)
+    return {**metrics, "partial_frames": ds.partial_frames}, cfg

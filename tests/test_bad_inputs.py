@@ -29,10 +29,10 @@ from test_runtime import tiny_artifacts
 from mtl.cli import main
 from mtl.data import a2d2
 from mtl.data.chunk import read_chunk
-from mtl.errors import ChunkError, ConfigError, DataError, ModelMismatchError
+from mtl.errors import ChunkError, ConfigError, DataError, ModelMismatchError, OutputError
 from mtl.geometry import bev_raster
 
-EXIT = {ConfigError: 2, ChunkError: 3, DataError: 4, ModelMismatchError: 5}
+EXIT = {ConfigError: 2, ChunkError: 3, DataError: 4, ModelMismatchError: 5, OutputError: 9}
 
 
 @dataclass
@@ -396,7 +396,65 @@ MODEL_CASES = [
     Case("checkpoint_truncated", _truncated_checkpoint, ModelMismatchError, "not a readable checkpoint"),
 ]
 
-CORPUS = CHUNK_CASES + RAW_CASES + MODEL_CASES
+# ------------------------------------------------------------------------------ report / viz inputs
+
+
+def _report_input_not_a_result(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    bad = tmp / "notes"
+    bad.mkdir()
+    (bad / "readme.txt").write_text("not a result")
+    return ["report", str(bad), "--out", str(tmp / "site")], bad
+
+
+def _report_bench_json_truncated(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    bad = tmp / "bench_20260101-000000_ort.json"
+    bad.write_text('{"mtl_bench": 1, "rows": [')
+    return ["report", str(bad), "--out", str(tmp / "site")], bad
+
+
+def _report_infer_frame_json_corrupt(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    d = tmp / "preds"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"frames_written": 1, "files": ["f1"]}))
+    (d / "f1.json").write_text('{"frame_id": "f1", "detections": [')
+    return ["report", str(d), "--out", str(tmp / "site")], d / "f1.json"
+
+
+def _report_infer_frame_missing(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    d = tmp / "preds"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"frames_written": 1, "files": ["f1"]}))
+    return ["report", str(d), "--out", str(tmp / "site")], d / "summary.json"
+
+
+def _report_out_not_empty(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    run = tmp / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train/total": 1.0}\n')
+    out = tmp / "site"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    return ["report", str(run), "--out", str(out)], out
+
+
+def _viz_frame_not_in_data(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    return ["viz", "--data", str(art["chunks"]), "--frame", "no/such_frame"], art["chunks"]
+
+
+REPORT_CASES = [
+    Case("report_input_not_a_result", _report_input_not_a_result, DataError,
+         r"not a training run \(metrics\.jsonl\), an export folder"),
+    Case("report_bench_json_truncated", _report_bench_json_truncated, DataError, "not readable JSON"),
+    Case("report_infer_frame_json_corrupt", _report_infer_frame_json_corrupt, DataError, "not readable JSON"),
+    Case("report_infer_frame_missing", _report_infer_frame_missing, DataError,
+         r"lists frame 'f1' but f1\.json is not there"),
+    Case("report_out_not_empty", _report_out_not_empty, OutputError,
+         r"not empty \(1 entries\) and not an earlier mtl report; .* --overwrite"),
+    Case("viz_frame_not_in_data", _viz_frame_not_in_data, DataError,
+         r"no frame 'no/such_frame'; frames here: tiny/3_000"),
+]
+
+CORPUS = CHUNK_CASES + RAW_CASES + MODEL_CASES + REPORT_CASES
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_optional_torch_free_modules_do_not_import_torch():
             return False
 
     present = [m for m in ("mtl.metrics", "mtl.data.a2d2", "mtl.data.synth", "mtl.data.convert", "mtl.data.inspect",
-                           "mtl.viz", "mtl.contract") if exists(m)]
+                           "mtl.viz", "mtl.contract", "mtl.draw", "mtl.report", "mtl.runtime.scoring") if exists(m)]
     if not present:
         pytest.skip("no optional torch-free modules installed")
     assert _imports_torch(present) == []

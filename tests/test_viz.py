@@ -1,7 +1,7 @@
-"""mtl.viz: debug-image orientation (x forward UP, y left LEFT), palette, overlay, curves, `mtl viz`."""
+"""mtl.viz / mtl.draw: debug-image orientation (x forward UP, y left LEFT), palette, overlays with titles and
+legends, BEV views, heatmap panels per class, curves with integer epoch ticks, `mtl viz RUN` and `mtl viz --data`."""
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mtl import draw
 from mtl import geometry as G
 from mtl.config import Config
+from mtl.draw import FRAME_LEFT, FRAME_RIGHT, FRAME_TOP, bev_view, title_bar
 from mtl.viz import (
-    bev_box_figure,
     bev_display,
     bev_display_pixel,
     colorize_semantic,
@@ -83,10 +84,9 @@ def _brightest(panel):
 def test_heatmap_panel_peak_where_box_is(x, y):
     grid = Config().grid
     t = G.heatmap_targets(np.array([[x, y, 0, 4, 2, 1.5, 0]], np.float32), np.array([0]), grid, 4)
-    img = heatmap_panels(t["heatmap"], t["heatmap"], grid, scale=2)
+    img = heatmap_panels(t["heatmap"], t["heatmap"], grid, ("car", "truck", "pedestrian", "cyclist"), scale=2)
     h, w = grid.head_shape[0] * 2, grid.head_shape[1] * 2
-    top, left = 18, 30                                   # _bev_panel margins (title, x tick labels)
-    gt_panel = img[top: top + h, left: left + w]
+    gt_panel = img[FRAME_TOP: FRAME_TOP + h, FRAME_LEFT: FRAME_LEFT + w]     # row 0 = class 0 (car)
     r, c = _brightest(gt_panel)
     er, ec = bev_display_pixel(x, y, grid, (h, w))
     assert abs(r - er) <= 3 and abs(c - ec) <= 3, ((r, c), (er, ec))
@@ -94,35 +94,38 @@ def test_heatmap_panel_peak_where_box_is(x, y):
     if x > grid.x_max / 2:
         assert r < h / 2                                  # upper-left quadrant
     # the pred panel (same map) has its peak at the same place
-    pred_left = left + w + 8 + 6 + left                   # panel width (30 + w + 8) + gap 6 + margin
-    r2, c2 = _brightest(img[top: top + h, pred_left: pred_left + w])
+    pred_left = FRAME_LEFT + w + FRAME_RIGHT + 10 + FRAME_LEFT        # panel width + hstack gap + margin
+    r2, c2 = _brightest(img[FRAME_TOP: FRAME_TOP + h, pred_left: pred_left + w])
     assert (r2, c2) == (r, c)
+    # one row per class: the truck row (class 1, no object) is dark everywhere
+    row_h = FRAME_TOP + h + draw.FRAME_BOTTOM + 8
+    truck = img[row_h + FRAME_TOP: row_h + FRAME_TOP + h, FRAME_LEFT: FRAME_LEFT + w]
+    assert truck.astype(int).sum(-1).max() < 30 and gt_panel.astype(int).sum(-1).max() > 600
 
 
-def _colour_mask(rgb, colour, tol=60):
+def _colour_mask(rgb, colour, tol=40):
     return (np.abs(rgb.astype(np.int32) - np.array(colour)).max(-1) < tol)
 
 
-def test_bev_plot_boxes_orientation():
+def test_bev_view_boxes_orientation_and_scale():
     grid = Config().grid
-    box = np.array([[40.0, 10.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)
-    near = np.array([[20.0, 5.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)
-    fig = bev_box_figure(grid, occupancy=np.zeros(grid.shape), gt_boxes=box, pred_boxes=near)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
-    rgb = np.asarray(Image.open(buf).convert("RGB"))
-    bb = fig.axes[0].get_window_extent()                  # display coords, origin bottom-left
-    H = rgb.shape[0]
-    top, bottom, left, right = H - bb.y1, H - bb.y0, bb.x0, bb.x1
-    green = np.argwhere(_colour_mask(rgb, (0, 192, 0)))
-    red = np.argwhere(_colour_mask(rgb, (255, 0, 0)))
-    assert len(green) > 20 and len(red) > 20
-    gr, gc = green.mean(0)
-    assert top < gr < (top + bottom) / 2 and left < gc < (left + right) / 2      # x=40, y=+10: upper-left
-    rr, rc = red.mean(0)
-    assert gr < rr < bottom - 10 and rc < (left + right) / 2 and rc > gc         # x=20, y=+5: lower, left
-    # metric scale: the red box centre lies 20 m above the axes bottom
-    assert abs((bottom - rr) / (bottom - top) * (grid.x_max - grid.x_min) - 20.0) < 1.0
+    gt = np.array([[40.0, 10.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)          # car, upper left
+    pred = np.array([[20.0, 5.0, 0, 4.5, 2.0, 1.6, 0.0]], np.float32)         # truck, lower, left
+    rgb = bev_view(grid, gt_boxes=gt, gt_labels=[0], boxes=pred, labels=[1], scores=[0.8],
+                   det_names=("car", "truck"), size=512)
+    m = rgb[FRAME_TOP: FRAME_TOP + 512, FRAME_LEFT: FRAME_LEFT + 512]        # 10 px per metre
+    car = np.argwhere(_colour_mask(m, draw.det_colour(0)))
+    truck = np.argwhere(_colour_mask(m, draw.det_colour(1)))
+    assert len(car) > 20 and len(truck) > 20
+    er, ec = bev_display_pixel(40.0, 10.0, grid, (512, 512))
+    assert np.abs(car.mean(0) - (er, ec)).max() < 6 and ec < 256 and er < 256
+    tr, tc = bev_display_pixel(20.0, 5.0, grid, (512, 512))
+    rows, cols = truck[:, 0], truck[:, 1]
+    assert abs(np.median(cols) - tc) < 15 and tr - 40 < np.median(rows) < tr + 15    # label sits above the box
+    assert rows.max() <= tr + 24                                              # the 4.5 m box: +-22.5 px
+    # the ego triangle at the bottom centre
+    ego = np.argwhere(_colour_mask(m, draw.EGO_COLOUR))
+    assert len(ego) > 10 and abs(ego[:, 1].mean() - 256) < 3 and ego[:, 0].min() > 512 - 20
 
 
 def test_palette_and_colorize(cfg):
@@ -154,19 +157,24 @@ def test_write_debug_images(tmp_path, small_cfg):
     assert names == ["item0_bev.png", "item0_heatmap.png", "item0_overlay.png", "item0_semantic.png"]
     assert all(p.parent == tmp_path / "epoch_007" and p.is_file() for p in paths)
     assert not [p for p in (tmp_path / "epoch_007").iterdir() if p.name.startswith(".")]   # no temp files
-    assert _read(tmp_path / "epoch_007" / "item0_overlay.png").shape == (48, 80, 3)
-    # GT heatmap panel of the written PNG: brightest pixel at the box, upper-left quadrant
+    # overlay: the 80 px camera image upscaled 7x (>= 512 px wide) under a title, with a legend below
+    ov = _read(tmp_path / "epoch_007" / "item0_overlay.png")
+    title = title_bar("scene/000000001 \u00b7 epoch 7 \u00b7 predicted boxes score > 0.1", 560)
+    assert ov.shape[1] == 560 and ov.shape[0] > title.shape[0] + 48 * 7
+    assert (ov[: title.shape[0]] == title).all()                             # the title names frame and epoch
+    # GT heatmap panel of the written PNG (below the title): brightest pixel at the box, upper-left quadrant
     hm = _read(tmp_path / "epoch_007" / "item0_heatmap.png")
-    gt_panel = hm[18: 18 + 256, 30: 30 + 256]
+    th = title_bar("scene/000000001 \u00b7 epoch 7 \u00b7 BEV centre heatmaps per class", hm.shape[1]).shape[0]
+    gt_panel = hm[th + FRAME_TOP: th + FRAME_TOP + 256, FRAME_LEFT: FRAME_LEFT + 256]
     r, c = _brightest(gt_panel)
     er, ec = bev_display_pixel(40.0, 10.0, small_cfg.grid, (256, 256))
     assert abs(r - er) <= 3 and abs(c - ec) <= 3 and r < 128 and c < 128
-    # BEV plot: the GT (green) and decoded prediction (red) box overlap in the upper-left
-    bev = _read(tmp_path / "epoch_007" / "item0_bev.png")
-    green, red = np.argwhere(_colour_mask(bev, (0, 192, 0))), np.argwhere(_colour_mask(bev, (255, 0, 0)))
-    assert len(green) > 20 and len(red) > 20
-    assert np.abs(green.mean(0) - red.mean(0)).max() < 6
-    assert green.mean(0)[0] < bev.shape[0] / 2 and green.mean(0)[1] < bev.shape[1] / 2
+    # BEV view: the GT box (shaded) and the decoded prediction (outlined), both class 0, in the upper-left
+    bev = _read(tmp_path / "epoch_007" / "item0_bev.png")[FRAME_TOP: FRAME_TOP + 512, FRAME_LEFT: FRAME_LEFT + 512]
+    car = np.argwhere(_colour_mask(bev, draw.det_colour(0)))
+    assert len(car) > 20
+    er, ec = bev_display_pixel(40.0, 10.0, small_cfg.grid, (512, 512))
+    assert abs(np.median(car[:, 1]) - ec) < 8 and er - 40 < np.median(car[:, 0]) < er + 10
 
 
 def test_write_debug_images_accepts_tensors(tmp_path, small_cfg):
@@ -222,3 +230,122 @@ def test_cli_viz(tmp_path):
     res = runner.invoke(main, ["viz", str(tmp_path), "--out", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output
     assert res.output.strip() == str(tmp_path / "c.png") and (tmp_path / "c.png").is_file()
+
+
+# ------------------------------------------------------------------------------ readable drawings
+
+
+def test_fonts_are_scalable_and_readable():
+    from PIL import ImageFont
+
+    assert isinstance(draw.font(draw.LABEL_PT), ImageFont.FreeTypeFont)
+    small, big = draw.text_size("Ag", 14)[1], draw.text_size("Ag", 28)[1]
+    assert small >= 12 and big > 1.6 * small                  # the bitmap default is ~11 px whatever is asked
+
+
+def test_camera_overlay_draws_labelled_class_coloured_boxes_title_and_legend():
+    from mtl.viz import model_cam_matrix
+
+    cfg = Config()
+    h, w = cfg.camera.image_hw
+    k = model_cam_matrix(cfg)
+    box = np.array([[20.0, 0.0, -0.8, 0.8, 0.8, 1.8, 0.0]], np.float32)      # a pedestrian 20 m ahead
+    img = np.full((h, w, 3), 90, np.uint8)
+    title = "scene/000000007 \u00b7 model.onnx \u00b7 score > 0.1"
+    out = draw.camera_overlay(img, k, boxes=box, labels=[2], scores=[0.77], det_names=cfg.classes.det_classes,
+                              title=title)
+    th = title_bar(title, w).shape[0]
+    assert out.shape[1] == w and out.shape[0] > th + h                       # title above, legend below
+    assert (out[:th] == title_bar(title, w)).all()
+    body = out[th: th + h]
+    ped = np.argwhere(_colour_mask(body, draw.det_colour(2)))
+    u, _, _ = G.project_points(np.array([[20.0, 0.0, -0.8]]), k)
+    assert len(ped) > 50 and abs(np.median(ped[:, 1]) - u[0]) < 12           # the box, centred on its projection
+    legend = out[th + h:]
+    assert _colour_mask(legend, draw.det_colour(2)).sum() > 20                 # its class in the legend
+    assert not _colour_mask(out, draw.det_colour(0)).any()                    # no car drawn or listed
+
+
+def test_curves_have_integer_epoch_ticks():
+    from mtl.viz import curves_figure
+
+    rows = [{"epoch": 1, "train/total": 4.0, "val/miou": 0.1}, {"epoch": 2, "train/total": 2.0, "val/miou": 0.3}]
+    fig = curves_figure(rows)
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_runtime_overlay_uses_neither_matplotlib_nor_torch():
+    code = """
+import json, sys
+import numpy as np
+from mtl.config import Config
+from mtl.runtime import Result, overlay
+cfg = Config()
+h, w = cfg.camera.image_hw
+res = Result(frame_id="s/1", boxes=np.array([[15, 2, -1, 4, 2, 1.5, 0]], np.float32),
+             scores=np.array([0.8], np.float32), labels=np.array([0]), label_names=["car"],
+             semantic=np.zeros((h, w), np.uint8), image=np.zeros((h, w, 3), np.uint8))
+out = overlay(res, cfg, model="model.onnx")
+print(json.dumps({"shape": list(out.shape), "mods": sorted(m for m in sys.modules
+                  if m.split(".")[0] in ("matplotlib", "torch"))}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["mods"] == [] and res["shape"][1] == 512 and res["shape"][0] > 320
+
+
+def test_frame_sheet_and_mtl_viz_data_on_tiny_chunks(tmp_path):
+    from click.testing import CliRunner
+    from conftest import tiny_cfg, write_tiny_chunks
+
+    from mtl.cli import main
+
+    cfg = tiny_cfg()
+    chunks = write_tiny_chunks(tmp_path / "c", cfg, n_frames=2)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    runner = CliRunner()
+    out = tmp_path / "f.png"
+    r = runner.invoke(main, ["viz", "--data", str(chunks), "--frame", "tiny__0_001", "--config",
+                             str(tmp_path / "cfg.json"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == str(out)
+    sheet = _read(out)
+    assert sheet.shape[1] > 1000 and _colour_mask(sheet, draw.det_colour(0), tol=20).sum() + \
+        sum(_colour_mask(sheet, draw.det_colour(c), tol=20).sum() for c in (1, 2, 3)) > 50    # the 3D boxes
+    r = runner.invoke(main, ["viz", "--data", str(chunks), "--frame", "nope", "--config", str(tmp_path / "cfg.json")])
+    assert r.exit_code == 4 and "no frame 'nope'; frames here: tiny/0_000, tiny/0_001" in r.output
+    for args in (["viz"], ["viz", str(tmp_path), "--data", str(chunks)], ["viz", str(tmp_path), "--frame", "x"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, args
+
+
+def test_mtl_viz_data_draws_the_real_a2d2_frames(a2d2_sample, tmp_path):
+    """The real sample: a camera + semantic frame, and the frame with LiDAR + 3D boxes only (no camera)."""
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+    from mtl.viz import find_frame, frame_sheet
+
+    cfg = Config()
+    lidar = find_frame(a2d2_sample, cfg, "20180810_142822/000015196")
+    assert not lidar.has_image and len(lidar.points) > 1000 and len(lidar.gt_boxes) == 4
+    sheet = frame_sheet(lidar, cfg)
+    for c in (0, 3):                                               # its car and its two cyclists, shaded in the BEV
+        assert _colour_mask(sheet, draw.det_colour(c), tol=10).sum() > 30
+    out = tmp_path / "lidar.png"
+    r = CliRunner().invoke(main, ["viz", "--data", str(a2d2_sample), "--frame", "20180810_142822/000015196",
+                                  "--out", str(out)])
+    assert r.exit_code == 0 and (_read(out) == sheet).all()
+    cam = frame_sheet(find_frame(a2d2_sample, cfg, "20180807_145028/000006882"), cfg)
+    road = draw.semantic_palette(cfg.classes)[cfg.classes.sem_classes.index("road")]
+    assert _colour_mask(cam, road, tol=3).sum() > 10000                        # the semantic ground truth
+
+
+def test_only_the_best_scores_get_a_text_label():
+    assert draw.labelled(np.array([0.2, 0.9, 0.5, 0.7]), 4, limit=2) == {1, 3}
+    assert draw.labelled(np.array([0.2, 0.9]), 2, limit=12) == {0, 1}
+    assert draw.labelled(None, 20, limit=12) == set(range(12))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..config import build_config
+from .options import progress_option, want_progress
 from .train import set_option
 
 
@@ -29,9 +30,9 @@ def data() -> None:
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Config JSON (classes, camera.image_hw); default config when omitted.")
 @set_option("Applied after --config; --image-size wins over camera.image_hw.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@progress_option
 def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite, workers, config_path, assignments,
-                no_progress):
+                progress):
     """Convert a raw A2D2 front-centre tree into NPZ chunks (images undistorted + resized).
 
     Frames are paired by scene and frame id; by default a frame needs camera, label, lidar and label3D
@@ -43,7 +44,7 @@ def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite,
 
     summary = convert(root, out, build_config(config_path, assignments), chunk_size=chunk_size, image_size=image_size,
                       partial=partial, skip_bad=skip_bad, overwrite=overwrite, workers=workers,
-                      progress=not no_progress)
+                      progress=want_progress(progress))
     click.echo(format_summary(summary))
 
 
@@ -73,8 +74,8 @@ def inspect_cmd(path, as_json):
 @click.option("--scene-size", default=50, show_default=True, type=click.IntRange(min=1),
               help="Frames per scene folder (one street per scene).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier synthetic dataset in --out.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def synth_cmd(out, frames, seed, workers, scene_size, overwrite, no_progress):
+@progress_option
+def synth_cmd(out, frames, seed, workers, scene_size, overwrite, progress):
     """Generate a synthetic dataset in the real raw A2D2 layout (camera, label, lidar, label3D).
 
     Camera, semantic label, LiDAR and 3D boxes are ray-cast from one procedural street scene per frame,
@@ -83,7 +84,7 @@ def synth_cmd(out, frames, seed, workers, scene_size, overwrite, no_progress):
     from ..data.synth import generate
 
     s = generate(out, frames, seed, workers=workers, scene_size=scene_size, overwrite=overwrite,
-                 progress=not no_progress)
+                 progress=want_progress(progress))
     boxes = ", ".join(f"{n} {c}" for c, n in s["objects_per_class"].items() if n)
     click.echo(f"synth: {s['frames']} frames in {len(s['scenes'])} scenes -> {out} "
                f"({s['elapsed_s']:.1f} s, {s['frames_per_s']:.1f} frames/s, "

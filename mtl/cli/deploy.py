@@ -1,10 +1,11 @@
-"""`mtl export`, `mtl infer`, `mtl bench`."""
+"""`mtl export`, `mtl infer`, `mtl bench`, `mtl report`."""
 from __future__ import annotations
 
 import click as _ck
 
 # the variant table is import-light (no torch / onnx): the export flags and the bench columns come from it
 from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, GATED_PRECISIONS, OPTIONAL
+from .options import progress_option, want_progress
 
 COMMANDS: list = []
 
@@ -55,6 +56,7 @@ def _variant_flags(f):
             help="Frames for the parity report.")
 @_ck.option("--atol", type=float, default=1e-4, show_default=True,
             help="fp32 parity tolerance (max abs diff per output).")
+@progress_option
 def export_cmd(**flags):
     """Export CHECKPOINT to ONNX (dynamo, opset >= 18) with a parity report against torch on real frames,
     optional fp16 / int8 variants (each gated on mIoU / mAP drop), a static TensorRT-compatibility check and
@@ -64,6 +66,7 @@ def export_cmd(**flags):
     from ..export.run import export_checkpoint
 
     chosen = tuple(v.name for v in OPTIONAL if flags.pop(v.name))
+    flags["progress"] = want_progress(flags["progress"])
     export_checkpoint(ExportOptions(variants=chosen, **flags), echo=_ck.echo)
 
 
@@ -120,17 +123,38 @@ def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
 @_ck.option("--threads", type=int, default=None, help="Threads for every backend (ORT intra-op, torch).")
 @_ck.option("--out", "out_dir", type=_ck.Path(file_okay=False), default="benchmarks/results", show_default=True,
             help="Directory for bench_<date>_<backends>.json / .md.")
-@_ck.option("--no-progress", is_flag=True, help="No progress bar.")
-def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds, threads, out_dir, no_progress):
+@progress_option
+def bench_cmd(model, compare, checkpoint, data, n_frames, iters, warmup, rounds, threads, out_dir, progress):
     """Per-stage latency (mean/p50/p90/p99), throughput, peak RSS and parity vs torch for each backend,
     printed as one table and written as JSON + markdown."""
     from ..bench import run_bench
 
     names = tuple(c.strip() for c in compare.split(",") if c.strip())
     report = run_bench(model, data, names, checkpoint=checkpoint, iters=iters, warmup=warmup, threads=threads,
-                       n_frames=n_frames, out_dir=out_dir, progress=not no_progress, rounds=rounds)
+                       n_frames=n_frames, out_dir=out_dir, progress=want_progress(progress), rounds=rounds)
     _ck.echo(report["markdown"])
     _ck.echo(f"written: {report['written']['json']}\n         {report['written']['markdown']}")
 
 
-COMMANDS += [infer_cmd, bench_cmd]
+@_ck.command("report")
+@_ck.argument("paths", nargs=-1, required=True, type=_ck.Path(exists=True))
+@_ck.option("--out", required=True, type=_ck.Path(file_okay=False),
+            help="Folder for the site (index.html + images); created if missing.")
+@_ck.option("--overwrite", is_flag=True,
+            help="Write into a non-empty folder that is not an earlier report (only the report's files are "
+                 "written; nothing else is deleted). An earlier report in --out is always replaced.")
+def report_cmd(paths, out, overwrite):
+    """Make one static site from training runs, export folders, infer outputs and bench results (any mix,
+    several at once): curves, per-class IoU / AP per epoch and debug images of a run; parity, gates and the
+    TensorRT check of an export; a contact sheet (camera overlay + bird's-eye view), per-frame detections
+    and metrics of an infer output; tables, latency distributions and the system description of a bench.
+    Open OUT/index.html in a browser: no server, no network."""
+    from ..report import build_report
+
+    manifest = build_report(paths, out, overwrite=overwrite)
+    size = sum(f["size"] for f in manifest["files"]) / 1e6
+    kinds = ", ".join(f"{i['kind']} {i['path']}" for i in manifest["inputs"])
+    _ck.echo(f"report: {out}/index.html ({kinds}; {len(manifest['files'])} files, {size:.1f} MB)")
+
+
+COMMANDS += [infer_cmd, bench_cmd, report_cmd]

@@ -6,6 +6,7 @@ import json
 import click
 
 from ..config import SEM_CLASS_WEIGHTS, SEM_LOSSES, Config, build_config
+from .options import progress_option, want_progress
 
 COMMANDS: list = []
 
@@ -67,10 +68,10 @@ def set_option(precedence: str):
 @config_option("--skip-bad", "train.skip_bad",
                "Log and count corrupt chunks / frames (train/skipped_bad in metrics.jsonl) instead of stopping",
                is_flag=True)
-@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@progress_option
 def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lambda_sem, sem_loss, sem_class_weights,
               config_path, assignments, resume, seed, num_workers, viz_every, deterministic, ckpt_every_steps,
-              skip_bad, no_progress):
+              skip_bad, progress):
     """Train the fused multi-task model on NPZ chunks.
 
     Writes RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt, RUN/metrics.jsonl (one JSON line per
@@ -85,7 +86,7 @@ def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lam
         "loss.lambda_hm": lambda_hm, "loss.lambda_reg": lambda_reg, "loss.lambda_sem": lambda_sem,
         "loss.sem_loss": sem_loss, "loss.sem_class_weights": sem_class_weights,
     })
-    train(cfg, data, out, val=val, resume=resume, progress=not no_progress, resume_epochs=epochs)
+    train(cfg, data, out, val=val, resume=resume, progress=want_progress(progress), resume_epochs=epochs)
 
 
 COMMANDS.append(train_cmd)
@@ -101,14 +102,14 @@ COMMANDS.append(train_cmd)
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--skip-bad", is_flag=True, help="Log and count corrupt chunks / frames instead of stopping.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def eval_cmd(checkpoint, data, out, batch_size, workers, skip_bad, no_progress):
+@progress_option
+def eval_cmd(checkpoint, data, out, batch_size, workers, skip_bad, progress):
     """Evaluate a checkpoint: per-class IoU / AP table, mIoU, mAP, pixel accuracy (+ JSON with --out)."""
     from ..evaluate import evaluate_checkpoint, format_table
     from ..io import write_json_atomic
 
     metrics, cfg = evaluate_checkpoint(checkpoint, data, batch_size=batch_size, workers=workers,
-                                       progress=not no_progress, skip_bad=skip_bad)
+                                       progress=want_progress(progress), skip_bad=skip_bad)
     click.echo(format_table(metrics, cfg))
     if out:
         write_json_atomic(out, {"checkpoint": str(checkpoint), "data": str(data), **metrics})
@@ -122,19 +123,45 @@ COMMANDS.append(eval_cmd)
 
 
 @click.command("viz")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=click.Path(), required=False)
+@click.option("--data", default=None, type=click.Path(),
+              help="Draw one data frame instead: NPZ chunks (a directory or one chunk) or a raw A2D2 tree.")
+@click.option("--frame", "frame_id", default=None, metavar="ID",
+              help="With --data: the frame id (e.g. 20180810_142822/000015196, or its file-name form "
+                   "20180810_142822__000015196) [default: the first frame].")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="With --data: config JSON (classes, calibration, grid); default config when omitted.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Output PNG [default: RUN/curves.png].")
-def viz_cmd(run, out):
-    """Plot the metric curves of a training run (RUN/metrics.jsonl) into RUN/curves.png.
+              help="Output PNG [default: RUN/curves.png; with --data: frame_<id>.png in the current directory].")
+def viz_cmd(run, data, frame_id, config_path, out):
+    """Plot the metric curves of a training run (RUN/metrics.jsonl) into RUN/curves.png, or draw one data
+    frame (--data): the camera with the ground-truth 3D boxes, the semantic ground truth in colour, and the
+    LiDAR bird's-eye view with the boxes. A modality the frame lacks (e.g. a LiDAR-only A2D2 frame) is a grey
+    panel saying so. Prints the PNG path.
 
-    Every numeric key is plotted against the epoch, grouped into panels: losses, segmentation,
-    detection, throughput (and other). Prints the PNG path. (Per-epoch debug images are written during
-    `mtl train` by mtl.viz.write_debug_images, in epoch_NNN/ folders under the run.)
+    Curves: every numeric key is plotted against the epoch, grouped into panels: losses, segmentation,
+    detection, throughput (and other). (Per-epoch debug images are written during `mtl train` by
+    mtl.viz.write_debug_images, in epoch_NNN/ folders under the run.)
     """
-    from ..viz import plot_curves
+    from ..errors import ConfigError
 
-    click.echo(str(plot_curves(run, out=out)))
+    if (run is None) == (data is None):
+        raise ConfigError(None, "give exactly one of RUN (metric curves) and --data CHUNKS|RAW (one frame)")
+    if data is None:
+        if frame_id or config_path:
+            raise ConfigError(None, "--frame and --config go with --data")
+        from ..viz import plot_curves
+
+        click.echo(str(plot_curves(run, out=out)))
+        return
+    from ..config import build_config
+    from ..draw import save
+    from ..runtime.frames import sanitise_frame_id
+    from ..viz import find_frame, frame_sheet
+
+    cfg = build_config(config_path, (), {})
+    frame = find_frame(data, cfg, frame_id)
+    click.echo(str(save(out or f"frame_{sanitise_frame_id(frame.frame_id)}.png", frame_sheet(frame, cfg))))
 
 
 COMMANDS.append(viz_cmd)

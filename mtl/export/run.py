@@ -261,7 +261,7 @@ def metric_gate(job: Job, gated: list[Variant], sessions: dict[str, Any]) -> Non
     job.echo(f"metric gate: evaluating fp32 + {', '.join(v.name for v in gated)} on {len(frames)} frame(s) of "
              f"{o.val_data} ...")
     metrics = par.evaluate_sessions({k: sessions[k] for k in ("fp32", *(v.name for v in gated))}, frames, job.cfg,
-                                    o.run_batch, progress=True)
+                                    o.run_batch, progress=o.progress)
     job.report["timings_s"]["metric_gate"] = round(time.perf_counter() - t0, 3)
     variants["fp32"]["metrics"] = metrics["fp32"]
     for v in gated:

@@ -114,41 +114,28 @@ def argmax_channels(logits: np.ndarray) -> np.ndarray:
 
 def box_outline_segments(boxes: np.ndarray, k: np.ndarray, image_hw: tuple[int, int]) -> list[list[tuple]]:
     """Image-plane line segments of each box's 12 edges (both ends in front of the camera)."""
-    from ..geometry import box_corners_bev, project_points
+    from ..draw import box_edges_image
 
-    segs: list[list[tuple]] = []
-    if len(boxes) == 0:
-        return segs
-    bev = box_corners_bev(boxes)                                     # (M, 4, 2)
-    for b, c4 in zip(np.asarray(boxes, np.float64), bev):
-        z0, z1 = b[2] - b[5] / 2, b[2] + b[5] / 2
-        corners = np.concatenate([np.column_stack([c4, np.full(4, z0)]), np.column_stack([c4, np.full(4, z1)])])
-        u, v, depth = project_points(corners, k)
-        edges = [(i, (i + 1) % 4) for i in range(4)] + [(4 + i, 4 + (i + 1) % 4) for i in range(4)] + \
-                [(i, i + 4) for i in range(4)]
-        segs.append([((u[a], v[a]), (u[e], v[e])) for a, e in edges if depth[a] > 0.5 and depth[e] > 0.5])
-    return segs
+    return box_edges_image(boxes, k)
 
 
-def overlay(result: Result, cfg: Config, alpha: float = 0.45) -> np.ndarray:
-    """Semantic colours over the model-size image + projected 3D box outlines (class colour). (H, W, 3)."""
-    from PIL import Image, ImageDraw
-
+def overlay(result: Result, cfg: Config, alpha: float = 0.45, *, model: str | None = None) -> np.ndarray:
+    """What ``mtl infer --overlay`` writes: the model-size camera image with the semantic colours blended in,
+    the predicted 3D boxes projected and labelled ``class score`` in their class colour, a title (frame id,
+    ``model`` when given, the score threshold) and a legend (``mtl.draw.camera_overlay``; numpy + PIL only).
+    Returns (H', W', 3) uint8, H' > H (title and legend rows)."""
+    from ..draw import camera_overlay, semantic_palette
     from ..geometry import cam_matrix, scale_cam_matrix
-    from ..viz import overlay_semantic, semantic_palette
 
     if result.image is None:
         raise ValueError("overlay needs the prepared image (run the pipeline with keep_image=True)")
-    pal = semantic_palette(cfg.classes)
-    img = overlay_semantic(result.image, result.semantic, pal, alpha=alpha, ignore_index=cfg.classes.ignore_index)
-    k = scale_cam_matrix(cam_matrix(cfg.camera), tuple(cfg.camera.resolution_wh), tuple(cfg.camera.image_hw))
-    colours = [(255, 60, 60), (255, 170, 0), (60, 200, 255), (200, 80, 255), (80, 255, 80)]
-    canvas = Image.fromarray(img)
-    draw = ImageDraw.Draw(canvas)
-    for lab, segs in zip(result.labels, box_outline_segments(result.boxes, k, tuple(cfg.camera.image_hw))):
-        for (a, b) in segs:
-            draw.line([a, b], fill=colours[int(lab) % len(colours)], width=1)
-    return np.asarray(canvas)
+    c = cfg.classes
+    k = scale_cam_matrix(cam_matrix(cfg.camera), tuple(cfg.camera.resolution_wh), tuple(result.image.shape[:2]))
+    title = " \u00b7 ".join([result.frame_id] + ([model] if model else []) +
+                            [f"{len(result.boxes)} boxes, score > {cfg.decode.score_threshold:g}"])
+    return camera_overlay(result.image, k, semantic=result.semantic, palette=semantic_palette(c),
+                          sem_names=c.sem_classes, boxes=result.boxes, labels=result.labels, scores=result.scores,
+                          det_names=c.det_classes, title=title, alpha=alpha, ignore_index=c.ignore_index)
 
 
 __all__ = ["Result", "box_outline_segments", "decode_outputs", "overlay"]

@@ -1,0 +1,331 @@
+"""`mtl report`: one static site from a real (tiny) training run, export, infer outputs and bench results,
+checked for content, refusals / atomic replacement, and rendered in a real browser (headless Chromium):
+every image loads, no link is broken, the console stays silent."""
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("matplotlib")
+
+from click.testing import CliRunner
+from conftest import write_tiny_chunks
+
+from mtl.cli import main
+from mtl.errors import DataError, OutputError
+from mtl.report import build_report, detect_kind
+from mtl.report.bench import read_bench
+from mtl.report.infer import read_infer
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A 2-epoch tiny run with debug images, `mtl export` (fp32 + fp16), infer with and without overlays (the
+    second with metrics, as `mtl infer --eval` will write them), a bench JSON and a bench result folder in
+    the new layout (per-frame latencies + system description)."""
+    from test_runtime import runtime_cfg
+
+    from mtl.bench import run_bench
+    from mtl.export.options import ExportOptions
+    from mtl.export.run import export_checkpoint
+    from mtl.runtime import Pipeline, iter_frames
+    from mtl.runtime.pipeline import infer_directory
+    from mtl.runtime.scoring import score_results
+    from mtl.train import train
+
+    root = tmp_path_factory.mktemp("report")
+    cfg = runtime_cfg(**{"train.epochs": 2, "train.viz_every": 1, "train.batch_size": 2})
+    train_dir = write_tiny_chunks(root / "train", cfg, n_frames=4, seed=1)
+    val = write_tiny_chunks(root / "val", cfg, n_frames=3, seed=3)
+    train(cfg, train_dir, root / "run", val=val, progress=False)
+    export_checkpoint(ExportOptions(root / "run" / "best.pt", root / "export", variants=("fp16",), val_data=val,
+                                    parity_frames=2, gate_frames=2, progress=False), echo=lambda m: None)
+    onnx = root / "export" / "model.onnx"
+    infer_directory(onnx, val, root / "infer", backend="onnxruntime", threads=1, overlay_images=True, progress=False)
+    infer_directory(onnx, val, root / "infer_eval", backend="onnxruntime", threads=1, progress=False)
+    with Pipeline.open(onnx, "onnxruntime", threads=1) as pipe:
+        pairs = [(pipe.run_frame(f), f) for f in iter_frames(val, pipe.cfg, with_gt=True)]
+        metrics = score_results(pairs, pipe.cfg, pipe.spec.heatmap_activation)
+    summary = json.loads((root / "infer_eval" / "summary.json").read_text())
+    (root / "infer_eval" / "summary.json").write_text(json.dumps({**summary, "metrics": metrics}))
+    rep = run_bench(onnx, val, ("onnxruntime",), iters=3, warmup=1, threads=1, n_frames=2,
+                    out_dir=root / "bench", progress=False, log=lambda m: None)
+    new = root / "runs_bench" / "20261201-120000_single-stream"          # the layout `mtl bench` moves to
+    new.mkdir(parents=True)
+    doc = json.loads(Path(rep["written"]["json"]).read_text())
+    doc["scenario"] = "single-stream"
+    for row in doc["rows"]:
+        row["latencies_ms"] = [12.0, 13.5, 12.5, 30.0]
+    (new / "result.json").write_text(json.dumps(doc))
+    (new / "system.json").write_text(json.dumps({"cpu": {"model": "test CPU", "cores": 2}, "os": "Linux"}))
+    return {"root": root, "run": root / "run", "export": root / "export", "infer": root / "infer",
+            "infer_eval": root / "infer_eval", "bench_json": Path(rep["written"]["json"]), "bench_dir": new,
+            "metrics": metrics, "cfg": cfg}
+
+
+def _all(inputs) -> list[Path]:
+    return [inputs[k] for k in ("run", "export", "infer", "infer_eval", "bench_json", "bench_dir")]
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.src, self.href, self.ids = [], [], set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.src.append(a.get("src"))
+        if tag == "a" and a.get("href"):
+            self.href.append(a["href"])
+
+
+def _refs(site: Path) -> _Refs:
+    p = _Refs()
+    p.feed((site / "index.html").read_text())
+    return p
+
+
+@pytest.fixture(scope="module")
+def site(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("site") / "report"
+    r = CliRunner().invoke(main, ["report", *map(str, _all(inputs)), "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"report: {out}/index.html (run ") and r.output.count("\n") == 1
+    return out
+
+
+def test_detect_kind_and_readers(inputs, tmp_path):
+    assert detect_kind(inputs["run"]) == ("run", inputs["run"])
+    assert detect_kind(inputs["run"] / "metrics.jsonl") == ("run", inputs["run"])
+    assert detect_kind(inputs["export"]) == ("export", inputs["export"])
+    assert detect_kind(inputs["infer"])[0] == detect_kind(inputs["infer_eval"])[0] == "infer"
+    assert detect_kind(inputs["bench_json"]) == ("bench", inputs["bench_json"])
+    assert detect_kind(inputs["bench_dir"]) == ("bench", inputs["bench_dir"])
+    # one bench reader for both layouts: a bench_*.json, a folder of them, a result folder with system.json
+    old, = read_bench(inputs["bench_json"])
+    assert old["report"]["rows"][0]["backend"] == "onnxruntime" and old["system"]["cpu_count"] >= 1
+    assert [r["name"] for r in read_bench(inputs["bench_json"].parent)] == [inputs["bench_json"].stem]
+    new, = read_bench(inputs["bench_dir"])
+    assert new["name"] == inputs["bench_dir"].name and new["system"]["cpu"]["model"] == "test CPU"
+    # one infer reader: per-frame boxes, id maps, overlays when written, metrics when present
+    run = read_infer(inputs["infer"])
+    assert len(run["frames"]) == 3 and run["metrics"] is None
+    assert all(f["semantic_png"].is_file() and f["overlay_png"].is_file() for f in run["frames"])
+    ev = read_infer(inputs["infer_eval"])
+    assert ev["metrics"]["frames"] == 3 and all(f["overlay_png"] is None for f in ev["frames"])
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataError, match="not a training run .*, an export folder"):
+        detect_kind(tmp_path / "x")
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "x"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 4 and r.output.startswith(f"error: {tmp_path / 'x'}: not a training run")
+    assert not (tmp_path / "o" / "index.html").exists()
+
+
+def test_site_contents(site, inputs):
+    page = (site / "index.html").read_text()
+    manifest = json.loads((site / "mtl_report.json").read_text())
+    assert [i["kind"] for i in manifest["inputs"]] == ["run", "export", "infer", "infer", "bench", "bench"]
+    assert sorted(f["name"] for f in manifest["files"]) == sorted(
+        str(p.relative_to(site)) for p in site.rglob("*") if p.is_file() and not p.name.startswith(".")
+        and p.name != "mtl_report.json")
+    # run: curves, per-class IoU / AP charts and tables per epoch, debug images of both epochs
+    assert (site / "img/run-1/curves.png").is_file() and (site / "img/run-1/per_class_ap.png").is_file()
+    assert "Validation IoU per class and epoch" in page and "<th>AP \\ epoch</th><th>1</th><th>2</th>" in page
+    for epoch in ("epoch_001", "epoch_002"):
+        assert (site / f"img/run-1/debug/{epoch}/item0_bev.png").read_bytes() == \
+            (inputs["run"] / "debug" / epoch / "item0_bev.png").read_bytes()
+    # export: variants with parity and gate, the TensorRT check as counts + first findings, the full reports
+    assert "model_fp16.onnx" in page and "TensorRT compatibility (static check)" in page
+    assert re.search(r"<td>fp16</td>.*?PASS", page, re.S)
+    md = (site / "files/export-2/export_report.md").read_bytes()
+    assert md == (inputs["export"] / "export_report.md").read_bytes()
+    # infer: a camera image and a BEV view per frame, the per-frame table; metrics where present
+    for anchor in ("infer-3", "infer-4"):
+        assert len(list((site / "img" / anchor).glob("*_camera.png"))) == 3
+        assert len(list((site / "img" / anchor).glob("*_bev.png"))) == 3
+    assert (site / "img/infer-3/000_camera.png").read_bytes() == \
+        (inputs["infer"] / "tiny__3_000_overlay.png").read_bytes()               # infer's own overlay is used
+    assert page.count("Detections per frame") == 2 and page.count("Metrics against the frames' ground truth") == 1
+    m = inputs["metrics"]
+    assert f"<td class=\"num\">{m['pixel_acc']:.4f}</td>" in page
+    # bench: both layouts, a latency chart each, saying where the curve comes from; the system description
+    assert "from the reported percentiles: the result has no per-frame latencies" in page
+    assert "Latency distribution per backend (from the per-frame latencies)" in page
+    assert "test CPU" in page and "cpu_model" in page
+    # overview: every headline metric side by side
+    assert page.count('<a href="#') >= 6 and "Metrics side by side" in page and "inference on labelled frames" in page
+    assert "export metric gate, fp16" in page and "validation, best epoch" in page
+
+
+def test_site_links_and_images_resolve_inside_the_site(site):
+    refs = _refs(site)
+    assert len(refs.src) >= 20
+    for ref in refs.src + refs.href:
+        assert ref and not re.match(r"^[a-z]+:", ref) and not ref.startswith("/"), ref   # relative, no scheme
+        if ref.startswith("#"):
+            assert ref[1:] in refs.ids, ref
+        else:
+            assert (site / ref).is_file(), ref
+    page = (site / "index.html").read_text()
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it when it can)")
+    return exe
+
+
+_HARNESS = """<script>
+window.__problems = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  window.__problems.push(t && t !== window && (t.src || t.href) ? 'failed to load ' + (t.src || t.href)
+                                                                 : 'error: ' + e.message);
+}, true);
+var origError = console.error;
+console.error = function () { window.__problems.push('console.error: ' + [].join.call(arguments, ' '));
+                              origError.apply(console, arguments); };
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
+                   .map(function (i) { return i.getAttribute('src'); });
+  var pre = document.createElement('pre');
+  pre.id = 'mtl-check';
+  pre.textContent = JSON.stringify({images: imgs.length, broken: broken, problems: window.__problems,
+                                    sections: document.querySelectorAll('section').length});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def render(site: Path, tmp_path: Path) -> tuple[dict, list[str]]:
+    """Load the report in headless Chromium (from the file system) with a checking script injected first
+    into a copy of index.html next to it: returns the check (images, broken, problems) and the console lines
+    Chromium logged."""
+    exe = _chromium()
+    page = (site / "index.html").read_text()
+    check = site / "_browser_check.html"
+    check.write_text(page.replace("<head>", "<head>" + _HARNESS, 1))
+    try:
+        r = subprocess.run([exe, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+                            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+                            "--dump-dom", check.as_uri()], capture_output=True, text=True, timeout=180)
+    finally:
+        check.unlink()
+    m = re.search(r'<pre id="mtl-check">(.*?)</pre>', r.stdout, re.S)
+    assert m, f"no check result (rc {r.returncode}): {r.stderr[-2000:]}"
+    console = [ln for ln in r.stderr.splitlines() if "CONSOLE" in ln]
+    return json.loads(html.unescape(m.group(1))), console
+
+
+def test_report_renders_in_headless_chromium(site, tmp_path):
+    result, console = render(site, tmp_path)
+    assert result["images"] == len(_refs(site).src) >= 20
+    assert result["broken"] == [] and result["problems"] == [] and console == []
+    assert result["sections"] == 7                                          # overview + 6 inputs
+
+
+def test_browser_check_catches_a_missing_image(site, tmp_path):
+    """The check above can fail: a site with one image removed reports it."""
+    broken = tmp_path / "broken"
+    shutil.copytree(site, broken)
+    victim = sorted((broken / "img").rglob("*.png"))[0]
+    victim.unlink()
+    result, _ = render(broken, tmp_path)
+    assert [s for s in result["broken"]] == [str(victim.relative_to(broken))]
+    assert any(p.startswith("failed to load") and victim.name in p for p in result["problems"])
+
+
+def test_output_dir_refusals_and_replacement(inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty .* and not an earlier mtl report"):
+        build_report([inputs["run"]], out)
+    r = CliRunner().invoke(main, ["report", str(inputs["run"]), "--out", str(out)])
+    assert r.exit_code == 9 and r.output.count("\n") == 1 and "--overwrite" in r.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+    build_report([inputs["run"]], out, overwrite=True)                      # writes into it, deletes nothing
+    assert (out / "notes.txt").read_text() == "mine" and (out / "index.html").is_file()
+    # an earlier report is replaced without --overwrite; files the new one lacks go, foreign files stay
+    build_report([inputs["infer"], inputs["bench_json"]], out)
+    assert not (out / "img" / "run-1").exists() and (out / "img" / "infer-1" / "000_bev.png").is_file()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "Training run" not in (out / "index.html").read_text()
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]      # the staging folder is gone
+    with pytest.raises(OutputError, match="is one of the report's inputs"):
+        build_report([inputs["run"]], inputs["run"])
+
+
+def _complete_site(out: Path) -> str:
+    """The kind of the report in ``out`` after checking that every file its manifest lists is there with its
+    size and index.html shows that input (a complete set, not a mix)."""
+    manifest = json.loads((out / "mtl_report.json").read_text())
+    for f in manifest["files"]:
+        assert (out / f["name"]).stat().st_size == f["size"], f["name"]
+    kind = manifest["inputs"][0]["kind"]
+    assert ("Inference: " if kind == "infer" else "Benchmark: ") in (out / "index.html").read_text()
+    return kind
+
+
+def test_a_report_killed_at_any_write_leaves_the_old_or_the_new_site(inputs, tmp_path, monkeypatch):
+    """SIGKILL at the k-th durable write (MTL_FAULT_AT_WRITE): in a staging file, right after the commit
+    journal, in the middle of the commit and at its end. DIR always holds a complete report: the old one, or
+    (once the journal is down, after the next run rolls it forward) the new one; never a mix."""
+    import os
+    import sys
+
+    old, out = tmp_path / "old", tmp_path / "out"
+    build_report([inputs["bench_json"]], old)
+    args = [sys.executable, "-m", "mtl.cli", "report", str(inputs["infer"]), "--out", str(out)]
+    log = tmp_path / "points.log"
+    with monkeypatch.context() as m:                          # the write points of this report, in order
+        m.setenv("MTL_FAULT_AT_WRITE", str(10 ** 9))
+        m.setenv("MTL_FAULT_LOG", str(log))
+        build_report([inputs["infer"]], tmp_path / "probe")
+    labels = [ln.split("\t")[1] for ln in log.read_text().splitlines()]
+    journal = labels.index("commit journal")                   # 1-based: the journal file itself is in place
+    commits = [i + 1 for i, lb in enumerate(labels) if lb.startswith("commit ") and lb != "commit journal"]
+    kinds = []
+    for k in (1, journal, commits[len(commits) // 2], len(labels)):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(old, out)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "MTL_FAULT_AT_WRITE": str(k)})
+        assert r.returncode == -9, (k, r.stderr[-2000:])
+        kinds.append("journal" if (out / ".mtl-commit.json").exists() else _complete_site(out))
+        if kinds[-1] == "journal":                             # the next run rolls the commit forward
+            r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0 and _complete_site(out) == "infer", r.stderr[-2000:]
+    assert kinds == ["bench", "journal", "journal", "infer"], kinds
+
+
+def test_report_overview_shows_the_gap(inputs, tmp_path):
+    """Validation metrics and inference metrics on other frames side by side, with the pixel-accuracy gap."""
+    out = tmp_path / "gap"
+    build_report([inputs["run"], inputs["infer_eval"]], out)
+    page = (out / "index.html").read_text()
+    rows = json.loads((inputs["run"] / "metrics.jsonl").read_text().splitlines()[-1])
+    accs = sorted([inputs["metrics"]["pixel_acc"], max(
+        (json.loads(ln) for ln in (inputs["run"] / "metrics.jsonl").read_text().splitlines()),
+        key=lambda r: r["val/miou"] + r["val/map"])["val/pixel_acc"]])
+    assert rows["epoch"] == 2
+    assert f"Pixel accuracy ranges from <b>{accs[0]:.3f}</b>" in page and f"to <b>{accs[1]:.3f}</b>" in page
+    assert f"a gap of {accs[1] - accs[0]:.3f}" in page
+    assert np.isfinite(accs).all()
