@@ -42,7 +42,8 @@ def set_option(precedence: str):
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Training chunk directory.")
 @click.option("--val", default=None, type=click.Path(file_okay=False),
               help="Validation chunk directory (metrics and best.pt selection: val mIoU + mAP).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory (one holding a run is refused without --resume or --overwrite).")
 @config_option("--epochs", "train.epochs", "Training epochs, with --resume the new total", type=int)
 @config_option("--batch-size", "train.batch_size", "Batch size per process", type=int)
 @config_option("--lr", "train.lr", "Peak learning rate", type=float)
