@@ -423,6 +423,8 @@ def claim_run_dir(out: Path, rank: int, world: int, resume: bool, overwrite: boo
     removes dead writers' leftovers and refuses to start over a run without ``--resume`` / ``--overwrite``.
     The other ranks wait for it (then read the same, settled checkpoint)."""
     lock = None
+    if resume and not out.is_dir():
+        raise ConfigError(out / "last.pt", "--resume given but there is no last.pt in the run directory")
     if rank == 0:
         rundir.refuse_existing_run(out, resume=True, overwrite=False)      # --out is a directory (or absent)
         lock = OutputLock(out, "mtl train").acquire()
@@ -491,12 +493,12 @@ def run_config(cfg: Config | None, data: str | Path, start: Start | None,
         base = Config.load(start.path) if start.ckpt is None else Config.from_dict(start.ckpt["config"])
         asked = requested(base) if requested is not None else base.override(**{"train.epochs": resume_epochs})
         cfg, forced = rundir.resume_config(base, asked, force, start.path)
-        if forced:
-            _log(rank, f"warning: --force-config: the run continues with {', '.join(map(str, forced))}")
         prog = EpochProgress.from_checkpoint(start.ckpt) if start.ckpt is not None else None
         if prog is not None and cfg.train.batch_size != base.train.batch_size:
             raise ConfigError(start.path, f"train.batch_size cannot change in the middle of an epoch (the "
                                           f"checkpoint is at batch {prog.batch_in_epoch} of epoch {prog.epoch + 1})")
+        if forced:
+            _log(rank, f"warning: --force-config: the run continues with {', '.join(map(str, forced))}")
         if start.ckpt is not None:     # the run's resolved weights, or (forced) those of another kind
             changed = cfg.loss.sem_class_weights != base.loss.sem_class_weights
             return resolve_sem_weights(cfg, data) if changed else cfg

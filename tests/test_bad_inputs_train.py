@@ -526,3 +526,51 @@ def test_train_killed_at_every_write_point_resumes_to_the_uninterrupted_run(base
         assert not pending_commit(run), k
         shutil.rmtree(run)
 
+
+
+# ------------------------------------------------------------------------------- the pure reconcilers
+
+
+def test_data_records_compare_by_manifest_first_then_by_names_and_sizes(tmp_path):
+    from mtl.rundir import compare_data, data_record
+
+    d = write_tiny_chunks(tmp_path / "d", tiny_cfg(), n_frames=4, per_chunk=2, seed=0)
+    old = data_record(d)
+    assert old["manifest_sha256"] is None and [c[:2] for c in old["chunks"]] == \
+        [["chunk_00000.npz", (d / "chunk_00000.npz").stat().st_size], ["chunk_00001.npz",
+                                                                     (d / "chunk_00001.npz").stat().st_size]]
+    assert compare_data(old, data_record(d), "train") == (None, None)
+    os.utime(d / "chunk_00001.npz", ns=(1, 1))
+    differs, note = compare_data(old, data_record(d), "train")
+    assert differs is None and note.startswith(f"train data {d.resolve()}: 1 chunk(s) have other modification")
+    with open(d / "chunk_00001.npz", "ab") as f:
+        f.write(b"x")
+    differs, _ = compare_data(old, data_record(d), "train")
+    assert differs.endswith("1 chunk(s) changed size (chunk_00001.npz)")
+    (d / "manifest.json").write_text('{"files": []}')
+    with_manifest = data_record(d)
+    os.utime(d / "chunk_00000.npz", ns=(2, 2))
+    assert compare_data(with_manifest, data_record(d), "train") == (None, None)    # the manifest decides
+    (d / "manifest.json").write_text('{"files": [1]}')
+    assert "its manifest.json differs" in compare_data(with_manifest, data_record(d), "train")[0]
+    assert compare_data(None, with_manifest, "val")[0] == f"the run was trained without val data, now with " \
+                                                          f"{d.resolve()}"
+
+
+def test_metrics_rows_are_reconciled_with_the_checkpoint(tmp_path):
+    from mtl.rundir import reconcile_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"epoch": e, "score": e / 10}) for e in (1, 2, 3)]
+    path.write_text("\n".join(rows) + "\n")
+    assert reconcile_metrics(path, 3) == (rows, [])
+    keep, warnings = reconcile_metrics(path, 1)
+    assert keep == rows[:1] and warnings == [f"warning: {path}: dropped the rows of epoch(s) 2, 3, after the "
+                                             "checkpoint's epoch 1 (they are trained again)"]
+    path.write_text(rows[0] + "\n[1, 2]\n" + rows[1] + "\n" + rows[2][:9])
+    keep, warnings = reconcile_metrics(path, 3)
+    assert keep == rows[:2] and warnings == [f"warning: {path}: dropped unreadable line(s) 2, 4"]
+    path.write_text(rows[0] + "\n" + rows[1][:12])
+    assert reconcile_metrics(path, 3) == (rows[:1], [f"warning: {path}: repaired a torn last line (a run killed "
+                                                     "while writing it)"])
+    assert reconcile_metrics(tmp_path / "none.jsonl", 2) == ([], [])
