@@ -377,14 +377,15 @@ class Config:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False)
 
     @staticmethod
-    def from_dict(d: dict) -> Config:
-        """Config from a (full or partial) dict; missing keys keep their defaults. ``ConfigError`` on an
-        unknown key, a wrong type or an out-of-range value; legacy keys (``LEGACY``) are dropped."""
-        return _from_dict(Config(), _upgrade(d), "")
+    def from_dict(d: dict, base: Config | None = None) -> Config:
+        """Config from a (full or partial) dict; missing keys keep their defaults (or ``base``'s values).
+        ``ConfigError`` on an unknown key, a wrong type or an out-of-range value; legacy keys (``LEGACY``) are
+        dropped."""
+        return _from_dict(base if base is not None else Config(), _upgrade(d), "")
 
     @staticmethod
-    def load(path: str | Path) -> Config:
-        """Read a config JSON (a full tree or a partial one: missing keys keep their defaults)."""
+    def load(path: str | Path, base: Config | None = None) -> Config:
+        """Read a config JSON (a full tree or a partial one: missing keys keep their defaults, or ``base``'s)."""
         try:
             d = json.loads(Path(path).read_text())
         except OSError as e:
@@ -392,7 +393,7 @@ class Config:
         except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
             raise ConfigError(path, f"config is not valid JSON ({e})") from None
         try:
-            return Config.from_dict(d)
+            return Config.from_dict(d, base)
         except ConfigError as e:
             raise ConfigError(path, e.reason) from None
 
@@ -425,11 +426,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def build_config(path: str | Path | None = None, assignments: Iterable[str] = (),
-                 overrides: dict[str, Any] | None = None) -> Config:
-    """defaults <- ``path`` (full or partial config JSON) <- ``assignments`` (``--set section.key=value``)
-    <- ``overrides`` (dotted key -> value of a CLI flag; ``None`` = flag not given). ``ConfigError`` names
-    the file for a bad file and the dotted key for any bad value."""
-    cfg = Config.load(path) if path else Config()
+                 overrides: dict[str, Any] | None = None, base: Config | None = None) -> Config:
+    """defaults (or ``base``, e.g. a resumed run's config) <- ``path`` (full or partial config JSON) <-
+    ``assignments`` (``--set section.key=value``) <- ``overrides`` (dotted key -> value of a CLI flag; ``None``
+    = flag not given). ``ConfigError`` names the file for a bad file and the dotted key for any bad value."""
+    base = base if base is not None else Config()
+    cfg = Config.load(path, base) if path else base
     dotted = dict(parse_assignment(a) for a in assignments)
     for key, value in (overrides or {}).items():
         if value is not None:

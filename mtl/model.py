@@ -135,13 +135,115 @@ class MultiTaskNet(nn.Module):
         }
 
 
+# a sane bound for this model family (the default has 0.41 M): a crafted checkpoint config (widths 4096, depth 32)
+# is refused before anything is allocated instead of asking for terabytes
+MAX_PARAMETERS = 250_000_000
+
+
+def parameter_count(cfg: Config) -> int:
+    """The number of parameters ``MultiTaskNet(cfg)`` has, computed from the config alone (no allocation)."""
+    m, n_det, n_sem = cfg.model, cfg.classes.n_det, cfg.classes.n_sem
+
+    def cbr(c_in: int, c_out: int, k: int = 3) -> int:          # conv (no bias) + BatchNorm weight and bias
+        return c_out * c_in * k * k + 2 * c_out
+
+    def stages(c_in: int, widths: tuple[int, ...], depth: int) -> int:
+        n = 0
+        for w in widths:
+            n += cbr(c_in, w) + (depth - 1) * cbr(w, w)
+            c_in = w
+        return n
+
+    def fpn(in_channels: tuple[int, ...], width: int) -> int:
+        return sum(width * c + width for c in in_channels) + (len(in_channels) - 1) * cbr(width, width)
+
+    def head(c: int, c_out: int) -> int:
+        return c * c * 9 + c + c_out * c + c_out
+
+    cam, bev = tuple(m.cam_channels), tuple(m.bev_channels)
+    return (stages(3, cam, m.cam_depth) + fpn(cam[1:], m.sem_decoder_channels)
+            + n_sem * m.sem_decoder_channels + n_sem + cbr(cam[2], m.fuse_channels, k=1)
+            + stages(cfg.grid.n_channels, bev, m.bev_depth) + fpn(bev, m.bev_decoder_channels)
+            + cbr(m.bev_decoder_channels + m.fuse_channels, m.head_channels)
+            + head(m.head_channels, n_det) + head(m.head_channels, 8))
+
+
 def build_model(cfg: Config) -> MultiTaskNet:
-    """The network for ``cfg`` (widths/depths from ``cfg.model``)."""
+    """The network for ``cfg`` (widths/depths from ``cfg.model``); ``ConfigError`` before any allocation when
+    it would have more than ``MAX_PARAMETERS`` parameters."""
+    check_model_size(cfg)
     return MultiTaskNet(cfg)
+
+
+def check_model_size(cfg: Config) -> None:
+    from .errors import ConfigError
+
+    n = parameter_count(cfg)
+    if n > MAX_PARAMETERS:
+        raise ConfigError(None, f"model: these widths and depths make a model of {n / 1e6:,.0f} M parameters, "
+                                f"more than the {MAX_PARAMETERS / 1e6:.0f} M this tool builds")
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The dict of a checkpoint written by ``mtl train``, loaded as data (``weights_only``: never code), its
+    config validated. ``ModelMismatchError`` (exit 5) naming the file when it is missing, empty, truncated,
+    not a PyTorch archive, holds Python objects other than tensors and plain containers, or is not an mtl
+    checkpoint; ``ConfigError`` (exit 2) when its config is invalid or out of bounds."""
+    from .errors import ConfigError, ModelMismatchError
+
+    path = Path(path)
+    _check_archive(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises many unrelated types for corrupt or foreign files
+        raise ModelMismatchError(path, f"not a readable checkpoint: {_load_failure(e)}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ModelMismatchError(path, "not an mtl checkpoint (needs 'model' and 'config' entries)")
+    try:
+        check_model_size(Config.from_dict(ckpt["config"]))
+    except ConfigError as e:
+        raise ConfigError(path, f"checkpoint config is invalid ({e})") from None
+    return ckpt
+
+
+def _check_archive(path: Path) -> None:
+    """What can be told from the file before torch reads it: present, not empty, a complete zip archive (the
+    format ``torch.save`` writes) whose members fit in the file (no member that inflates on load)."""
+    import zipfile
+
+    from .errors import ModelMismatchError
+
+    if not path.is_file():
+        raise ModelMismatchError(path, "checkpoint not found" if not path.exists() else "not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelMismatchError(path, "not a readable checkpoint: the file is empty (0 bytes)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise ModelMismatchError(path, "not a readable checkpoint: truncated, or not a PyTorch checkpoint "
+                                       "(no complete zip archive)") from None
+    if declared > size:
+        raise ModelMismatchError(path, f"not a readable checkpoint: its members unpack to {declared} bytes, more "
+                                       f"than the file's {size} (torch.save never compresses)")
+
+
+def _load_failure(e: Exception) -> str:
+    """A one-line reason for a failed ``torch.load`` (never torch's advice to load without weights_only)."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError):
+        return "it holds Python objects other than tensors and plain containers (a checkpoint is loaded as data, " \
+               "never as code)"
+    if isinstance(e, (EOFError, RuntimeError)):
+        return "truncated or corrupt archive"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return type(e).__name__ + ("" if not first or "weights_only" in first else f": {first[:200]}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
@@ -150,27 +252,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
 
     Checkpoint: {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config", "metrics"}.
     """
-    from .errors import ConfigError, ModelMismatchError
+    from .errors import ModelMismatchError
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelMismatchError(path, "checkpoint not found")
-    try:
-        # weights_only: a checkpoint is data, never code (RNG states are tensors / plain containers)
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001  torch raises many unrelated types for truncated / foreign files
-        raise ModelMismatchError(path, f"not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ModelMismatchError(path, "not an mtl checkpoint (needs 'model' and 'config' entries)")
-    try:
-        cfg = Config.from_dict(ckpt["config"])
-    except ConfigError as e:
-        raise ConfigError(path, f"checkpoint config is invalid ({e})") from None
+    ckpt = read_checkpoint(path, map_location)
+    cfg = Config.from_dict(ckpt["config"])
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelMismatchError(path, f"weights do not match the config's model ({reason})") from None
     model.eval()
     return model, cfg, ckpt

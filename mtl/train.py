@@ -4,8 +4,11 @@
               for each epoch: train_one_epoch (AMP on CUDA, grad clip, non-finite check, mid-epoch
               checkpoints) -> evaluate(val) -> last.pt / best.pt -> metrics.jsonl row -> debug images / curves
 
-Run layout: RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt (best val mIoU + mAP), RUN/metrics.jsonl
-(one flat JSON object per epoch), RUN/debug/epoch_NNN/*.png, RUN/curves.png.
+Run layout: RUN/config.json, RUN/last.pt (every epoch), RUN/last.prev.pt (the one before), RUN/best.pt (best val
+mIoU + mAP), RUN/metrics.jsonl (one flat JSON object per epoch), RUN/debug/epoch_NNN/*.png, RUN/curves.png. One
+`mtl train` writes a run at a time (``OutputLock``); an epoch end is one commit and ``--resume`` reconciles
+(``mtl.rundir``): it falls back to an older checkpoint when last.pt is unreadable, refuses a changed config or
+changed data unless forced, and repairs metrics.jsonl.
 
 Reproducibility: model init from ``train.seed``; the shuffling order comes from the sampler seeded by
 (seed, epoch) and augmentation from (seed, epoch, index), so resuming from last.pt -- written at every
@@ -18,12 +21,14 @@ scored once, see ``evaluate.ShardSampler``).
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,12 +38,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from . import rundir
 from .config import Config
 from .dataset import ChunkDataset, collate, semantic_class_counts
-from .errors import ConfigError, TrainingDivergedError
+from .errors import ConfigError, ModelMismatchError, TrainingDivergedError
 from .evaluate import ShardSampler, evaluate, flatten, score, to_device
-from .io import atomic_path, write_json_atomic
-from .model import build_model, count_parameters
+from .io import OutputLock, write_bytes_atomic, write_json_atomic
+from .model import build_model, count_parameters, read_checkpoint
 
 # ---------------------------------------------------------------------------------------------- setup
 
@@ -116,10 +122,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_bytes(obj: dict) -> bytes:
+    """A checkpoint serialised in memory: a failed write then raises the OSError (with its path and errno) from
+    ``write_bytes_atomic``, not torch's "basic_ios::clear: iostream error"."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint(path: Path, obj: dict) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Write a checkpoint atomically (temp file in the same folder, fsync, os.replace): never half a file."""
+    write_bytes_atomic(path, checkpoint_bytes(obj))
 
 
 def _log(rank: int, msg: str) -> None:
@@ -132,13 +145,15 @@ def _log(rank: int, msg: str) -> None:
 
 @dataclass(frozen=True)
 class Run:
-    """Where this process stands in the run: resolved config, run directory, rank, world size, device."""
+    """Where this process stands in the run: resolved config, run directory, rank, world size, device, and
+    the record of the data it trains on (``rundir.data_record`` of train / val, stored in every checkpoint)."""
 
     cfg: Config
     out: Path
     rank: int
     world: int
     device: torch.device
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +179,7 @@ class Training:
     sem_weights: torch.Tensor | None
     step: int = 0                          # optimizer steps so far (the schedule's position)
     best: float = -math.inf                # best model-selection score so far
+    best_epoch: int = 0                    # the epoch best.pt holds (0: none yet)
 
 
 @dataclass
@@ -205,51 +221,82 @@ class EpochProgress:
 # ----------------------------------------------------------------------------------------------- loop
 
 
-def train(cfg: Config, data: str | Path, out: str | Path, val: str | Path | None = None,
-          resume: bool = False, progress: bool = True, resume_epochs: int | None = None) -> dict[str, Any]:
-    """Train ``cfg`` on the chunks in ``data``; returns the last metrics row. See the module docstring.
+@dataclass(frozen=True)
+class Start:
+    """Where ``--resume`` continues: a checkpoint (``ckpt`` read from ``path``), or, for a run stopped before its
+    first checkpoint, nothing but its config.json (``ckpt`` None). ``best``: (score, epoch) of a best.pt newer
+    than the checkpoint (after a fallback), so a redone epoch replaces it only when it scores higher."""
 
-    ``resume``: continue ``out/last.pt`` with the run's own config (``cfg`` is ignored), optionally with a
-    new total epoch budget ``resume_epochs``."""
+    path: Path
+    ckpt: dict | None
+    best: tuple[float, int] | None = None
+
+
+def train(cfg: Config | None, data: str | Path, out: str | Path, val: str | Path | None = None,
+          resume: bool = False, progress: bool = True, resume_epochs: int | None = None, *,
+          overwrite: bool = False, force_config: bool = False,
+          requested: Callable[[Config], Config] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` on the chunks in ``data`` into the run directory ``out``; returns the last metrics row.
+
+    ``out`` must not hold a run unless ``resume`` (continue it: its checkpoint and config, ``cfg`` ignored) or
+    ``overwrite`` (replace it: ``rundir.remove_run`` once data and model are set up). On resume,
+    ``requested(base)`` is the config the user asked for on top of the run's (--config / --set / flags): a change
+    beyond ``rundir.FREE_ON_RESUME`` or changed data is refused unless ``force_config``; without ``requested``
+    only ``resume_epochs`` (a new epoch budget) applies. See the module docstring."""
     rank, world, device = setup_distributed()
     out = Path(out)
-    ckpt = load_last(out) if resume else None
-    run = Run(run_config(cfg, data, ckpt, resume_epochs), out, rank, world, device)
-    tc = run.cfg.train
-    seed_everything(tc)
-    d = build_data(run, data, val)
-    tr = build_training(run, d.steps_per_epoch)
-    start_epoch, resumed = restore(tr, ckpt, rank)
-    if world > 1:
-        tr.net = torch.nn.parallel.DistributedDataParallel(
-            tr.model, device_ids=[device.index] if device.type == "cuda" else None)
-    prepare_run_dir(run, start_epoch)
-    log_start(run, d, tr, resumed)
-
-    row: dict[str, Any] = {}
-    for epoch in range(start_epoch, tc.epochs):
-        prog = resumed if resumed is not None and resumed.epoch == epoch else EpochProgress(epoch)
-        prog = reduce_progress(train_one_epoch(tr, d, run, prog, progress and rank == 0), run)
-        row = epoch_row(prog, tr)
-        if d.val_loader is not None:
-            sync_buffers(tr.model, world)
-            metrics = evaluate(tr.model, d.val_loader, run.cfg, device, sem_weights=tr.sem_weights,
-                               progress=progress and rank == 0)
-            row.update(flatten(metrics, "val/"))
-            current = score(metrics)
-        else:
-            current = -row["train/total"]
-        row["score"] = current
-        is_best = current > tr.best
-        tr.best = max(tr.best, current)
-        if rank == 0:
-            end_epoch(tr, d, run, row, is_best)
+    if resume and overwrite:
+        raise ConfigError(out, "--resume and --overwrite exclude each other (continue the run, or replace it)")
+    lock = claim_run_dir(out, rank, world, resume, overwrite)
+    try:
+        start = find_resume(out, rank) if resume else None
+        run = Run(run_config(cfg, data, start, requested, resume_epochs, force_config, rank), out, rank, world,
+                  device)
+        seed_everything(run.cfg.train)
+        d = build_data(run, data, val)
+        run = replace(run, data=check_data(start, data, val, force_config, rank))
+        tr = build_training(run, d.steps_per_epoch)
+        start_epoch, resumed = restore(tr, start, run.cfg.train, rank)
+        if world > 1:
+            tr.net = torch.nn.parallel.DistributedDataParallel(
+                tr.model, device_ids=[device.index] if device.type == "cuda" else None)
+        rows = prepare_run_dir(run, start_epoch, overwrite)
+        log_start(run, d, tr, resumed, start_epoch)
+        row = train_epochs(tr, d, run, start_epoch, resumed, rows, progress)
+    finally:
+        if lock is not None:
+            lock.release()
     if world > 1:
         dist.barrier()
         # drop DDP's reference to the process group first, so the group (and gloo's worker threads) is torn
         # down inside destroy_process_group, not later during interpreter shutdown (a rare SIGABRT at exit)
         tr.net = tr.model
         dist.destroy_process_group()
+    return row
+
+
+def train_epochs(tr: Training, d: Data, run: Run, start_epoch: int, resumed: EpochProgress | None,
+                 rows: list[str], progress: bool) -> dict[str, Any]:
+    """Epochs ``start_epoch`` .. ``train.epochs``: train, validate, commit (rank 0); returns the last row."""
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch, run.cfg.train.epochs):
+        prog = resumed if resumed is not None and resumed.epoch == epoch else EpochProgress(epoch)
+        prog = reduce_progress(train_one_epoch(tr, d, run, prog, progress and run.rank == 0), run)
+        row = epoch_row(prog, tr)
+        if d.val_loader is not None:
+            sync_buffers(tr.model, run.world)
+            metrics = evaluate(tr.model, d.val_loader, run.cfg, run.device, sem_weights=tr.sem_weights,
+                               progress=progress and run.rank == 0)
+            row.update(flatten(metrics, "val/"))
+            current = score(metrics)
+        else:
+            current = -row["train/total"]
+        row["score"] = current
+        is_best = current > tr.best
+        if is_best:
+            tr.best, tr.best_epoch = current, epoch + 1
+        if run.rank == 0:
+            end_epoch(tr, d, run, row, is_best, rows)
     return row
 
 
@@ -338,25 +385,26 @@ def epoch_row(prog: EpochProgress, tr: Training) -> dict[str, Any]:
     return row
 
 
-def end_epoch(tr: Training, d: Data, run: Run, row: dict[str, Any], is_best: bool) -> None:
-    """Rank 0 at an epoch end: last.pt (+ best.pt), the metrics.jsonl row, the summary line, debug images."""
+def end_epoch(tr: Training, d: Data, run: Run, row: dict[str, Any], is_best: bool, rows: list[str]) -> None:
+    """Rank 0 at an epoch end: ONE commit of last.pt, best.pt (when best) and metrics.jsonl with the new row
+    (``rundir.commit_epoch``), then the summary line and the debug images. ``rows``: the committed rows."""
     tc = run.cfg.train
-    ckpt = {**_state(tr, run.cfg, row["epoch"]), "metrics": row}
-    save_checkpoint(run.out / "last.pt", ckpt)
-    if is_best:
-        save_checkpoint(run.out / "best.pt", ckpt)
-    with open(run.out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    ckpt = {**_state(tr, run, row["epoch"]), "metrics": row}
+    text = "".join(line + "\n" for line in [*rows, json.dumps(row)])
+    rundir.commit_epoch(run.out, checkpoint_bytes(ckpt), text.encode(), is_best)
+    rows.append(json.dumps(row))
     _log(run.rank, _summary(row))
     if tc.viz_every and row["epoch"] % tc.viz_every == 0:
         _debug_images(tr.model, d.val_loader or d.train_loader, run.cfg, run.device, run.out, row["epoch"])
 
 
 def save_mid_epoch(tr: Training, run: Run, prog: EpochProgress) -> None:
-    """last.pt part-way through an epoch: ``epoch`` counts completed epochs, ``progress`` the rest."""
+    """last.pt part-way through an epoch: ``epoch`` counts completed epochs, ``progress`` the rest. The
+    replaced last.pt is kept as last.prev.pt."""
     total = reduce_progress(prog, run)
     if run.rank == 0:
-        save_checkpoint(run.out / "last.pt", {**_state(tr, run.cfg, prog.epoch), "metrics": {},
+        rundir.rotate_last(run.out)
+        save_checkpoint(run.out / "last.pt", {**_state(tr, run, prog.epoch), "metrics": {},
                                               "progress": total.to_dict()})
 
 
@@ -370,26 +418,111 @@ def reduce_progress(prog: EpochProgress, run: Run) -> EpochProgress:
 # ---------------------------------------------------------------------------------------------- build
 
 
-def load_last(out: Path) -> dict[str, Any]:
+def claim_run_dir(out: Path, rank: int, world: int, resume: bool, overwrite: bool) -> OutputLock | None:
+    """Rank 0 takes the run directory's lock (held until the run ends), finishes an interrupted epoch commit,
+    removes dead writers' leftovers and refuses to start over a run without ``--resume`` / ``--overwrite``.
+    The other ranks wait for it (then read the same, settled checkpoint)."""
+    lock = None
+    if resume and not out.is_dir():
+        raise ConfigError(out / "last.pt", "--resume given but there is no last.pt in the run directory")
+    if rank == 0:
+        rundir.refuse_existing_run(out, resume=True, overwrite=False)      # --out is a directory (or absent)
+        lock = OutputLock(out, "mtl train").acquire()
+        try:
+            rundir.tidy(out)
+            rundir.refuse_existing_run(out, resume, overwrite)
+        except BaseException:
+            lock.release()
+            raise
+    if world > 1:
+        dist.barrier()
+    return lock
+
+
+def find_resume(out: Path, rank: int) -> Start:
+    """What ``--resume`` continues: last.pt, else (one-line warning) the newest readable of last.prev.pt and
+    best.pt, else a run's config.json when it stopped before its first checkpoint. A run with checkpoints none
+    of which is readable: the error of the first one (exit 5, or 2 for an invalid config), one line."""
+    present = [out / n for n in rundir.CHECKPOINTS if (out / n).exists()]
+    if not present:
+        if (out / "config.json").is_file():
+            _log(rank, f"warning: {out}: the run stopped before its first checkpoint; starting it over with its "
+                       "config.json")
+            return Start(out / "config.json", None)
+        raise ConfigError(out / "last.pt", "--resume given but there is no last.pt in the run directory")
+    errors: dict[Path, Exception] = {}
+    found: list[tuple[Path, dict]] = []
+    for path in present:
+        try:
+            found.append((path, _resumable(path)))
+        except (ModelMismatchError, ConfigError) as e:
+            errors[path] = e
+        if found and found[0][0].name == "last.pt":
+            return Start(*found[0])
+    if not found:
+        first = errors[present[0]]
+        others = "; ".join(f"{p.name}: {e.reason}" for p, e in errors.items() if p != present[0])
+        raise type(first)(first.path, f"{first.reason}" + (f" (and {others})" if others else
+                                                            " (no other checkpoint in the run to fall back on)"))
+    path, ckpt = max(found, key=lambda pc: int(pc[1]["step"]))
     last = out / "last.pt"
-    if not last.is_file():
-        raise ConfigError(last, "--resume given but there is no last.pt in the run directory")
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    try:
-        Config.from_dict(ckpt["config"])
-    except ConfigError as e:
-        raise ConfigError(last, f"checkpoint config is invalid ({e})") from None
+    why = errors[last].reason if last in errors else "missing"
+    _log(rank, f"warning: {last}: {why}; resuming from {path.name} instead (epoch {ckpt['epoch']}, step "
+               f"{ckpt['step']})")
+    best = next((ck for p, ck in found if p.name == "best.pt" and int(ck["epoch"]) > int(ckpt["epoch"])), None)
+    return Start(path, ckpt, (float(best["best_score"]), int(best["epoch"])) if best else None)
+
+
+def _resumable(path: Path) -> dict:
+    """``model.read_checkpoint`` plus the training state a resume needs."""
+    ckpt = read_checkpoint(path)
+    lacks = [k for k in ("optimizer", "scheduler", "epoch", "step", "rng", "best_score") if k not in ckpt]
+    if lacks:
+        raise ModelMismatchError(path, f"not a resumable checkpoint (lacks {', '.join(lacks)})")
+    if not all(isinstance(ckpt[k], int) and ckpt[k] >= 0 for k in ("epoch", "step")):
+        raise ModelMismatchError(path, "not a resumable checkpoint (epoch / step are not counts)")
     return ckpt
 
 
-def run_config(cfg: Config, data: str | Path, ckpt: dict | None, resume_epochs: int | None) -> Config:
-    """The config the run trains with: a resumed run's own (resolved class weights, model shape; only the
-    epoch budget may grow), else ``cfg`` with its semantic class weights resolved from ``data``."""
-    if ckpt is not None:
-        cfg = Config.from_dict(ckpt["config"]).override(**{"train.epochs": resume_epochs})
-    elif cfg.loss.sem_class_weights != "none":
+def run_config(cfg: Config | None, data: str | Path, start: Start | None,
+               requested: Callable[[Config], Config] | None, resume_epochs: int | None, force: bool,
+               rank: int) -> Config:
+    """The config the run trains with: a fresh run's ``cfg`` with its semantic class weights resolved from
+    ``data``; a resumed run's own, with what the user asked for on top (``rundir.resume_config``)."""
+    if start is not None:
+        base = Config.load(start.path) if start.ckpt is None else Config.from_dict(start.ckpt["config"])
+        asked = requested(base) if requested is not None else base.override(**{"train.epochs": resume_epochs})
+        cfg, forced = rundir.resume_config(base, asked, force, start.path)
+        prog = EpochProgress.from_checkpoint(start.ckpt) if start.ckpt is not None else None
+        if prog is not None and cfg.train.batch_size != base.train.batch_size:
+            raise ConfigError(start.path, f"train.batch_size cannot change in the middle of an epoch (the "
+                                          f"checkpoint is at batch {prog.batch_in_epoch} of epoch {prog.epoch + 1})")
+        if forced:
+            _log(rank, f"warning: --force-config: the run continues with {', '.join(map(str, forced))}")
+        if start.ckpt is not None:     # the run's resolved weights, or (forced) those of another kind
+            changed = cfg.loss.sem_class_weights != base.loss.sem_class_weights
+            return resolve_sem_weights(cfg, data) if changed else cfg
+    if cfg.loss.sem_class_weights != "none":
         cfg = resolve_sem_weights(cfg, data)
     return cfg
+
+
+def check_data(start: Start | None, data: str | Path, val: str | Path | None, force: bool, rank: int
+               ) -> dict[str, Any]:
+    """The record of this run's data (``rundir.data_record``); on resume compared with the checkpoint's:
+    other chunks (names, sizes, manifest) are refused without ``force``, other modification times noted."""
+    record = {"train": rundir.data_record(data), "val": rundir.data_record(val) if val is not None else None}
+    old = start.ckpt.get("data") if start is not None and start.ckpt is not None else None
+    if not isinstance(old, dict):          # a fresh run, or a checkpoint written before data records
+        return record
+    for split in ("train", "val"):
+        differs, note = rundir.compare_data(old.get(split), record[split], split)
+        if differs and not force:
+            raise ConfigError(start.path, f"--resume with other data: {differs}; resuming would train one run on "
+                                          "two datasets (--force-config to resume anyway)")
+        if differs or note:
+            _log(rank, f"warning: {differs or note}")
+    return record
 
 
 def seed_everything(tc) -> None:
@@ -438,53 +571,94 @@ def build_training(run: Run, steps_per_epoch: int) -> Training:
     return Training(model, model, optimizer, scheduler, scaler, use_amp, amp_dtype, sem_weights)
 
 
-def restore(tr: Training, ckpt: dict | None, rank: int) -> tuple[int, EpochProgress | None]:
+def restore(tr: Training, start: Start | None, tc, rank: int) -> tuple[int, EpochProgress | None]:
     """Load a resumed checkpoint into ``tr`` (weights, optimizer, schedule, scaler, RNG, step, best score).
     Returns (completed epochs, the mid-epoch record or None); ranks other than 0 get the record's position
     only (rank 0 carries the running sums of all ranks)."""
-    if ckpt is None:
+    if start is None or start.ckpt is None:
         return 0, None
-    tr.model.load_state_dict(ckpt["model"])
-    tr.optimizer.load_state_dict(ckpt["optimizer"])
-    tr.scheduler.load_state_dict(ckpt["scheduler"])
-    if "scaler" in ckpt:
-        tr.scaler.load_state_dict(ckpt["scaler"])
-    tr.step, tr.best = int(ckpt["step"]), float(ckpt.get("best_score", -math.inf))
-    set_rng_state(ckpt["rng"])
-    prog = EpochProgress.from_checkpoint(ckpt)
+    ckpt = start.ckpt
+    try:
+        tr.model.load_state_dict(ckpt["model"])
+        tr.optimizer.load_state_dict(ckpt["optimizer"])
+        tr.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt:
+            tr.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        prog = EpochProgress.from_checkpoint(ckpt)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ModelMismatchError(start.path, f"the training state does not load ({reason})") from None
+    tr.step, tr.best = int(ckpt["step"]), float(ckpt["best_score"])
+    tr.best_epoch = int(ckpt.get("best_epoch", 0))
+    if start.best is not None and start.best[0] > tr.best:     # a best.pt newer than a fallback checkpoint
+        tr.best, tr.best_epoch = start.best
+    old = ckpt["config"].get("train", {})
+    if any(old.get(k) != getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")):
+        _apply_schedule(tr, tc)                              # --force-config changed the optimisation
     if prog is not None and rank != 0:
         prog = EpochProgress(prog.epoch, prog.batch_in_epoch)
     return int(ckpt["epoch"]), prog
 
 
-def prepare_run_dir(run: Run, start_epoch: int) -> None:
+def _apply_schedule(tr: Training, tc) -> None:
+    """The optimizer's learning rate and weight decay from ``tc`` at the restored step (the schedule's
+    shape comes from ``tc`` already: ``build_training``)."""
+    factor = tr.scheduler.lr_lambdas[0](tr.scheduler.last_epoch)
+    tr.scheduler.base_lrs = [tc.lr for _ in tr.optimizer.param_groups]
+    for g in tr.optimizer.param_groups:
+        g.update(initial_lr=tc.lr, lr=tc.lr * factor, weight_decay=tc.weight_decay)
+    tr.scheduler._last_lr = [g["lr"] for g in tr.optimizer.param_groups]
+
+
+def prepare_run_dir(run: Run, start_epoch: int, overwrite: bool) -> list[str]:
+    """Rank 0, once data and model are set up: with ``overwrite`` remove the old run's files, write
+    config.json, and bring metrics.jsonl in line with the checkpoint (``rundir.reconcile_metrics``).
+    Returns the committed metrics rows (JSON lines) the next epoch commit extends."""
     if run.rank != 0:
-        return
-    run.out.mkdir(parents=True, exist_ok=True)
-    for stale in run.out.glob(".*.pt.*.tmp"):     # left by a run killed while writing a checkpoint
-        stale.unlink(missing_ok=True)
-    write_json_atomic(run.out / "config.json", run.cfg.to_dict())
-    _truncate_metrics(run.out / "metrics.jsonl", start_epoch)
+        return []
+    if overwrite:
+        removed = rundir.remove_run(run.out)
+        if removed:
+            _log(run.rank, f"--overwrite: removed the previous run's {', '.join(removed)} from {run.out}")
+    config = run.out / "config.json"
+    text = json.dumps(run.cfg.to_dict(), indent=1) + "\n"
+    if not config.is_file() or config.read_text(errors="replace") != text:
+        write_json_atomic(config, run.cfg.to_dict())
+    path = run.out / "metrics.jsonl"
+    rows, warnings = rundir.reconcile_metrics(path, start_epoch)
+    for w in warnings:
+        _log(run.rank, w)
+    if warnings:
+        write_bytes_atomic(path, "".join(r + "\n" for r in rows).encode())
+    return rows
 
 
-def log_start(run: Run, d: Data, tr: Training, resumed: EpochProgress | None) -> None:
+def log_start(run: Run, d: Data, tr: Training, resumed: EpochProgress | None, start_epoch: int) -> None:
     for path, reason in d.train_ds.bad_files.items():
         _log(run.rank, f"warning: skipped bad chunk {path}: {reason}")
     if resumed is not None:
         _log(run.rank, f"resuming epoch {resumed.epoch + 1} after batch {resumed.batch_in_epoch}/{d.steps_per_epoch} "
                        f"(step {tr.step})")
+    elif start_epoch > 0:
+        _log(run.rank, f"resuming after epoch {start_epoch} (step {tr.step})")
     val_loader, tc = d.val_loader, run.cfg.train
     _log(run.rank, f"train: {len(d.train_ds)} frames ({d.train_ds.skipped} skipped), "
                    f"{'no val' if val_loader is None else f'{len(val_loader.dataset)} val frames'}, "
                    f"{count_parameters(tr.model) / 1e6:.2f} M params, {run.world} process(es) on {run.device}, "
                    f"{d.steps_per_epoch} steps/epoch x {tc.epochs} epochs")
+    if start_epoch >= tc.epochs:
+        _log(run.rank, f"the run has done {start_epoch} of {tc.epochs} epochs: nothing to train "
+                       "(--epochs N extends it)")
 
 
-def _state(tr: Training, cfg: Config, epoch: int) -> dict:
-    """What a checkpoint needs to continue exactly; ``epoch`` counts completed epochs."""
+def _state(tr: Training, run: Run, epoch: int) -> dict:
+    """What a checkpoint needs to continue exactly; ``epoch`` counts completed epochs. ``best_epoch``: the
+    epoch best.pt holds; ``data``: what the run trains on (``--resume`` compares it)."""
     return {"model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
             "scheduler": tr.scheduler.state_dict(), "scaler": tr.scaler.state_dict(), "epoch": epoch,
-            "step": tr.step, "rng": rng_state(), "config": cfg.to_dict(), "best_score": tr.best}
+            "step": tr.step, "rng": rng_state(), "config": run.cfg.to_dict(), "best_score": tr.best,
+            "best_epoch": tr.best_epoch, "data": run.data}
 
 
 def _all_ranks_have_data(batch: dict, device: torch.device, world: int) -> bool:
@@ -515,16 +689,6 @@ def _reduce_sums(n: int, sums: dict[str, float], device: torch.device, world: in
     t = torch.tensor([float(n)] + [sums[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return int(t[0].item()), dict(zip(keys, t[1:].tolist()))
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop rows after ``epoch`` (a resumed run rewrites them); a fresh run starts an empty file."""
-    if not path.is_file():
-        return
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in rows if epoch > 0 and json.loads(ln).get("epoch", 0) <= epoch]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _summary(row: dict) -> str:

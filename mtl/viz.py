@@ -258,7 +258,8 @@ def _panel_for(key: str) -> str:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Parse a metrics.jsonl file (one JSON object per line; blank lines skipped). Raises ``DataError``
-    naming the file when it is missing, empty or has a line that is not a JSON object."""
+    naming the file when it is missing, empty or has a line that is not a JSON object; a torn last line (no
+    newline after it: a writer killed while appending) is skipped with a warning on stderr."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -267,12 +268,19 @@ def read_metrics(path: str | Path) -> list[dict]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(path, f"cannot read metrics file ({type(e).__name__}: {e})") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
+            if n == len(lines) and not text.endswith("\n"):
+                import sys
+
+                print(f"warning: {path}: skipped a torn last line (a writer killed while appending it)",
+                      file=sys.stderr)
+                continue
             raise DataError(path, f"line {n} is not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise DataError(path, f"line {n} is not a JSON object")

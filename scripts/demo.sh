@@ -22,7 +22,7 @@ mtl data convert --a2d2 "$D/raw_train" --out "$D/train" --overwrite
 mtl data convert --a2d2 "$D/raw_val" --out "$D/val" --overwrite
 mtl data inspect "$D/val"
 echo "== 3/6 train"
-mtl train --data "$D/train" --val "$D/val" --out "$D/run" "${TRAIN_ARGS[@]}"
+mtl train --data "$D/train" --val "$D/val" --out "$D/run" --overwrite "${TRAIN_ARGS[@]}"
 mtl viz "$D/run"
 echo "== 4/6 evaluate"
 mtl eval --checkpoint "$D/run/best.pt" --data "$D/val" --out "$D/run/eval.json"

@@ -43,7 +43,8 @@ def set_option(precedence: str):
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Training chunk directory.")
 @click.option("--val", default=None, type=click.Path(file_okay=False),
               help="Validation chunk directory (metrics and best.pt selection: val mIoU + mAP).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory (one holding a run is refused without --resume or --overwrite).")
 @config_option("--epochs", "train.epochs", "Training epochs, with --resume the new total", type=int)
 @config_option("--batch-size", "train.batch_size", "Batch size per process", type=int)
 @config_option("--lr", "train.lr", "Peak learning rate", type=float)
@@ -56,7 +57,20 @@ def set_option(precedence: str):
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Config JSON (full or partial); --set and the flags override it.")
 @set_option("Applied after --config; the named flags win over it.")
-@click.option("--resume", is_flag=True, help="Continue RUN/last.pt exactly (its config; --epochs may extend).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out exactly: RUN/last.pt (if it is unreadable, the newest readable of "
+                   "RUN/last.prev.pt and RUN/best.pt, with a warning) and the run's own config. --epochs may extend "
+                   "it and --workers, --viz-every, --ckpt-every-steps, --skip-bad, --deterministic may change; any "
+                   "other change from --config / --set / flags, or other training / validation chunks, is refused "
+                   "(listed as key old -> new) unless --force-config.")
+@click.option("--force-config", is_flag=True,
+              help="With --resume: continue with the changed options (or data) it would refuse. Model, grid, camera "
+                   "and class settings can never change on resume.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run in --out (without it, a directory holding a run is refused): once the new run's "
+                   "config, data and model are set up, before its first epoch, the old run's config.json, last.pt, "
+                   "last.prev.pt, best.pt, metrics.jsonl, curves.png and debug/epoch_* are deleted; other files in "
+                   "the directory are kept.")
 @config_option("--seed", "train.seed", "Seed of the model init, shuffling and augmentation", type=int)
 @config_option("--workers", "train.num_workers", "DataLoader workers", type=int)
 @config_option("--viz-every", "train.viz_every", "Epochs between debug images (0 = never)", type=int)
@@ -70,23 +84,33 @@ def set_option(precedence: str):
                is_flag=True)
 @progress_option
 def train_cmd(data, val, out, epochs, batch_size, lr, lambda_hm, lambda_reg, lambda_sem, sem_loss, sem_class_weights,
-              config_path, assignments, resume, seed, num_workers, viz_every, deterministic, ckpt_every_steps,
-              skip_bad, progress):
+              config_path, assignments, resume, force_config, overwrite, seed, num_workers, viz_every, deterministic,
+              ckpt_every_steps, skip_bad, progress):
     """Train the fused multi-task model on NPZ chunks.
 
-    Writes RUN/config.json, RUN/last.pt (every epoch), RUN/best.pt, RUN/metrics.jsonl (one JSON line per
-    epoch) and debug images. Under `torchrun --nproc_per_node=N` it trains with DDP (no other change).
+    Writes RUN/config.json, RUN/last.pt (every epoch; the one before is kept as RUN/last.prev.pt), RUN/best.pt,
+    RUN/metrics.jsonl (one JSON line per epoch) and debug images; an epoch end is committed as one step, so a
+    killed run resumes (--resume) from a consistent set. One `mtl train` per RUN at a time. Under
+    `torchrun --nproc_per_node=N` it trains with DDP (no other change).
     """
+    from functools import partial
+
     from ..train import train
 
-    cfg = build_config(config_path, assignments, {
+    overrides = {
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
         "train.num_workers": num_workers, "train.viz_every": viz_every, "train.deterministic": deterministic,
         "train.ckpt_every_steps": ckpt_every_steps, "train.skip_bad": skip_bad,
         "loss.lambda_hm": lambda_hm, "loss.lambda_reg": lambda_reg, "loss.lambda_sem": lambda_sem,
         "loss.sem_loss": sem_loss, "loss.sem_class_weights": sem_class_weights,
-    })
-    train(cfg, data, out, val=val, resume=resume, progress=want_progress(progress), resume_epochs=epochs)
+    }
+    if force_config and not resume:
+        raise click.UsageError("--force-config only applies with --resume")
+    # on resume the options apply on top of the run's own config (so the run's values are the baseline)
+    requested = partial(build_config, config_path, assignments, overrides)
+    cfg = None if resume else requested()
+    train(cfg, data, out, val=val, resume=resume, progress=want_progress(progress), resume_epochs=epochs,
+          overwrite=overwrite, force_config=force_config, requested=requested if resume else None)
 
 
 COMMANDS.append(train_cmd)
