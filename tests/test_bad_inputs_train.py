@@ -532,6 +532,7 @@ def test_train_killed_at_every_write_point_resumes_to_the_uninterrupted_run(base
 
 
 def test_data_records_compare_by_manifest_first_then_by_names_and_sizes(tmp_path):
+    from mtl.data.chunk import make_manifest
     from mtl.rundir import compare_data, data_record
 
     d = write_tiny_chunks(tmp_path / "d", tiny_cfg(), n_frames=4, per_chunk=2, seed=0)
@@ -547,11 +548,12 @@ def test_data_records_compare_by_manifest_first_then_by_names_and_sizes(tmp_path
         f.write(b"x")
     differs, _ = compare_data(old, data_record(d), "train")
     assert differs.endswith("1 chunk(s) changed size (chunk_00001.npz)")
-    (d / "manifest.json").write_text('{"files": []}')
+    names = ["chunk_00000.npz", "chunk_00001.npz"]
+    (d / "manifest.json").write_text(json.dumps(make_manifest(d, names)))
     with_manifest = data_record(d)
     os.utime(d / "chunk_00000.npz", ns=(2, 2))
     assert compare_data(with_manifest, data_record(d), "train") == (None, None)    # the manifest decides
-    (d / "manifest.json").write_text('{"files": [1]}')
+    (d / "manifest.json").write_text(json.dumps(make_manifest(d, names, note="another conversion")))
     assert "its manifest.json differs" in compare_data(with_manifest, data_record(d), "train")[0]
     assert compare_data(None, with_manifest, "val")[0] == f"the run was trained without val data, now with " \
                                                           f"{d.resolve()}"
