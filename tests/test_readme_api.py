@@ -55,7 +55,8 @@ def check_output(lines: list[str], kind: str) -> None:
     assert sum(ln.startswith("road: ") and ln.endswith("% of the pixels") for ln in lines) == 2
     timings = [ln for ln in lines if ln.startswith("{") and "'decode_png': " in ln]
     assert len(timings) == 2 and all("'inference': " in ln and "'total': " in ln for ln in timings)
-    assert all(("'undistort_resize': " in ln) == (kind == "raw") for ln in timings)   # raw frames are undistorted
+    # raw frames are undistorted + resized + normalised in one remap pass
+    assert all(("'remap_normalise': " in ln) == (kind == "raw") for ln in timings)
     assert lines[-1] == "{'points': 2, 'points_dropped_nonfinite': 1}"
 
 

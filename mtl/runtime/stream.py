@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +32,6 @@ from .backends import Backend
 from .frames import RuntimeFrame
 from .postprocess import Result
 from .preprocess import StageTimer
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 _POLL_S = 0.05          # how often a blocked stage looks at the stop flag (only matters when stopping)
 
@@ -68,7 +65,8 @@ class _Stop(Exception):
 class _Stages:
     """The queues, the stop flag and the thread bodies of one ``run_stream`` call."""
 
-    def __init__(self, pipe: Pipeline, backends: list[Backend], keep_image: bool, keep_outputs: bool):
+    def __init__(self, pipe: Any, backends: list[Backend], keep_image: bool, keep_outputs: bool):
+        # pipe: the calling ``Pipeline`` (not imported here: pipeline.py imports this module)
         self.pipe, self.backends = pipe, backends
         self.keep_image, self.keep_outputs = keep_image, keep_outputs
         self.to_infer: queue.Queue = queue.Queue(1)
@@ -164,7 +162,7 @@ class _Stages:
             return e
 
 
-def stream_results(pipe: Pipeline, frames: Iterable[RuntimeFrame], backends: list[Backend], keep_image: bool,
+def stream_results(pipe: Any, frames: Iterable[RuntimeFrame], backends: list[Backend], keep_image: bool,
                    keep_outputs: bool) -> Iterator[Result]:
     """The generator behind ``Pipeline.run_stream`` (see there)."""
     st = _Stages(pipe, backends, keep_image, keep_outputs)
