@@ -421,3 +421,16 @@ def test_torch_compile_column_is_the_checkpoint_through_inductor(art):
     assert pipe.backend.name == "torch-compile" and "torch.compile (inductor)" in pipe.backend.providers[0]
     assert type(pipe.backend.model).__name__ == "OptimizedModule" and pipe._pool is None
     assert pipe.backend.open_ms["checkpoint_load"] > 0
+
+
+def test_bench_modules_import_no_engine_until_a_column_asks_for_it():
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "import mtl.bench, mtl.bench_peers, mtl.bench_scenarios, mtl.bench_stats, mtl.bench_system\n"
+            "import mtl.bench_report\n"
+            "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in "
+            "('torch', 'openvino', 'onnxruntime', 'tensorrt', 'onnx'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -113,11 +113,17 @@ def test_run_sensor_equals_run_on_the_prepared_image_and_refuses_bad_input(raw_a
 
 
 def test_raw_frames_use_the_fused_path_with_the_same_outputs(raw_art):
-    with Pipeline.open(raw_art["onnx"], "onnxruntime", threads=1) as pipe:
-        for frame in iter_frames(raw_art["raw"], pipe.cfg):
-            fused, two_step = pipe.run_frame(frame), pipe.run_frame(frame, keep_image=True)
+    """Also with the helper thread, which takes a share of the remap rows that changes from frame to frame
+    (running cost estimates): the values never depend on the split."""
+    with Pipeline.open(raw_art["onnx"], "onnxruntime", threads=1) as pipe, \
+            Pipeline.open(raw_art["onnx"], "onnxruntime", threads=2, overlap=True) as par:
+        frames = list(iter_frames(raw_art["raw"], pipe.cfg)) * 3
+        for frame in frames:
+            fused, two_step, split = pipe.run_frame(frame), pipe.run_frame(frame, keep_image=True), par.run_frame(frame)
             assert "remap_normalise" in fused.timings_ms and "undistort_resize" in two_step.timings_ms
             _same_results(fused, two_step)
+            _same_results(split, fused)
+        assert par._split.ms_per_row is not None and par._split.ms_per_point is not None
 
 
 def test_argmax_channels_matches_numpy_with_ties_infinities_and_nan():

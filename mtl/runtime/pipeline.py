@@ -59,6 +59,33 @@ def _use_worker(threads: int | None) -> bool:
     return (os.cpu_count() or 1) >= 2 and (threads is None or threads >= 2)
 
 
+class _RowSplit:
+    """How many rows of the fused remap the helper thread takes, from running averages (EMA) of the BEV
+    raster's milliseconds per point and the remap's milliseconds per row: the helper rasterises first, so
+    balancing (rows - s) * row = raster + s * row gives s = (rows * row - raster) / (2 * row), kept within
+    [rows / 8, rows / 2] (at least one block, so the raster's time keeps being observed)."""
+
+    def __init__(self) -> None:
+        self.ms_per_point: float | None = None
+        self.ms_per_row: float | None = None
+
+    def rows(self, h: int, n_points: int) -> int:
+        lo, hi = max(1, h // 8), h // 2
+        if self.ms_per_row is None:
+            return lo
+        raster = (self.ms_per_point or 0.0) * n_points
+        return int(min(max((h * self.ms_per_row - raster) / (2 * self.ms_per_row), lo), hi))
+
+    def observe(self, n_points: int, raster_ms: float | None, rows: int, remap_ms: float) -> None:
+        def ema(old: float | None, new: float) -> float:
+            return new if old is None else 0.8 * old + 0.2 * new
+
+        if rows:
+            self.ms_per_row = ema(self.ms_per_row, remap_ms / rows)
+        if n_points and raster_ms is not None:
+            self.ms_per_point = ema(self.ms_per_point, raster_ms / n_points)
+
+
 class Pipeline:
     """One exported model ready to run frames; ``Pipeline.open(path)`` builds it, ``close()`` (or ``with``)
     releases the backend and the helper thread."""
@@ -69,6 +96,7 @@ class Pipeline:
         use = _use_worker(None) if overlap is None else overlap
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mtl-runtime") if use else None
         self._extra: list[Backend] = []          # run_stream's additional inference sessions
+        self._split = _RowSplit()
 
     @classmethod
     def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
@@ -140,7 +168,7 @@ class Pipeline:
         points = check_points(frame.points, src)
         bev_job = self._submit(bev_input, points, self.spec, timer)   # (1, C, Hg, Wg) while the image decodes
         try:
-            image, img = self._image_input(frame, src, timer, keep_image)   # (1, 3, H, W), uint8 or None
+            image, img = self._image_input(frame, src, timer, keep_image, len(points))  # (1,3,H,W), uint8|None
         except BaseException:
             wait([bev_job])                                            # never leave it running on a failed frame
             raise
@@ -148,7 +176,7 @@ class Pipeline:
         info = {"points": len(points), "points_dropped_nonfinite": dropped}
         return {"image": image, "bev": bev}, info, (img if keep_image else None)
 
-    def _image_input(self, frame: RuntimeFrame, src: str, timer: StageTimer, keep_image: bool
+    def _image_input(self, frame: RuntimeFrame, src: str, timer: StageTimer, keep_image: bool, n_points: int
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """The (1, 3, H, W) model input and, for chunk frames or with ``keep_image``, the (H, W, 3) uint8
         model-size image. Raw frames (original distorted pixels) take the fused remap unless the uint8 image is
@@ -163,15 +191,36 @@ class Pipeline:
         w0, h0 = self.cfg.camera.resolution_wh
         img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")
         if not keep_image:
-            cam = self.cfg.camera
-            remap = sensor_remap(cam, self.spec.image_hw, tuple(cam.mean), tuple(cam.std))
-            with timer("remap_normalise"):
-                return remap.apply(np.ascontiguousarray(img)), None
+            return self._remap(np.ascontiguousarray(img), n_points, timer), None
         from ..data.a2d2 import prepare_image
 
         with timer("undistort_resize"):
             small = prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
         return image_input(small, self.spec, timer), small
+
+    def _remap(self, img: np.ndarray, n_points: int, timer: StageTimer) -> np.ndarray:
+        """The fused remap of a raw image into a fresh (1, 3, H, W) input. With the helper thread the rows are
+        split: the helper, queued behind this frame's BEV raster, takes the bottom rows, as many as
+        ``_RowSplit`` estimates make both threads finish together. Row blocks are independent, so the values
+        do not depend on the split. ``remap_normalise`` times this thread's share."""
+        cam = self.cfg.camera
+        remap = sensor_remap(cam, self.spec.image_hw, tuple(cam.mean), tuple(cam.std))
+        h = self.spec.image_hw[0]
+        out = np.empty((1, 3, *self.spec.image_hw), np.float32)
+        split = self._split.rows(h, n_points) if self._pool is not None else 0
+        job = self._submit(remap.apply, img, out, (h - split, h)) if split else None
+        t0 = time.perf_counter()
+        try:
+            remap.apply(img, out, (0, h - split))
+        finally:
+            ms = (time.perf_counter() - t0) * 1e3
+            if job is not None:
+                wait([job])                    # the helper ran the raster first: its time is in the timer now
+        if job is not None:
+            job.result()
+        timer.add("remap_normalise", ms)
+        self._split.observe(n_points, timer.ms.get("bev_raster"), h - split, ms)
+        return out
 
     def infer(self, feeds: dict[str, np.ndarray], timer: StageTimer | None = None, backend: Backend | None = None
               ) -> dict[str, np.ndarray]:
