@@ -462,9 +462,10 @@ def run_scenario(scenario: str, pipes: dict[str, Pipeline], frames: list[Runtime
 
 
 def usable_sessions(pipe: Pipeline, sessions: int) -> tuple[int, str | None]:
-    """``sessions`` when the backend can open that many, else 1 and why."""
+    """``sessions`` when the backend can open that many (they are created now, outside the timing), else 1
+    and why."""
     try:
-        pipe._sessions(sessions)
+        pipe.run_stream((), sessions=sessions)         # opens the extra sessions; the stream is never started
     except BackendUnavailableError as e:
         return 1, f"1 session ({e.reason})"
     return sessions, None
