@@ -105,6 +105,8 @@ def summarise(single: dict, png: dict, const: dict, offline: list[dict], peer: d
     c = _row(const)
     over = c["constant_stream"]["over_deadline"]["count"]
     ref_fps = _row(offline[0])["offline"]["single_stream_fps"]         # run_frame back to back, 2 threads
+    single_busy = _row(offline[0])["offline"]["busy_cores"]["single"]
+    cores = single["system"]["cpu"]["usable_cores"] or single["system"]["cpu"]["logical_cores"]
     best = max(offline, key=lambda r: _row(r)["offline"]["stream_fps"])
     best_o = _row(best)["offline"]
     bars = [
@@ -125,7 +127,9 @@ def summarise(single: dict, png: dict, const: dict, offline: list[dict], peer: d
              f"best: {best['threads']} thread(s) x {best_o['sessions']} session(s) {best_o['stream_fps']:.2f} "
              f"frames/s vs run_frame at {offline[0]['threads']} threads {ref_fps:.2f} frames/s; all: " +
              ", ".join(f"{r['threads']}x{_row(r)['offline']['sessions']}: {_row(r)['offline']['stream_fps']:.2f} "
-                       f"(its own run_frame {_row(r)['offline']['single_stream_fps']:.2f})" for r in offline)),
+                       f"(its own run_frame {_row(r)['offline']['single_stream_fps']:.2f})" for r in offline) +
+             f"; busy cores: run_frame {single_busy:.2f} of {cores} (so overlap can win at most "
+             f"{cores / single_busy:.2f}x), best stream {best_o['busy_cores']['stream']:.2f}"),
     ]
     peers = [{"backend": r["backend"], "status": r["status"], "latency_mean": r.get("latency", {}).get("mean"),
               "p99": r.get("latency", {}).get("p99"), "inference_mean": r.get("stages", {}).get("inference", {})

@@ -36,9 +36,12 @@ def _scenario_cells(report: dict, r: dict) -> tuple[list[str], list[str]]:
                  _num(m.get("max_rate_hz"), "{:.2f}") if m else "-"])
     if sc == "offline":
         o = r.get("offline", {})
-        return (["offline frames/s", "single-stream frames/s", "offline / single", "sessions"],
+        busy = o.get("busy_cores", {})
+        return (["offline frames/s", "single-stream frames/s", "offline / single", "sessions",
+                 "busy cores offline", "busy cores single-stream"],
                 [_num(o.get("stream_fps"), "{:.2f}"), _num(o.get("single_stream_fps"), "{:.2f}"),
-                 _num(o.get("ratio"), "{:.3f}"), str(o.get("sessions", "-"))])
+                 _num(o.get("ratio"), "{:.3f}"), str(o.get("sessions", "-")), _num(busy.get("stream"), "{:.2f}"),
+                 _num(busy.get("single"), "{:.2f}")])
     return [], []
 
 

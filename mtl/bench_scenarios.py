@@ -124,18 +124,18 @@ def offline(pipe: Pipeline, frames: list[RuntimeFrame], queries: int, rounds: in
     """frames/s of ``run_stream`` (all frames available) and of ``run_frame`` back to back, ``queries`` frames
     each, interleaved in ``rounds`` so that machine drift hits both alike."""
     rounds = max(1, min(rounds, queries))
-    wall = {"stream": 0.0, "single": 0.0}
+    wall, cpu = {"stream": 0.0, "single": 0.0}, {"stream": 0.0, "single": 0.0}
     per_stage: dict[str, list[float]] = {}
     done = 0
     for r in range(rounds):
         n = queries * (r + 1) // rounds - queries * r // rounds
         batch = [frames[i % len(frames)] for i in range(done, done + n)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for f in batch:
             pipe.run_frame(f, keep_outputs=False)
             if tick:
                 tick()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for res in pipe.run_stream(batch, keep_outputs=False, sessions=sessions):
             for k, v in res.timings_ms.items():
                 per_stage.setdefault(k, []).append(v)
@@ -143,12 +143,18 @@ def offline(pipe: Pipeline, frames: list[RuntimeFrame], queries: int, rounds: in
                 tick()
         wall["single"] += t1 - t0
         wall["stream"] += time.perf_counter() - t1
+        cpu["single"] += c1 - c0
+        cpu["stream"] += time.process_time() - c1
         done += n
     fps = {k: queries / v for k, v in wall.items()}
+    # cores this process kept busy (CPU time of all its threads / wall time): back to back, the idle share of the
+    # cores bounds what overlapping can win; a stream at (about) every core and no faster is CPU-bound
+    busy = {k: round(cpu[k] / wall[k], 3) for k in wall}
     return {"queries": queries, "rounds": rounds, "sessions": sessions,
             "stream_fps": round(fps["stream"], 3), "single_stream_fps": round(fps["single"], 3),
             "ratio": round(fps["stream"] / fps["single"], 4),
-            "stream_latency": latency_stats(per_stage.get("total", [])), "stages": _stage_stats(per_stage)}
+            "busy_cores": busy, "stream_latency": latency_stats(per_stage.get("total", [])),
+            "stages": _stage_stats(per_stage)}
 
 
 __all__ = ["LATE_MS", "arrival_schedule", "constant_stream", "find_max_rate", "offline", "search_max_rate"]

@@ -308,6 +308,7 @@ def test_offline_compares_run_stream_with_back_to_back_frames(art):
     assert r["sessions"] == 2 and r["stream_fps"] > 0 and r["single_stream_fps"] > 0
     assert r["ratio"] == pytest.approx(r["stream_fps"] / r["single_stream_fps"], rel=1e-3)
     assert r["stream_latency"]["n"] == 6 and r["stages"]["inference"]["n"] == 6
+    assert set(r["busy_cores"]) == {"stream", "single"} and all(v > 0 for v in r["busy_cores"].values())
 
 
 @pytest.mark.parametrize("scenario", ["constant-stream", "offline"])
