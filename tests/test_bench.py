@@ -356,6 +356,7 @@ def test_sensor_input_needs_raw_frames_and_runs_them(art, tmp_path):
     row = rep["rows"][0]
     assert rep["input"] == "sensor" and row["status"] == "ok"
     assert "remap_normalise" in row["stages"] and "decode_png" not in row["stages"]     # pixels, not PNGs
+    assert rep["remap_table_build_ms"] > 0 and "fused remap table was built once" in rep["markdown"]
 
 
 def test_run_folders_never_collide_and_name_the_backends_that_ran(tmp_path):
