@@ -1,170 +1,111 @@
-"""``mtl bench``: per-stage latency, throughput, memory and parity of the runtime backends, in ONE table.
+"""``mtl bench``: latency distribution, throughput, cold start, memory and parity of the runtime backends and
+their peers, under an MLPerf-style scenario, in ONE table.
 
 For each backend in ``--compare`` (``BENCH_BACKENDS``) the same preloaded frames go through the same numpy
-preprocess and postprocess (``mtl.runtime.Pipeline``); only the inference backend differs:
+preprocess and postprocess (``mtl.runtime.Pipeline``); only the inference engine differs:
 
 - one column per row of ``mtl.export.variants.VARIANTS`` on the CPU EP: ``onnxruntime`` runs ``--model``
   (fp32 ONNX), ``onnxruntime-fp16`` / ``-int8`` (TensorRT recipe) / ``-int8-cpu`` (onnxruntime CPU recipe)
   the variant's file next to it (``model_fp16.onnx``, ...); a missing file names the export flag that writes it
 - ``onnxruntime-cuda`` / ``onnxruntime-trt``   ``--model`` on the CUDA / TensorRT EP
 - ``tensorrt``           the ``*.engine`` next to ``--model`` (``model.engine`` preferred), native TensorRT
-- ``torch``              ``--checkpoint`` run eagerly (``torch.inference_mode``, same thread count); torch is
-                         imported lazily, only for this column and for the parity reference
+- peers (``mtl.bench_peers``): ``torch`` / ``torch-compile`` (``--checkpoint``, eager / inductor; torch is
+  imported lazily, only for these columns and the parity reference), ``openvino`` / ``openvino-auto``
+  (``--model`` on OpenVINO's CPU plugin, fp32 / its default precision; optional extra ``mtl[openvino]``)
 
 Unavailable backends are rows with ``status = "skipped: <reason>"``; nothing is ever substituted.
-Latency stats per stage: mean / p50 / p90 / p99 over ``--iters`` timed frames after ``--warmup``.
-Timing is interleaved: every backend is opened and warmed up first, then ``--rounds`` rounds each time
-every backend for its share of ``--iters`` frames in turn, so machine drift hits all columns alike.
-Throughput = 1000 / mean total (batch 1, sequential). Peak RSS = the process high-water mark after the
-backend was opened and warmed up (ru_maxrss; cumulative, so backends open in the order given, torch last).
-Parity (needs ``--checkpoint``): max |diff| per output vs torch on every bench frame, decoded boxes
-identical (same count, labels, boxes within 1e-4 m) per frame, and mIoU / mAP deltas (backend minus torch)
-against the frames' ground truth when ``mtl.metrics`` and ground truth are available.
+
+``--input png`` feeds frames as stored (a PNG to decode; raw A2D2 frames also undistorted); ``--input sensor``
+feeds what the drivers hand over: the original distorted camera pixels, decoded once at load (raw A2D2 frames
+only), and the LiDAR array; the runtime undistorts + resizes + normalises them in one remap pass
+(``Pipeline.run_sensor`` builds the same frame from two arrays).
+
+Scenarios (``mtl.bench_scenarios``): ``single-stream`` (``time_backends``: back to back, every backend timed
+interleaved in ``--rounds`` rounds), ``constant-stream`` (a fixed arrival schedule at ``--rate-hz``; latency
+from arrival, so queueing counts; ``--find-max-rate``) and ``offline`` (``Pipeline.run_stream`` vs
+back-to-back ``run_frame``). Latency: n, min, mean, std, p50 / p90 / p99 / p99.9 (nearest rank) and max over
+``--queries`` queries, plus the 95% upper confidence bound on the p99.9 (``mtl.bench_stats``). The cyclic
+garbage collector is run and frozen before timing (``gc.freeze``) so its pauses do not land in the tail.
+
+Cold start per backend: the library's import (when this process had not imported it yet), opening the model
+(load, session creation / compile / engine deserialisation, by step) and the first frame. Peak RSS = the
+process high-water mark after the backend was opened and warmed up (cumulative, so backends open in the order
+given, torch last). Parity (needs ``--checkpoint``): max |diff| per output vs torch on every bench frame,
+decoded boxes identical per frame, and mIoU / mAP deltas against the frames' ground truth.
+
+Results go to ``--out`` (default ``runs/bench``), in a new folder ``<date-time>_<scenario>`` per run (``_2``,
+... when two runs start in the same second): ``bench_<tags of the backends that ran>.json`` / ``.md`` and
+``system.json`` (``mtl.bench_system``: CPU, governor, memory, OS, libraries, GPU, models, load before/after).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import os
-import platform
-import resource
-import subprocess
+import gc
+import importlib
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bench_peers import PEERS, TorchBackend, open_peer, torch_pipeline
+from .bench_report import terminal_summary, to_markdown
+from .bench_scenarios import constant_stream, find_max_rate, offline
+from .bench_stats import latency_stats, stats
+from .bench_system import cpu_model, device_state, load_avg, peak_rss_mb, system_description
 from .contract import OUTPUTS
 from .errors import BackendUnavailableError, DataError, MtlError
 from .export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, VARIANTS, bench_variant  # import-light
-from .runtime.backends import Backend
-from .runtime.frames import RuntimeFrame, iter_frames
+from .runtime.frames import KIND_RAW, RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
-from .runtime.preprocess import STAGES, ModelSpec, StageTimer
+from .runtime.preprocess import ModelSpec, decode_image
 
-TABLE_STAGES = STAGES
 BOX_ATOL = 1e-4
+SCENARIOS = ("single-stream", "constant-stream", "offline")
+INPUTS = ("png", "sensor")
+DEFAULT_QUERIES = 3000          # the smallest round number whose maximum bounds the p99.9 at 95% (bench_stats)
+DEFAULT_OUT = "runs/bench"
+TAGS = {**{v.bench: v.tag for v in VARIANTS}, "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt",
+        "tensorrt": "trt", "torch": "torch", "torch-compile": "torch-compile", "openvino": "ov",
+        "openvino-auto": "ov-auto"}
+_LIBRARY = {"torch": "torch", "torch-compile": "torch", "openvino": "openvino", "openvino-auto": "openvino",
+            "tensorrt": "tensorrt"}          # every other column imports onnxruntime
 
 
-# ------------------------------------------------------------------------------------- torch column
+# ------------------------------------------------------------------------------------------ frames
 
 
-class TorchBackend(Backend):
-    """The checkpoint run eagerly; outputs follow the ONNX contract (heatmap sigmoid applied)."""
-
-    name = "torch"
-
-    def __init__(self, checkpoint: str | Path, threads: int | None = None):
-        import torch
-
-        from .model import load_checkpoint
-
-        self.torch = torch
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.model, self.cfg, _ = load_checkpoint(checkpoint)
-        self.model.eval()
-        self.providers = [f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"]
-        h, w = self.cfg.camera.image_hw
-        self.input_shapes = {"image": (1, 3, h, w), "bev": (1, self.cfg.grid.n_channels, *self.cfg.grid.shape)}
-        self.input_dtypes = {"image": np.float32, "bev": np.float32}
-
-    def run(self, feeds: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
-        torch = self.torch
-        with timer("inference"), torch.inference_mode():
-            out = self.model(torch.from_numpy(feeds["image"]), torch.from_numpy(feeds["bev"]))
-            res = {"bbox_heatmap": torch.sigmoid(out["bbox_heatmap"]).numpy(),
-                   "bbox_reg": out["bbox_reg"].numpy(), "sem_logits": out["sem_logits"].numpy()}
-        return res
-
-
-def torch_pipeline(checkpoint: str | Path, threads: int | None = None) -> Pipeline:
-    b = TorchBackend(checkpoint, threads)
-    # no helper thread: torch's OpenMP workers busy-wait after each op, so overlapped numpy stages would
-    # fight them for the second core (measured: +1 ms per frame) - the baseline gets its best setting
-    return Pipeline(ModelSpec.from_config(b.cfg, checkpoint, heatmap_activation="sigmoid"), b, overlap=False)
-
-
-# ------------------------------------------------------------------------------------------ device
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else ``platform.processor()`` (may be empty)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or ""
-
-
-def device_state(threads: int | None) -> dict:
-    cpu = cpu_model()
-    gpu = None
-    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,"
-                              "temperature.gpu,power.draw", "--format=csv,noheader"])
-    if smi:
-        gpu = smi.splitlines()
-    from . import __version__
-
-    libs = {d: _version(d) for d in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt",
-                                     "cuda-python", "pillow")}
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "threads": threads, "load_avg": load,
-            "python": platform.python_version(), "platform": platform.platform(), "gpu": gpu,
-            "libraries": {k: v for k, v in libs.items() if v}, "mtl_version": __version__,
-            "date": _dt.datetime.now().isoformat(timespec="seconds")}
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kb / 1024.0, 1) if sys.platform != "darwin" else round(kb / 2**20, 1)
-
-
-# ----------------------------------------------------------------------------------------- helpers
-
-
-def stats(values: list[float]) -> dict:
-    a = np.asarray(values, np.float64)
-    return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
-            "p90": round(float(np.percentile(a, 90)), 4), "p99": round(float(np.percentile(a, 99)), 4),
-            "n": int(a.size)}
-
-
-def load_frames(data: str | Path, cfg, n_frames: int) -> tuple[list[RuntimeFrame], int]:
+def load_frames(data: str | Path, cfg, n_frames: int, input_kind: str = "png") -> tuple[list[RuntimeFrame], int]:
+    """Up to ``n_frames`` frames with a camera image (and how many without one were skipped); ``sensor``
+    input decodes each raw frame's original PNG once here, so the timed runs start from pixels."""
     frames, skipped = [], 0
     for f in iter_frames(data, cfg, with_gt=True):
         if not f.has_image:
             skipped += 1
             continue
-        frames.append(f)
+        frames.append(sensor_frame(f, data) if input_kind == "sensor" else f)
         if len(frames) >= n_frames:
             break
     if not frames:
         raise DataError(data, f"no frame with a camera image found ({skipped} without one)")
     return frames, skipped
+
+
+def sensor_frame(frame: RuntimeFrame, data: str | Path) -> RuntimeFrame:
+    """The frame as the drivers deliver it: the original distorted camera pixels (decoded) and the points."""
+    if frame.kind != KIND_RAW:
+        raise DataError(data, "--input sensor needs raw A2D2 frames (the original distorted camera image and the "
+                              "LiDAR sweep, e.g. from `mtl data synth`); this data holds chunk frames, already "
+                              "undistorted at the model size (use --input png)")
+    img = frame.image if frame.image is not None else decode_image(frame.image_png, frame.source or frame.frame_id)
+    return replace(frame, image=img, image_png=None)
+
+
+# ------------------------------------------------------------------------------------------ backends
 
 
 def _model_paths(model: Path) -> dict[str, Path | None]:
@@ -189,14 +130,11 @@ def _missing_reason(name: str, model: Path, path: Path | None) -> str:
 
 def open_bench_pipeline(name: str, model: Path, checkpoint: Path | None, threads: int | None) -> Pipeline:
     """Raise ``_Skip(reason)`` when the backend cannot run here."""
-    if name == "torch":
-        if checkpoint is None:
-            raise _Skip("no --checkpoint given")
+    if name in PEERS:
         try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise _Skip("torch is not installed") from None
-        return torch_pipeline(checkpoint, threads)
+            return open_peer(name, model, checkpoint, threads)
+        except BackendUnavailableError as e:
+            raise _Skip(e.reason) from None
     path = _model_paths(model).get(name)
     if path is None or not path.is_file():
         raise _Skip(_missing_reason(name, model, path))
@@ -211,10 +149,28 @@ class _Skip(Exception):
     pass
 
 
-def _summary(per_stage: dict[str, list[float]]) -> dict:
+def _import_ms(name: str) -> float | None:
+    """Milliseconds to import the column's library now, None when this process already had it (or it fails:
+    opening the backend then reports why)."""
+    module = _LIBRARY.get(name, "onnxruntime")
+    if module in sys.modules:
+        return None
+    t0 = time.perf_counter()
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - ImportError, or OSError from a wheel whose libraries do not load
+        return None
+    return round((time.perf_counter() - t0) * 1e3, 3)
+
+
+# -------------------------------------------------------------------------------------- single-stream
+
+
+def _summary(per_stage: dict[str, list[float]], latency: list[float]) -> dict:
     st = {k: stats(v) for k, v in per_stage.items()}
-    fps = 1000.0 / st["total"]["mean"] if st.get("total", {}).get("mean") else None
-    return {"stages": st, "throughput_fps": round(fps, 2) if fps else None}
+    lat = latency_stats(latency)
+    return {"latency": lat, "stages": st,
+            "throughput_fps": round(1000.0 / lat["mean"], 2) if lat.get("mean") else None}
 
 
 def warm_up(pipe: Pipeline, frames: list[RuntimeFrame], warmup: int) -> None:
@@ -224,12 +180,14 @@ def warm_up(pipe: Pipeline, frames: list[RuntimeFrame], warmup: int) -> None:
 
 def time_backends(pipes: dict[str, Pipeline], frames: list[RuntimeFrame], iters: int, rounds: int = 1,
                   tick: Callable[[], None] | None = None) -> dict[str, dict]:
-    """Time every pipeline on the same frames, interleaved: ``rounds`` rounds, each running every backend
-    for its share of ``iters`` frames in turn, so a slow drift of the machine (other tenants, clocks) hits
-    all columns alike instead of whichever ran last. Returns name -> {"stages": stats, "throughput_fps"}
-    or {"error": MtlError} for a backend that failed (it is dropped from the later rounds)."""
+    """Single-stream: time every pipeline on the same frames, interleaved: ``rounds`` rounds, each running every
+    backend for its share of ``iters`` frames in turn, so a slow drift of the machine (other tenants, clocks)
+    hits all columns alike instead of whichever ran last. A query's latency is from calling ``run_frame`` to
+    its return. Returns name -> {"latency": latency_stats, "stages": stats, "throughput_fps"} or {"error":
+    MtlError} for a backend that failed (it is dropped from the later rounds)."""
     rounds = max(1, min(rounds, iters))
     per: dict[str, dict[str, list[float]]] = {n: {} for n in pipes}
+    latency: dict[str, list[float]] = {n: [] for n in pipes}
     failed: dict[str, MtlError] = {}
     done = 0
     for r in range(rounds):
@@ -239,7 +197,9 @@ def time_backends(pipes: dict[str, Pipeline], frames: list[RuntimeFrame], iters:
                 continue
             try:
                 for i in range(done, done + n):
+                    t0 = time.perf_counter()
                     res = pipe.run_frame(frames[i % len(frames)], keep_outputs=False)
+                    latency[name].append((time.perf_counter() - t0) * 1e3)
                     for k, v in res.timings_ms.items():
                         per[name].setdefault(k, []).append(v)
                     if tick:
@@ -247,7 +207,8 @@ def time_backends(pipes: dict[str, Pipeline], frames: list[RuntimeFrame], iters:
             except MtlError as e:
                 failed[name] = e
         done += n
-    return {name: ({"error": failed[name]} if name in failed else _summary(per[name])) for name in pipes}
+    return {name: ({"error": failed[name]} if name in failed else _summary(per[name], latency[name]))
+            for name in pipes}
 
 
 def time_backend(pipe: Pipeline, frames: list[RuntimeFrame], iters: int, warmup: int,
@@ -258,6 +219,21 @@ def time_backend(pipe: Pipeline, frames: list[RuntimeFrame], iters: int, warmup:
     if "error" in res:
         raise res["error"]
     return res
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Collect once and freeze every surviving object (``gc.freeze``) for the timed runs: the collector then
+    only scans what the runs allocate, so a full collection's pause cannot land in the latency tail."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+# ------------------------------------------------------------------------------------------ parity
 
 
 def frame_outputs(pipe: Pipeline, frames: list[RuntimeFrame]) -> list[dict]:
@@ -334,6 +310,11 @@ def parity(ref: list[dict], got: list[dict], ref_metrics: dict, got_metrics: dic
 # ------------------------------------------------------------------------------------- compute
 
 
+
+
+# ------------------------------------------------------------------------------------- compute
+
+
 def onnx_conv_macs(path: str | Path) -> dict:
     """Multiply-accumulates of every Conv / ConvTranspose / MatMul / Gemm in an fp32 ONNX model, from
     ONNX shape inference (static shapes): {"total": int, "by_op": {op: int}, "nodes": [(name, op, macs)]}.
@@ -378,37 +359,50 @@ def onnx_conv_macs(path: str | Path) -> dict:
 # ---------------------------------------------------------------------------------------- the bench
 
 
+# ---------------------------------------------------------------------------------------- the bench
+
+
 def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DEFAULT_COMPARE,
-              checkpoint: str | Path | None = None, iters: int = 100, warmup: int = 10,
-              threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = "benchmarks/results",
-              rounds: int = 5,
+              checkpoint: str | Path | None = None, queries: int = DEFAULT_QUERIES, warmup: int = 10,
+              threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = DEFAULT_OUT,
+              rounds: int = 5, scenario: str = "single-stream", input_kind: str = "png", rate_hz: float = 10.0,
+              deadline_ms: float = 100.0, find_rate: bool = False, probe_queries: int = 300, sessions: int = 1,
               progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """``mtl bench``: open + warm up every backend, time them interleaved, then parity vs torch; returns the
-    report (with its markdown table) and writes it to ``out_dir`` unless that is None."""
+    """``mtl bench``: open + warm up every backend (cold start measured), run the scenario, then parity vs torch;
+    returns the report (with its markdown table and terminal summary) and writes it to a new folder under
+    ``out_dir`` unless that is None."""
     from .contract import read_onnx_metadata
 
     model = Path(model)
     checkpoint = Path(checkpoint) if checkpoint else None
-    _check_args(compare, iters, warmup, rounds)
+    _check_args(compare, queries, warmup, rounds, scenario, input_kind, rate_hz, deadline_ms, probe_queries, sessions)
+    system = system_description(threads)
     meta = read_onnx_metadata(model)
     cfg = ModelSpec.from_metadata(meta, model).cfg
-    frames, no_image = load_frames(data, cfg, n_frames)
+    frames, no_image = load_frames(data, cfg, n_frames, input_kind)
+    remap_ms = _build_remap(cfg) if any(f.kind == KIND_RAW for f in frames) else None
     # torch runs last: importing it raises the process RSS high-water mark for everything after it
-    order = [c for c in compare if c != "torch"] + (["torch"] if "torch" in compare else [])
+    order = [c for c in compare if c not in ("torch", "torch-compile")] + \
+            [c for c in compare if c in ("torch", "torch-compile")]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=(iters + warmup) * len(order), unit="it", desc="bench", file=sys.stderr)
+        per_backend = warmup + 1 + {"single-stream": queries, "offline": 2 * queries,
+                                    "constant-stream": queries + (8 * probe_queries if find_rate else 0)}[scenario]
+        bar = tqdm(total=per_backend * len(order), unit="it", desc=f"bench {scenario}", file=sys.stderr)
     advance = bar.update if bar else (lambda n: None)
     rows: list[dict] = []
     pipes: dict[str, Pipeline] = {}
+    settings = {"queries": queries, "rounds": rounds, "rate_hz": rate_hz, "deadline_ms": deadline_ms,
+                "find_rate": find_rate, "probe_queries": probe_queries, "sessions": sessions}
     try:
         for name in order:                      # open + warm up in order (peak RSS is cumulative)
             rows.append(_open_backend(name, lambda n: open_bench_pipeline(n, model, checkpoint, threads), cfg,
                                       frames, warmup, pipes))
-            advance(warmup + (0 if name in pipes else iters))
-        timed = time_backends(pipes, frames, iters, rounds, lambda: advance(1))
+            advance(warmup + 1)
+        with quiet_gc():
+            timed = run_scenario(scenario, pipes, frames, settings, lambda: advance(1))
         results = _finish_rows(rows, pipes, timed, frames, cfg)
     finally:
         for pipe in pipes.values():
@@ -416,30 +410,108 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
         if bar:
             bar.close()
     parity_note = _add_parity(rows, results, checkpoint, threads, frames, cfg)
-    _add_speedups(rows)
+    _add_speedups(rows, scenario)
+    system.update(load_avg_after=load_avg(), models=_models(rows, meta))
     report = {
-        "mtl_bench": 1, "model": str(model), "data": str(data), "frames": len(frames),
-        "frames_without_image_skipped": no_image, "frame_ids": [f.frame_id for f in frames],
-        "iters": iters, "warmup": warmup, "rounds": max(1, min(rounds, iters)), "threads": threads,
-        "compare": list(compare),
+        "mtl_bench": 2, "scenario": scenario, "input": input_kind, "model": str(model), "data": str(data),
+        "frames": len(frames), "frames_without_image_skipped": no_image, "frame_ids": [f.frame_id for f in frames],
+        "queries": queries, "warmup": warmup, "rounds": max(1, min(rounds, queries)), "threads": threads,
+        "sessions": sessions, "rate_hz": rate_hz, "deadline_ms": deadline_ms, "find_max_rate": find_rate,
+        "probe_queries": probe_queries, "compare": list(compare),
+        "ran": [r["backend"] for r in rows if r["status"] == "ok"],
         "model_config": {"image_hw": list(cfg.camera.image_hw), "grid": list(cfg.grid.shape),
-                         "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem},
-        **_checkpoint_info(checkpoint, meta), "parity_note": parity_note, "device": device_state(threads),
-        "rows": rows,
+                         "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem,
+                         "camera_resolution_wh": list(cfg.camera.resolution_wh)},
+        "remap_table_build_ms": remap_ms, **_checkpoint_info(checkpoint, meta), "parity_note": parity_note,
+        "harness": _harness(scenario),
+        "system": system, "rows": rows,
     }
     report["markdown"] = to_markdown(report)
+    report["summary"] = terminal_summary(report)
     if out_dir is not None:
         report["written"] = write_report(report, out_dir)
     return report
 
 
-def _check_args(compare: tuple[str, ...], iters: int, warmup: int, rounds: int) -> None:
+def _build_remap(cfg) -> float:
+    """Build the camera's fused remap table (process-wide cache) before any backend opens, so that no
+    backend's first frame pays for it; returns what it took (ms: a one-off of the sensor path's cold start)."""
+    from .runtime.sensor import sensor_remap
+
+    cam = cfg.camera
+    t0 = time.perf_counter()
+    sensor_remap(cam, tuple(cam.image_hw), tuple(cam.mean), tuple(cam.std))
+    return round((time.perf_counter() - t0) * 1e3, 3)
+
+
+def run_scenario(scenario: str, pipes: dict[str, Pipeline], frames: list[RuntimeFrame], s: dict,
+                 tick: Callable[[], None]) -> dict[str, dict]:
+    """name -> the scenario's result for that backend (``latency``, ``stages``, ``throughput_fps`` and the
+    scenario's own block) or {"error": MtlError}."""
+    if scenario == "single-stream":
+        return time_backends(pipes, frames, s["queries"], s["rounds"], tick)
+    out: dict[str, dict] = {}
+    for name, pipe in pipes.items():             # a schedule or a stream per backend: one backend at a time
+        try:
+            n, note = usable_sessions(pipe, s["sessions"])
+            if scenario == "offline":
+                r = offline(pipe, frames, s["queries"], s["rounds"], n, tick)
+                out[name] = {"offline": r, "latency": r["stream_latency"], "stages": r["stages"],
+                             "throughput_fps": r["stream_fps"]}
+            else:
+                r = constant_stream(pipe, frames, s["queries"], s["rate_hz"], s["deadline_ms"], n, tick)
+                out[name] = {"constant_stream": r, "latency": r["latency"], "stages": r["stages"],
+                             "throughput_fps": r["achieved_rate_hz"]}
+                if s["find_rate"]:
+                    start = 0.9 * 1000.0 / max(r["latency"]["p50"], 1e-3)
+                    out[name]["max_rate"] = find_max_rate(pipe, frames, s["deadline_ms"], s["probe_queries"], start,
+                                                          n, tick=tick)
+            if note:
+                out[name]["sessions_note"] = note
+        except MtlError as e:
+            out[name] = {"error": e}
+    return out
+
+
+def usable_sessions(pipe: Pipeline, sessions: int) -> tuple[int, str | None]:
+    """``sessions`` when the backend can open that many (they are created now, outside the timing), else 1
+    and why."""
+    try:
+        pipe.run_stream((), sessions=sessions)         # opens the extra sessions; the stream is never started
+    except BackendUnavailableError as e:
+        return 1, f"1 session ({e.reason})"
+    return sessions, None
+
+
+def _harness(scenario: str) -> dict:
+    latency = {"single-stream": "from calling Pipeline.run_frame to its return, frames back to back",
+               "constant-stream": "from the frame's scheduled arrival to its Result (Pipeline.run_stream), so "
+                                  "waiting for the runtime counts",
+               "offline": "per frame, from its preprocess start to its postprocess end inside run_stream"}[scenario]
+    return {"latency": latency, "percentiles": "nearest rank: the ceil(q/100*n)-th smallest",
+            "p99.9_upper95": "95% upper confidence bound on the true p99.9 (order statistic, binomial)",
+            "gc": "collected and frozen (gc.freeze) before the timed runs",
+            "cold_start": "import (first use of the library in this process), open (load + session / compile / "
+                          "engine), first frame; warm-up frames follow. Raw frames: the fused remap table is built "
+                          "once before (remap_table_build_ms)"}
+
+
+def _check_args(compare: tuple[str, ...], queries: int, warmup: int, rounds: int, scenario: str = "single-stream",
+                input_kind: str = "png", rate_hz: float = 10.0, deadline_ms: float = 100.0,
+                probe_queries: int = 300, sessions: int = 1) -> None:
     unknown = [c for c in compare if c not in BENCH_BACKENDS]
     if unknown:
         raise BackendUnavailableError(None, f"unknown --compare entries {unknown} "
                                             f"(choose from {', '.join(BENCH_BACKENDS)})")
-    if iters < 1 or warmup < 0 or rounds < 1:
-        raise DataError(None, f"--iters and --rounds must be >= 1 and --warmup >= 0, got {iters} / {rounds} / {warmup}")
+    if queries < 1 or warmup < 0 or rounds < 1:
+        raise DataError(None, f"--queries and --rounds must be >= 1 and --warmup >= 0, got {queries} / {rounds} / "
+                              f"{warmup}")
+    if scenario not in SCENARIOS or input_kind not in INPUTS:
+        raise DataError(None, f"--scenario must be one of {', '.join(SCENARIOS)} and --input one of "
+                              f"{', '.join(INPUTS)}, got {scenario!r} / {input_kind!r}")
+    if not (rate_hz > 0 and deadline_ms > 0 and probe_queries >= 1 and sessions >= 1):
+        raise DataError(None, f"--rate-hz and --deadline-ms must be > 0, --probe-queries and --sessions >= 1, got "
+                              f"{rate_hz} / {deadline_ms} / {probe_queries} / {sessions}")
 
 
 def _checkpoint_info(checkpoint: Path | None, meta: dict) -> dict[str, Any]:
@@ -453,27 +525,51 @@ def _checkpoint_info(checkpoint: Path | None, meta: dict) -> dict[str, Any]:
             "matches_model_source": sha == meta.get("source_checkpoint_sha256")}
 
 
+def _models(rows: list[dict], meta: dict) -> dict[str, dict]:
+    """What every backend that ran loaded: path, sha256, precision (``system.json``'s ``models``)."""
+    from .config import sha256_file
+
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["status"] == "ok" and r.get("model") and Path(r["model"]).is_file():
+            out[r["backend"]] = {"path": r["model"], "sha256": sha256_file(r["model"]), "precision": r["precision"]}
+    return out
+
+
 def _open_backend(name: str, open_pipe: Callable[[str], Pipeline], cfg, frames: list[RuntimeFrame], warmup: int,
                   pipes: dict[str, Pipeline]) -> dict[str, Any]:
-    """One row: open the backend (or record why it is skipped) and warm it up; a warm pipeline joins ``pipes``."""
+    """One row: open the backend (or record why it is skipped), time its cold start (import, open, first
+    frame) and warm it up; a warm pipeline joins ``pipes``."""
     row: dict[str, Any] = {"backend": name}
+    import_ms = _import_ms(name)
+    t0 = time.perf_counter()
     try:
         pipe = open_pipe(name)
     except (_Skip, MtlError) as e:
         row["status"] = f"skipped: {e}"
         return row
-    if name == "torch" and pipe.cfg.to_dict() != cfg.to_dict():
+    open_ms = (time.perf_counter() - t0) * 1e3
+    if name in ("torch", "torch-compile") and pipe.cfg.to_dict() != cfg.to_dict():
         row["status"] = "skipped: checkpoint config differs from the model's metadata config"
         pipe.close()
         return row
-    row.update(status="ok", model=pipe.spec.path, precision=pipe.spec.precision,
+    row.update(status="ok", model=pipe.spec.path, precision=getattr(pipe.backend, "precision", pipe.spec.precision),
                providers=pipe.backend.providers, fallback=pipe.fallback)
     try:
+        t1 = time.perf_counter()
+        pipe.run_frame(frames[0], keep_outputs=False)
+        first_ms = (time.perf_counter() - t1) * 1e3
         warm_up(pipe, frames, warmup)
         pipes[name] = pipe
     except MtlError as e:
         row["status"] = f"failed: {e}"
         pipe.close()
+        return row
+    row["cold_start"] = {"import_ms": import_ms, "open_ms": round(open_ms, 3),
+                         **{k: round(v, 3) for k, v in pipe.backend.open_ms.items()},
+                         "first_frame_ms": round(first_ms, 3)}
+    if name == "torch-compile":
+        row["compile_s"] = round(first_ms / 1e3, 3)          # inductor compiles on the first call
     row["peak_rss_mb"] = peak_rss_mb()
     return row
 
@@ -490,12 +586,16 @@ def _finish_rows(rows: list[dict], pipes: dict[str, Pipeline], timed: dict[str, 
             row["status"] = f"failed: {timed[name]['error']}"
             continue
         row.update(timed[name])
+        inference = row["stages"].get("inference", {}).get("mean")
+        if inference and row["latency"].get("mean"):
+            row["e2e_over_inference"] = round(row["latency"]["mean"] / inference, 4)
         try:
             results[name] = frame_outputs(pipes[name], frames)
             row["metrics"] = task_metrics(results[name], frames, cfg)
         except MtlError as e:
             row["status"] = f"failed: {e}"
     return results
+
 
 
 def _add_parity(rows: list[dict], results: dict[str, list[dict]], checkpoint: Path | None, threads: int | None,
@@ -531,70 +631,29 @@ def _torch_reference(results: dict[str, list[dict]], checkpoint: Path, threads: 
     return None
 
 
-def _add_speedups(rows: list[dict]) -> None:
-    """``speedup_vs_torch`` of every ok row: torch's mean total over the row's."""
+
+def _add_speedups(rows: list[dict], scenario: str = "single-stream") -> None:
+    """``speedup_vs_torch`` of every ok row: torch's mean latency over the row's (offline: frames/s over
+    torch's frames/s)."""
     torch_row = next((r for r in rows if r["backend"] == "torch" and r["status"] == "ok"), None)
-    if torch_row:
-        t = torch_row["stages"]["total"]["mean"]
-        for row in rows:
-            if row["status"] == "ok" and row["backend"] != "torch":
-                row["speedup_vs_torch"] = round(t / row["stages"]["total"]["mean"], 3)
+    if not torch_row:
+        return
+    for row in rows:
+        if row["status"] == "ok" and row["backend"] != "torch":
+            if scenario == "offline":
+                ratio = row["throughput_fps"] / torch_row["throughput_fps"]
+            else:
+                ratio = torch_row["latency"]["mean"] / row["latency"]["mean"]
+            row["speedup_vs_torch"] = round(ratio, 3)
 
 
 # ------------------------------------------------------------------------------------------ output
 
 
-def _ms(row: dict, stage: str, key: str = "mean") -> str:
-    s = row.get("stages", {}).get(stage)
-    return f"{s[key]:.2f}" if s else "-"
-
-
-def _num(v: Any, fmt: str = "{:.2e}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def to_markdown(report: dict) -> str:
-    stage_cols = [s for s in TABLE_STAGES if s != "total"]
-    head = (["backend", "status"] + [f"{s} ms" for s in stage_cols] +
-            ["total mean", "p50", "p90", "p99", "frames/s", "x torch", "peak RSS MB",
-             "maxdiff heatmap", "maxdiff reg", "maxdiff sem", "boxes =", "dmIoU", "dmAP"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["rows"]:
-        if r["status"] != "ok":
-            cells = [r["backend"], r["status"]] + ["-"] * (len(head) - 2)
-        else:
-            p = r.get("parity", {})
-            d = p.get("max_abs_diff", {})
-            cells = ([r["backend"], "ok"] + [_ms(r, s) for s in stage_cols] +
-                     [_ms(r, "total"), _ms(r, "total", "p50"), _ms(r, "total", "p90"), _ms(r, "total", "p99"),
-                      _num(r.get("throughput_fps"), "{:.1f}"), _num(r.get("speedup_vs_torch"), "{:.2f}"),
-                      _num(r.get("peak_rss_mb"), "{:.0f}"),
-                      _num(d.get("bbox_heatmap")), _num(d.get("bbox_reg")), _num(d.get("sem_logits")),
-                      p.get("boxes_identical", "-") + (f" ({p['boxes_equivalent']} up to tied peaks)"
-                                                       if "boxes_equivalent" in p else ""),
-                      _num(p.get("miou_delta"), "{:+.4f}"),
-                      _num(p.get("map_delta"), "{:+.4f}")])
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    dev = report["device"]
-    cfgd = report["model_config"]
-    notes = [
-        f"model `{report['model']}` (image {cfgd['image_hw'][0]}x{cfgd['image_hw'][1]}, BEV "
-        f"{cfgd['bev_channels']}x{cfgd['grid'][0]}x{cfgd['grid'][1]}), data `{report['data']}`: "
-        f"{report['frames']} frames, "
-        f"{report['iters']} timed iterations (interleaved in {report.get('rounds', 1)} rounds) after "
-        f"{report['warmup']} warm-up, batch 1, threads {report['threads']}",
-        f"CPU: {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}); GPU: {dev['gpu'] or 'none'}",
-        "libraries: " + ", ".join(f"{k} {v}" for k, v in dev["libraries"].items()),
-    ]
-    if report.get("parity_note"):
-        notes.append(f"parity: {report['parity_note']}")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
 def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str, suffix: str = "",
                   stamp: str | None = None) -> dict:
     """Write ``OUT/<prefix>_<date-time>[_<suffix>].json`` (the report) and ``.md`` (the table) atomically;
-    returns both paths. Shared by ``mtl bench`` and the scripts in benchmarks/."""
+    returns both paths. Used by the scripts in benchmarks/."""
     from .io import write_bytes_atomic, write_json_atomic
 
     stamp = stamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -605,30 +664,61 @@ def write_results(out_dir: str | Path, prefix: str, report: dict, markdown: str,
     return {"json": str(json_path), "markdown": str(md_path)}
 
 
+def new_run_dir(root: str | Path, scenario: str, stamp: str | None = None) -> Path:
+    """A folder of its own for one run: ``root/<date-time>_<scenario>``, or ``..._2``, ``..._3`` when that
+    name is taken (``mkdir`` without ``exist_ok`` is atomic, so two runs never share a folder)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{stamp or _dt.datetime.now().strftime('%Y%m%d-%H%M%S')}_{scenario}"
+    for i in range(1, 10_000):
+        run = root / (base if i == 1 else f"{base}_{i}")
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise DataError(root, f"no free run folder name for {base} (10,000 taken)")
+
+
 def write_report(report: dict, out_dir: str | Path) -> dict:
-    """``mtl bench``'s files: ``bench_<date-time>_<backend tags>.json`` / ``.md``."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    short = {**{v.bench: v.tag for v in VARIANTS}, "onnxruntime-cuda": "ort-cuda", "onnxruntime-trt": "ort-trt",
-             "tensorrt": "trt", "torch": "torch"}
-    tag = "+".join(short.get(c, c) for c in report["compare"]) or "none"
-    body = {k: v for k, v in report.items() if k not in ("markdown", "written")}
-    return write_results(out_dir, "bench", body, f"# mtl bench {stamp}\n\n" + report["markdown"], tag, stamp)
+    """``mtl bench``'s files in a new run folder under ``out_dir``: ``bench_<tags of the backends that
+    ran>.json`` (the report) / ``.md`` (the wide table) and ``system.json``; returns the three paths."""
+    from .io import write_bytes_atomic, write_json_atomic
+
+    scenario = report.get("scenario", "single-stream")
+    run = new_run_dir(out_dir, scenario)
+    ran = [r["backend"] for r in report["rows"] if r.get("status") == "ok"]
+    base = run / f"bench_{'+'.join(TAGS.get(c, c) for c in ran) or 'none'}"
+    body = {k: v for k, v in report.items() if k not in ("markdown", "summary", "written")}
+    write_json_atomic(base.with_suffix(".json"), body)
+    write_bytes_atomic(base.with_suffix(".md"), f"# mtl bench {run.name}\n\n{report['markdown']}".encode())
+    write_json_atomic(run / "system.json", report.get("system", {}))
+    return {"dir": str(run), "json": str(base.with_suffix(".json")), "markdown": str(base.with_suffix(".md")),
+            "system": str(run / "system.json")}
 
 
 __all__ = [
     "BENCH_BACKENDS",
     "DEFAULT_COMPARE",
+    "DEFAULT_QUERIES",
+    "INPUTS",
+    "SCENARIOS",
     "TorchBackend",
     "boxes_identical",
     "cpu_model",
     "device_state",
     "frame_outputs",
+    "load_frames",
+    "new_run_dir",
     "onnx_conv_macs",
     "run_bench",
+    "run_scenario",
     "stats",
     "time_backend",
     "time_backends",
     "to_markdown",
     "torch_pipeline",
     "warm_up",
+    "write_report",
+    "write_results",
 ]

@@ -30,6 +30,6 @@ echo "== 5/6 export (fp32 + fp16 + int8 for TensorRT + int8 for the onnxruntime 
 mtl export "$D/run/best.pt" --out "$D/export" --fp16 --int8 --int8-cpu --calib-data "$D/train" --val-data "$D/val"
 echo "== 6/6 benchmark (torch eager vs onnxruntime, per stage)"
 mtl bench --model "$D/export/model.onnx" --checkpoint "$D/run/best.pt" --data "$D/val" \
-  --compare torch,onnxruntime,onnxruntime-fp16,onnxruntime-int8,onnxruntime-int8-cpu,tensorrt --iters "$ITERS" --warmup 5 \
+  --compare torch,onnxruntime,onnxruntime-fp16,onnxruntime-int8,onnxruntime-int8-cpu,tensorrt --queries "$ITERS" --warmup 5 \
   --out "$D/bench"
 echo "done: see $D/run (metrics.jsonl, debug/, curves.png), $D/export (export_report.md), $D/bench"

@@ -155,7 +155,7 @@ if [ -n "$BENCH" ]; then
   MODEL="$WORK/export/model.onnx"
   [ -f "$WORK/export_trt/model.engine" ] && MODEL="$WORK/export_trt/model.onnx"
   step bench_gpu 300 "${MTL[@]}" bench --model "$MODEL" --checkpoint "$CKPT" --data "$WORK/val" \
-    --compare "torch,onnxruntime$BENCH" --frames 4 --iters 50 --warmup 10 --rounds 5 --out "$WORK/bench" \
+    --compare "torch,onnxruntime$BENCH" --frames 4 --queries 50 --warmup 10 --rounds 5 --out "$WORK/bench" \
     --no-progress
 else
   skip bench_gpu "no GPU backend is usable here"

@@ -368,7 +368,14 @@ def _onnx_metadata_config_wrong_type(tmp: Path, art: dict) -> tuple[list[str], P
     return _infer(bad, art["chunks"], tmp), bad
 
 
+def _bench_sensor_input_on_chunks(tmp: Path, art: dict) -> tuple[list[str], Path]:
+    return ["bench", "--model", str(art["onnx"]), "--data", str(art["chunks"]), "--input", "sensor", "--compare",
+            "onnxruntime", "--queries", "2", "--out", str(tmp / "out"), "--no-progress"], art["chunks"]
+
+
 MODEL_CASES = [
+    Case("bench_sensor_input_on_chunks", _bench_sensor_input_on_chunks, DataError,
+         r"--input sensor needs raw A2D2 frames .*use --input png\)$"),
     Case("config_file_wrong_type", _config_file_wrong_type, ConfigError,
          r"train\.lr: expected a number, got str '0\.001'$"),
     Case("checkpoint_config_out_of_range", _checkpoint_config_out_of_range, ConfigError,
@@ -576,5 +583,8 @@ def test_wrong_input_shapes_to_the_runtime(art):
             pipe.run(np.zeros((h + 2, w, 3), np.uint8), None)
         with pytest.raises(DataError, match=r"points has shape \(5, 3\)"):
             pipe.run(np.zeros((h, w, 3), np.uint8), np.zeros((5, 3), np.float32))
+        w0, h0 = art["cfg"].camera.resolution_wh              # run_sensor wants the camera's own resolution
+        with pytest.raises(ModelMismatchError, match=f"image is {h}x{w} but the model's camera delivers {h0}x{w0}"):
+            pipe.run_sensor(np.zeros((h, w, 3), np.uint8), None)
     finally:
         pipe.close()

@@ -55,8 +55,14 @@ def check_output(lines: list[str], kind: str) -> None:
     assert sum(ln.startswith("road: ") and ln.endswith("% of the pixels") for ln in lines) == 2
     timings = [ln for ln in lines if ln.startswith("{") and "'decode_png': " in ln]
     assert len(timings) == 2 and all("'inference': " in ln and "'total': " in ln for ln in timings)
-    assert all(("'undistort_resize': " in ln) == (kind == "raw") for ln in timings)   # raw frames are undistorted
-    assert lines[-1] == "{'points': 2, 'points_dropped_nonfinite': 1}"
+    # raw frames are undistorted + resized + normalised in one remap pass
+    assert all(("'remap_normalise': " in ln) == (kind == "raw") for ln in timings)
+    info = lines.index("{'points': 2, 'points_dropped_nonfinite': 1}")
+    assert lines[info + 1] == "['bev_raster', 'inference', 'postprocess', 'remap_normalise', 'total']"  # run_sensor
+    streamed = lines[info + 2:]                      # run_stream over the same data: ids in order, a box count each
+    ids = [re.search(r"id='([^']+)'", ln).group(1) for ln in frames]
+    assert len(streamed) >= 2 and [ln.rsplit(" ", 1)[0] for ln in streamed[:2]] == ids
+    assert all(re.fullmatch(r"\S+ \d+", ln) for ln in streamed)
 
 
 def test_readme_example_on_chunks(tmp_path):

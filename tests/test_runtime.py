@@ -176,9 +176,12 @@ def test_raw_a2d2_frame_matches_the_converted_chunk_frame(tmp_path):
     assert raw_frames[0].gt_semantic.shape == tuple(hw) and raw_frames[0].gt_boxes.shape == (2, 7)
     for fr, fc in zip(raw_frames, chunk_frames):
         a, b = p.run_frame(fr), p.run_frame(fc)
-        assert "undistort_resize" in a.timings_ms and "undistort_resize" not in b.timings_ms
+        kept = p.run_frame(fr, keep_image=True)       # the two-step path (the uint8 image is wanted too)
+        assert "remap_normalise" in a.timings_ms and "remap_normalise" not in b.timings_ms
+        assert "undistort_resize" in kept.timings_ms and "remap_normalise" not in kept.timings_ms
         for k in ("bbox_heatmap", "bbox_reg", "sem_logits"):
             np.testing.assert_array_equal(a.outputs[k], b.outputs[k])   # same numpy preprocess
+            np.testing.assert_array_equal(kept.outputs[k], b.outputs[k])
         assert a.info["points"] == len(fc.points) > 0
 
     # the default tiny model was built for the packaged A2D2 calibration: refused with one line

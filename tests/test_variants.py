@@ -122,7 +122,7 @@ def test_export_options_valid_combinations_and_derived_values():
 def test_bench_columns_files_and_skip_reasons_come_from_the_table(tmp_path):
     from mtl.bench import _model_paths, _Skip, open_bench_pipeline
 
-    assert DEFAULT_COMPARE == ("torch", *(v.bench for v in VARIANTS), "tensorrt")
+    assert DEFAULT_COMPARE == ("torch", "torch-compile", *(v.bench for v in VARIANTS), "openvino", "tensorrt")
     assert set(DEFAULT_COMPARE) < set(BENCH_BACKENDS)
     assert [c for c in BENCH_BACKENDS if bench_variant(c)] == [v.bench for v in VARIANTS]
     model = tmp_path / "exported.onnx"
@@ -140,7 +140,7 @@ def test_bench_file_tags_come_from_the_table(tmp_path):
     from mtl.bench import write_report
 
     compare = [v.bench for v in VARIANTS] + ["torch"]
-    report = {"compare": compare, "markdown": "| table |\n", "rows": []}
+    report = {"compare": compare, "markdown": "| table |\n", "rows": [{"backend": c, "status": "ok"} for c in compare]}
     written = write_report(report, tmp_path)
     assert Path(written["json"]).name.endswith("_" + "+".join([v.tag for v in VARIANTS] + ["torch"]) + ".json")
     assert Path(written["markdown"]).read_text().endswith("| table |\n")

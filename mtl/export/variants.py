@@ -90,10 +90,12 @@ VARIANTS: tuple[Variant, ...] = (
 OPTIONAL = tuple(v for v in VARIANTS if v.flag)    # the ones a flag asks for (all but fp32)
 GATED_PRECISIONS = "/".join(dict.fromkeys(v.precision for v in VARIANTS if v.check == "metrics"))  # "fp16/int8"
 
-# mtl bench: every variant's column runs its file on the onnxruntime CPU EP; the other columns are the torch
-# eager baseline, the fp32 model on onnxruntime's GPU providers and the native TensorRT engine
-BENCH_BACKENDS = ("torch", *(v.bench for v in VARIANTS), "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
-DEFAULT_COMPARE = ("torch", *(v.bench for v in VARIANTS), "tensorrt")
+# mtl bench: every variant's column runs its file on the onnxruntime CPU EP; the other columns are the peers a
+# user could pick instead (torch eager / torch.compile on the checkpoint, OpenVINO on the fp32 ONNX: fp32 and its
+# own default precision), the fp32 model on onnxruntime's GPU providers and the native TensorRT engine
+BENCH_BACKENDS = ("torch", "torch-compile", *(v.bench for v in VARIANTS), "openvino", "openvino-auto",
+                  "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+DEFAULT_COMPARE = ("torch", "torch-compile", *(v.bench for v in VARIANTS), "openvino", "tensorrt")
 
 
 def variant(name: str) -> Variant:

@@ -73,9 +73,15 @@ class Backend:
     input_shapes: dict[str, tuple] = {}
     output_shapes: dict[str, tuple] = {}
     input_dtypes: dict[str, Any] = {}
+    open_ms: dict[str, float] = {}       # what opening took, by step (session creation, engine deserialisation)
 
     def run(self, feeds: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def clone(self) -> Backend:
+        """Another session of the same model with the same settings (``Pipeline.run_stream(sessions=n)``)."""
+        raise BackendUnavailableError(None, f"{self.name}: one inference session per pipeline (more sessions "
+                                            "run on the onnxruntime backends)")
 
     def describe(self) -> dict:
         return {"backend": self.name, "providers": list(self.providers), "fallback": self.fallback}
@@ -155,6 +161,7 @@ class OrtBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3          # EP init failures are reported by us, in one line
         providers = ort_providers(kind, path, available)
+        t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:
@@ -162,6 +169,7 @@ class OrtBackend(Backend):
             if providers == ["CPUExecutionProvider"]:
                 raise ModelMismatchError(path, f"onnxruntime cannot load the model ({msg})") from None
             raise BackendUnavailableError(path, f"{kind}: session creation failed ({msg})") from None
+        self.open_ms = {"session_create": (time.perf_counter() - t0) * 1e3}
         self.providers = self.session.get_providers()
         if strict and wanted[0] not in self.providers:
             raise BackendUnavailableError(path, f"{kind}: {wanted[0]} failed to initialise (no GPU / driver / "
@@ -175,6 +183,11 @@ class OrtBackend(Backend):
 
     def metadata(self) -> dict:
         return read_onnx_metadata(self.path, self.session)
+
+    def clone(self) -> OrtBackend:
+        other = OrtBackend(self.path, self.name, self.threads, strict=True)
+        other.fallback = self.fallback
+        return other
 
     def run(self, feeds: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, self.input_dtypes.get(k, v.dtype)) for k, v in feeds.items()}
@@ -295,6 +308,7 @@ class TensorRTBackend(Backend):
         self.events: list = []
         self.stream = None
         self.cudart = None
+        t0 = time.perf_counter()
         data = read_capped(self.path, MAX_ENGINE_BYTES, "TensorRT engine")
         if hashlib.sha256(data).hexdigest() != meta.get("engine_sha256"):
             raise ModelMismatchError(self.path, "engine bytes do not match the sidecar's engine_sha256 (replaced "
@@ -304,6 +318,7 @@ class TensorRTBackend(Backend):
         dev = gpu_info()
         check_build_identity(self.path, meta, trt.__version__, dev)
         self.cudart = cudart
+        self.open_ms = {"read_verify_import": (time.perf_counter() - t0) * 1e3}
         try:
             self._open(trt, data, dev)
         except BaseException:
@@ -315,6 +330,7 @@ class TensorRTBackend(Backend):
         self.providers = [f"TensorRT {trt.__version__} on {dev['gpu_name']}"]
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt_create(trt.Runtime, self.logger, what="runtime (trt.Runtime)", path=path)
+        t0 = time.perf_counter()
         try:
             self.engine = self.runtime.deserialize_cuda_engine(data)
         except Exception as e:  # noqa: BLE001 - TensorRT raises RuntimeError / TypeError on bad data
@@ -323,7 +339,9 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise ModelMismatchError(path, "TensorRT could not deserialise the engine (corrupt, or built for "
                                            "another TensorRT/GPU; see the TensorRT log above)")
+        t1 = time.perf_counter()
         self.context = self.engine.create_execution_context()
+        self.open_ms.update(engine_deserialise=(t1 - t0) * 1e3, context_create=(time.perf_counter() - t1) * 1e3)
         if self.context is None:
             raise BackendUnavailableError(path, "tensorrt: create_execution_context failed (out of GPU memory?)")
         self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate", path)

@@ -4,10 +4,15 @@
     for frame in iter_frames("data/chunks", pipe.cfg):
         res = pipe.run_frame(frame)          # Result: boxes (m), scores, labels, names, semantic ids, timings
 
-Stages recorded in ``Result.timings_ms`` (absent when not run): decode_png, undistort_resize (raw frames),
-normalise, bev_raster, h2d / d2h (device backends), inference, postprocess, total. With a second core the
-BEV raster runs on a helper thread while the PNG decodes (and the semantic argmax while the boxes decode),
-so ``total`` is less than the sum of the stages; ``overlap=False`` runs everything on the calling thread.
+    res = pipe.run_sensor(camera_pixels, lidar_points)   # a vehicle: distorted camera pixels + points
+    for res in pipe.run_stream(frames):       # stages of consecutive frames overlapped (results identical)
+
+Stages recorded in ``Result.timings_ms`` (absent when not run): decode_png, remap_normalise (raw frames and
+sensor pixels: undistort + resize + normalise in one pass), undistort_resize (raw frames with ``keep_image``),
+normalise (chunk frames, ``keep_image``), bev_raster, h2d / d2h (device backends), inference, postprocess,
+total. With a second core the BEV raster runs on a helper thread while the image is prepared (and half of the
+semantic argmax while the boxes decode), so ``total`` is less than the sum of the stages; ``overlap=False``
+runs everything on the calling thread.
 
 Before a frame is used it is checked against the model (``ModelMismatchError``, one line): camera
 calibration (raw: cams_lidars.json vs the model's; chunk: stored cam_matrix vs the model's scaled
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -40,15 +46,44 @@ from .preprocess import (
     check_image,
     check_model_image,
     check_points,
+    check_sensor_image,
     decode_image,
     image_input,
 )
+from .sensor import sensor_remap
 
 
 def _use_worker(threads: int | None) -> bool:
     """One helper thread overlaps independent numpy stages (PNG decode || BEV raster, semantic argmax ||
     box decode) when there is a second core for it; both stages release the GIL in their C loops."""
     return (os.cpu_count() or 1) >= 2 and (threads is None or threads >= 2)
+
+
+class _RowSplit:
+    """How many rows of the fused remap the helper thread takes, from running averages (EMA) of the BEV
+    raster's milliseconds per point and the remap's milliseconds per row: the helper rasterises first, so
+    balancing (rows - s) * row = raster + s * row gives s = (rows * row - raster) / (2 * row), kept within
+    [rows / 8, rows / 2] (at least one block, so the raster's time keeps being observed)."""
+
+    def __init__(self) -> None:
+        self.ms_per_point: float | None = None
+        self.ms_per_row: float | None = None
+
+    def rows(self, h: int, n_points: int) -> int:
+        lo, hi = max(1, h // 8), h // 2
+        if self.ms_per_row is None:
+            return lo
+        raster = (self.ms_per_point or 0.0) * n_points
+        return int(min(max((h * self.ms_per_row - raster) / (2 * self.ms_per_row), lo), hi))
+
+    def observe(self, n_points: int, raster_ms: float | None, rows: int, remap_ms: float) -> None:
+        def ema(old: float | None, new: float) -> float:
+            return new if old is None else 0.8 * old + 0.2 * new
+
+        if rows:
+            self.ms_per_row = ema(self.ms_per_row, remap_ms / rows)
+        if n_points and raster_ms is not None:
+            self.ms_per_point = ema(self.ms_per_point, raster_ms / n_points)
 
 
 class Pipeline:
@@ -60,6 +95,8 @@ class Pipeline:
         # the worker only runs between inferences, so it never competes with the backend's threads
         use = _use_worker(None) if overlap is None else overlap
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mtl-runtime") if use else None
+        self._extra: list[Backend] = []          # run_stream's additional inference sessions
+        self._split = _RowSplit()
 
     @classmethod
     def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
@@ -131,8 +168,7 @@ class Pipeline:
         points = check_points(frame.points, src)
         bev_job = self._submit(bev_input, points, self.spec, timer)   # (1, C, Hg, Wg) while the image decodes
         try:
-            img = self._model_image(frame, src, timer)
-            image = image_input(img, self.spec, timer)                 # (1, 3, H, W)
+            image, img = self._image_input(frame, src, timer, keep_image, len(points))  # (1,3,H,W), uint8|None
         except BaseException:
             wait([bev_job])                                            # never leave it running on a failed frame
             raise
@@ -140,23 +176,56 @@ class Pipeline:
         info = {"points": len(points), "points_dropped_nonfinite": dropped}
         return {"image": image, "bev": bev}, info, (img if keep_image else None)
 
-    def _model_image(self, frame: RuntimeFrame, src: str, timer: StageTimer) -> np.ndarray:
-        """The (H, W, 3) uint8 model-size image: decoded, and for raw frames undistorted + resized."""
+    def _image_input(self, frame: RuntimeFrame, src: str, timer: StageTimer, keep_image: bool, n_points: int
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The (1, 3, H, W) model input and, for chunk frames or with ``keep_image``, the (H, W, 3) uint8
+        model-size image. Raw frames (original distorted pixels) take the fused remap unless the uint8 image is
+        wanted too: ``prepare_image`` + ``normalise_image`` then give the same input values (bit-identical)."""
         img = frame.image
         if img is None:
             with timer("decode_png"):
                 img = decode_image(frame.image_png, src)
         if frame.kind != KIND_RAW:
-            return check_image(img, self.spec.image_hw, src, f"image of {frame.frame_id}")
-        from ..data.a2d2 import prepare_image
-
+            img = check_image(img, self.spec.image_hw, src, f"image of {frame.frame_id}")
+            return image_input(img, self.spec, timer), img
         w0, h0 = self.cfg.camera.resolution_wh
         img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")
-        with timer("undistort_resize"):
-            return prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
+        if not keep_image:
+            return self._remap(np.ascontiguousarray(img), n_points, timer), None
+        from ..data.a2d2 import prepare_image
 
-    def infer(self, feeds: dict[str, np.ndarray], timer: StageTimer | None = None) -> dict[str, np.ndarray]:
-        """Run the backend on model inputs; shapes and dtypes are checked against the model first."""
+        with timer("undistort_resize"):
+            small = prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
+        return image_input(small, self.spec, timer), small
+
+    def _remap(self, img: np.ndarray, n_points: int, timer: StageTimer) -> np.ndarray:
+        """The fused remap of a raw image into a fresh (1, 3, H, W) input. With the helper thread the rows are
+        split: the helper, queued behind this frame's BEV raster, takes the bottom rows, as many as
+        ``_RowSplit`` estimates make both threads finish together. Row blocks are independent, so the values
+        do not depend on the split. ``remap_normalise`` times this thread's share."""
+        cam = self.cfg.camera
+        remap = sensor_remap(cam, self.spec.image_hw, tuple(cam.mean), tuple(cam.std))
+        h = self.spec.image_hw[0]
+        out = np.empty((1, 3, *self.spec.image_hw), np.float32)
+        split = self._split.rows(h, n_points) if self._pool is not None else 0
+        job = self._submit(remap.apply, img, out, (h - split, h)) if split else None
+        t0 = time.perf_counter()
+        try:
+            remap.apply(img, out, (0, h - split))
+        finally:
+            ms = (time.perf_counter() - t0) * 1e3
+            if job is not None:
+                wait([job])                    # the helper ran the raster first: its time is in the timer now
+        if job is not None:
+            job.result()
+        timer.add("remap_normalise", ms)
+        self._split.observe(n_points, timer.ms.get("bev_raster"), h - split, ms)
+        return out
+
+    def infer(self, feeds: dict[str, np.ndarray], timer: StageTimer | None = None, backend: Backend | None = None
+              ) -> dict[str, np.ndarray]:
+        """Run the backend (default: the pipeline's; ``run_stream`` passes its extra sessions) on model inputs;
+        shapes and dtypes are checked against the model first."""
         timer = timer or StageTimer()
         want = {"image": self.spec.image_shape, "bev": self.spec.bev_shape}
         for name, shape in want.items():
@@ -171,7 +240,7 @@ class Pipeline:
                 exp = "(1, " + ", ".join(str(d) for d in shape[1:]) + ")"
                 raise ModelMismatchError(self.spec.path, f"input {name!r} has shape {tuple(a.shape)}, the model "
                                                          f"expects {exp}")
-        return self.backend.run(feeds, timer)
+        return (backend or self.backend).run(feeds, timer)
 
     def postprocess(self, outputs: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
         with timer("postprocess"):
@@ -221,6 +290,11 @@ class Pipeline:
         t0 = time.perf_counter()
         feeds, info, img = self.preprocess(frame, timer, keep_image)
         outputs = self.infer(feeds, timer)
+        return self.finish(frame, outputs, timer, t0, info, img, keep_outputs)
+
+    def finish(self, frame: RuntimeFrame, outputs: dict[str, np.ndarray], timer: StageTimer, t0: float,
+               info: dict[str, Any], img: np.ndarray | None, keep_outputs: bool) -> Result:
+        """Postprocess a frame's outputs into its ``Result``; ``total`` = from ``t0`` (its preprocess start)."""
         det = self.postprocess(outputs, timer)
         timer.add("total", (time.perf_counter() - t0) * 1e3)
         names = self.cfg.classes.det_classes
@@ -261,10 +335,78 @@ class Pipeline:
                              source=frame_id)
         return self.run_frame(frame, keep_image=keep_image)
 
+    def run_sensor(self, image: np.ndarray, points: np.ndarray | None, frame_id: str = "frame",
+                   keep_image: bool = False) -> Result:
+        """One frame as the drivers hand it over: the camera's original distorted pixels and the LiDAR points.
+
+        Args:
+            image: the front-centre camera image as the camera delivers it: numpy uint8 (H0, W0, 3) RGB at the
+                camera resolution (``pipe.cfg.camera.resolution_wh`` = (W0, H0), 1920x1208 for A2D2), distorted
+                (``CamMatrixOriginal`` + ``Distortion`` of the model's calibration). It is undistorted, resized
+                to ``pipe.spec.image_hw`` and normalised in one remap pass (``runtime.sensor.SensorRemap``),
+                bit-identical to training's ``prepare_image`` + ``normalise_image``.
+            points: LiDAR (N, 4) float array, as ``run``: x, y, z in metres (cam_front_center view frame),
+                reflectance 0..1; N may be 0, ``None`` means no LiDAR; NaN/inf rows are dropped and counted.
+            frame_id: names the result, and the source in error messages.
+            keep_image: keep the undistorted model-size uint8 image in ``Result.image`` (for ``overlay``;
+                it then takes the two-step path, same model input).
+
+        Returns:
+            ``Result``, as ``run_frame``; ``timings_ms`` has ``remap_normalise`` (``undistort_resize`` and
+            ``normalise`` with ``keep_image``).
+
+        Raises:
+            DataError: ``image`` not a numpy uint8 (H, W, 3) array; ``points`` not an (N, 4) float array.
+            ModelMismatchError: ``image`` not at the camera resolution of the model's calibration.
+        """
+        w0, h0 = self.cfg.camera.resolution_wh
+        image = check_sensor_image(image, (h0, w0), frame_id)
+        points = check_points(points, frame_id, floats_only=True)
+        frame = RuntimeFrame(frame_id=frame_id, kind=KIND_RAW, points=points, image=image, camera=self.cfg.camera,
+                             source=frame_id)
+        return self.run_frame(frame, keep_image=keep_image)
+
+    def run_stream(self, frames: Iterable[RuntimeFrame], keep_image: bool = False, keep_outputs: bool = True,
+                   sessions: int = 1) -> Iterator[Result]:
+        """Frames through the pipeline with the stages of different frames overlapped: while one frame is in
+        inference, the next one is preprocessed and the previous one postprocessed (on their own threads).
+
+        Args:
+            frames: any iterable of ``RuntimeFrame`` (``iter_frames``, a list, a generator that yields frames as
+                they arrive: each is pulled when the preprocess thread is free).
+            keep_image, keep_outputs: as ``run_frame``.
+            sessions: inference sessions running frames concurrently (onnxruntime backends: the pipeline's own
+                plus ``sessions - 1`` more of the same model with the same threads, created on first use and
+                kept until ``close``). Other backends run 1.
+
+        Yields:
+            One ``Result`` per frame, in input order, each as soon as it is ready; equal to ``run_frame``'s for
+            the same frame (``timings_ms["total"]`` is from its preprocess start to its postprocess end,
+            waits between stages included).
+
+        Raises:
+            whatever ``run_frame`` raises for a frame (or the iterable raises), at that frame's position, after
+            the results before it; the stage threads stop. ``BackendUnavailableError`` for ``sessions > 1`` on
+            a backend that has a single session. Closing the generator early stops and joins the threads.
+        """
+        from .stream import stream_results
+
+        return stream_results(self, frames, self._sessions(sessions), keep_image, keep_outputs)
+
+    def _sessions(self, n: int) -> list[Backend]:
+        if n < 1:
+            raise DataError(None, f"sessions must be >= 1, got {n}")
+        while len(self._extra) < n - 1:
+            self._extra.append(self.backend.clone())
+        return [self.backend, *self._extra[: n - 1]]
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        for b in self._extra:
+            b.close()
+        self._extra = []
         self.backend.close()
 
     def __enter__(self) -> Pipeline:

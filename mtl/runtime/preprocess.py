@@ -5,7 +5,9 @@
 check that compares a frame with the model lives here and raises ``ModelMismatchError`` with one line.
 
 Preprocess = the SAME numpy code as training (``mtl.geometry``, ``mtl.data.a2d2``):
-  raw A2D2 frame: PNG decode -> undistort + resize (``a2d2.prepare_image``) -> ``normalise_image``
+  raw A2D2 frame: PNG decode (none for sensor pixels) -> undistort + resize + normalise in one remap pass
+                  (``runtime.sensor.SensorRemap``: bit-identical to ``a2d2.prepare_image`` -> ``normalise_image``,
+                  which run instead when the uint8 model-size image is kept)
   chunk frame:    PNG decode (image already undistorted at model size; size + cam_matrix verified)
                   -> ``normalise_image``
   LiDAR:          finite check (non-finite rows are DROPPED and counted) -> ``geometry.bev_raster``
@@ -31,8 +33,8 @@ from ..contract import METADATA_FORMAT, METADATA_KEY, OUTPUTS, validate_metadata
 from ..errors import ConfigError, DataError, ModelMismatchError
 from ..geometry import bev_raster, cam_matrix, normalise_image, scale_cam_matrix
 
-STAGES = ("decode_png", "undistort_resize", "normalise", "bev_raster", "h2d", "inference", "d2h",
-          "postprocess", "total")
+STAGES = ("decode_png", "undistort_resize", "remap_normalise", "normalise", "bev_raster", "h2d", "inference",
+          "d2h", "postprocess", "total")
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -244,6 +246,20 @@ def check_image(image: Any, hw: tuple[int, int], source: str, what: str) -> np.n
     return a
 
 
+def check_sensor_image(image: Any, hw: tuple[int, int], source: str) -> np.ndarray:
+    """``Pipeline.run_sensor``'s image: a numpy uint8 (H0, W0, 3) RGB array at the camera resolution ``hw``."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(source, f"image is a {type(image).__name__}, expected a numpy uint8 (H, W, 3) RGB array")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(source, f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3) RGB at the camera "
+                                f"resolution {hw[0]}x{hw[1]}")
+    if tuple(image.shape[:2]) != tuple(hw):
+        raise ModelMismatchError(source, f"image size mismatch: image is {image.shape[0]}x{image.shape[1]} but the "
+                                         f"model's camera delivers {hw[0]}x{hw[1]}; Pipeline.run_sensor takes the "
+                                         f"original distorted image (Pipeline.run the undistorted model-size one)")
+    return image
+
+
 def check_model_image(image: Any, hw: tuple[int, int], source: str) -> np.ndarray:
     """``Pipeline.run``'s image: a numpy uint8 (H, W, 3) RGB array already at the model size ``hw``."""
     if not isinstance(image, np.ndarray):
@@ -286,6 +302,7 @@ __all__ = [
     "check_classes",
     "check_image",
     "check_model_image",
+    "check_sensor_image",
     "check_points",
     "decode_image",
     "image_input",
