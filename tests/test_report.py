@@ -59,7 +59,7 @@ def inputs(tmp_path_factory):
         metrics = score_results(pairs, pipe.cfg, pipe.spec.heatmap_activation)
     summary = json.loads((root / "infer_eval" / "summary.json").read_text())
     (root / "infer_eval" / "summary.json").write_text(json.dumps({**summary, "metrics": metrics}))
-    rep = run_bench(onnx, val, ("onnxruntime",), iters=3, warmup=1, threads=1, n_frames=2,
+    rep = run_bench(onnx, val, ("onnxruntime",), queries=3, warmup=1, threads=1, n_frames=2,
                     out_dir=root / "bench", progress=False, log=lambda m: None)
     new = root / "runs_bench" / "20261201-120000_single-stream"          # the layout `mtl bench` moves to
     new.mkdir(parents=True)
