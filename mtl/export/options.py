@@ -40,6 +40,7 @@ class ExportOptions:
     parity_frames: int = 4
     atol: float = 1e-4
     exclude_heads_int8: bool = True      # calibrated variants keep the final head convs in float
+    overwrite: bool = False              # replace an export already in out_dir (as one set, once complete)
 
     def __post_init__(self) -> None:
         for name in _PATHS:              # accept str paths; the dataclass stays frozen for everyone else
