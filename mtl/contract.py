@@ -51,6 +51,7 @@ MAX_JSON_DEPTH = 64
 MAX_OPSET = 1000
 MAX_DIM = 1 << 16                  # a declared input dim (image side, BEV side, channels)
 INT8_TARGETS = ("tensorrt", "cpu")
+MAX_ONNX_FIELDS = 100_000          # top-level protobuf fields walked when reading the metadata alone
 
 
 def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision: str, opset: int,
@@ -456,10 +457,17 @@ def onnx_metadata_text(path: str | Path, key: str = METADATA_KEY) -> str | None:
         f = open(path, "rb")
     except OSError as e:
         raise ModelMismatchError(path, f"ONNX model cannot be read ({e.strerror or e})") from None
-    found = None
+    if size > MAX_ONNX_BYTES:
+        f.close()
+        raise ModelMismatchError(path, f"ONNX model is {size / 2**30:.2f} GiB, over the "
+                                       f"{MAX_ONNX_BYTES / 2**30:.0f} GiB limit; refused without reading it")
+    found, n_fields = None, 0
     with f:
         while (tag := _varint(f, path)) is not None:
             field, wire = tag >> 3, tag & 7
+            n_fields += 1
+            if field == 0 or n_fields > MAX_ONNX_FIELDS:    # a ModelProto has a dozen top-level fields
+                raise ModelMismatchError(path, "not a readable ONNX model (not a ModelProto)")
             if wire == 0:
                 _varint(f, path)
             elif wire in (1, 5):

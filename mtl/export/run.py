@@ -42,7 +42,14 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config, sha256_file
-from ..contract import EXPORT_KIND, EXPORT_MANIFEST, EXPORT_SET_PATTERNS, load_json_bounded
+from ..contract import (
+    EXPORT_KIND,
+    EXPORT_MANIFEST,
+    EXPORT_SET_PATTERNS,
+    MAX_SIDECAR_BYTES,
+    load_json_bounded,
+    read_capped,
+)
 from ..errors import MtlError, OutputError, ParityError
 from ..io import (
     OutputLock,
@@ -154,22 +161,16 @@ def manifest_kind(out: Path) -> str | None:
     if not man.is_file():
         return None
     try:
-        doc = load_json_bounded(man.read_bytes()[: 64 << 20], man, "manifest", 64 << 20)
-    except (OSError, MtlError):
+        doc = load_json_bounded(read_capped(man, MAX_SIDECAR_BYTES, "manifest"), man, "manifest", MAX_SIDECAR_BYTES)
+    except MtlError:
         return "an unreadable manifest"
     return str(doc.get("kind")) if isinstance(doc, dict) and doc.get("kind") else "an unknown command"
 
 
 def old_set_names(out: Path) -> list[str]:
-    """Files of an export already in ``out`` (listed in its manifest, or looking like one): replaced by a new set."""
-    names = {p.name for pattern in EXPORT_SET_PATTERNS for p in out.glob(pattern) if p.is_file()}
-    if (out / EXPORT_MANIFEST).is_file():
-        names.add(EXPORT_MANIFEST)
-        try:
-            man = json.loads((out / EXPORT_MANIFEST).read_text())
-            names.update(str(e["name"]) for e in man["files"] if "/" not in str(e["name"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    """The files of an export already in ``out`` (models, engines, sidecars, reports, manifest): what a new set
+    replaces. Only names of those kinds are ever removed, whatever an old manifest lists."""
+    names = {p.name for pattern in (*EXPORT_SET_PATTERNS, EXPORT_MANIFEST) for p in out.glob(pattern) if p.is_file()}
     return sorted(names)
 
 
