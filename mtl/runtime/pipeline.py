@@ -21,7 +21,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from .preprocess import (
     decode_image,
     image_input,
 )
+
+if TYPE_CHECKING:
+    from .results import ResultSet
 
 
 def _use_worker(threads: int | None) -> bool:
@@ -318,7 +321,7 @@ def infer_directory(model: str | Path, data: str | Path, out: str | Path, backen
     return summary
 
 
-def _infer_frames(pipe: Pipeline, data: str | Path, results: Any, overlay_images: bool, limit: int | None,
+def _infer_frames(pipe: Pipeline, data: str | Path, results: ResultSet, overlay_images: bool, limit: int | None,
                   progress: bool, log: Any, skip_bad: bool) -> dict:
     """The frame loop of ``infer_directory``: skips finished frames (resume), writes each new one."""
     from ..errors import ChunkError

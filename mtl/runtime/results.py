@@ -214,7 +214,9 @@ class ResultSet:
         if self.mode != "overwrite":
             return
         (self.out / FRAMES).mkdir(exist_ok=True)
-        names = [n for n in sorted(self.files) if n != SUMMARY] + [SUMMARY, MANIFEST]
+        # images before JSONs (a frame's JSON marks it finished), summary and manifest last
+        names = sorted((n for n in self.files if n != SUMMARY), key=lambda n: (n.endswith(".json"), n))
+        names += [SUMMARY, MANIFEST]
         commit_files(self.dest, self.out, names, remove=self.old_results())
 
     def old_results(self) -> list[str]:
