@@ -487,6 +487,54 @@ def test_bench_on_a_full_disk_is_one_line(tmp_path, art):
     assert [p.name for p in out.iterdir()] == [".mtl.lock"]
 
 
+def _unprivileged():
+    """A ``preexec_fn`` that drops root to nobody (root ignores permission bits); None when not root."""
+    if os.geteuid() != 0:
+        return None
+
+    def drop() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+
+    try:
+        subprocess.run([sys.executable, "-c", "import mtl"], preexec_fn=drop, check=True, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"running as root, and this Python cannot run as nobody ({e}); a folder without write "
+                    "permission would not stop root")
+    return drop
+
+
+@pytest.mark.parametrize("command", ["export", "infer", "bench"])
+def test_an_output_folder_that_cannot_be_written_is_one_line_exit_10(command, art):
+    """EACCES (a folder without write permission) is reported like a full disk: one line naming it, exit 10."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="mtl-ro-"))
+    try:
+        base.chmod(0o755)
+        shutil.copy(art["onnx"], base / "model.onnx")
+        shutil.copy(art["ckpt"], base / "ckpt.pt")
+        shutil.copytree(art["chunks"], base / "chunks")
+        (base / "home").mkdir(mode=0o777)
+        (base / "home").chmod(0o777)
+        ro = base / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        out = ro / "out"
+        args = {"export": ["export", str(base / "ckpt.pt"), "--out", str(out), "--val-data", str(base / "chunks")],
+                "infer": _infer_args(base / "model.onnx", base / "chunks", out),
+                "bench": ["bench", "--model", str(base / "model.onnx"), "--data", str(base / "chunks"), "--compare",
+                          "onnxruntime", "--iters", "1", "--warmup", "0", "--out", str(out), "--no-progress"]}[command]
+        r = subprocess.run([*MTL, *args], capture_output=True, text=True, preexec_fn=_unprivileged(), cwd=base,
+                           env={**os.environ, "HOME": str(base / "home")}, timeout=300)
+        assert r.returncode == 10, r.stderr
+        lines = _own_lines(r.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"error: {out}: Permission denied"), lines
+        assert not out.exists()
+    finally:
+        shutil.rmtree(base)
+
+
 # ------------------------------------------------------------------------------------ export sets
 
 
@@ -557,19 +605,27 @@ def test_export_killed_at_every_write_point_leaves_the_old_set_or_the_new_one(tm
     old = _snapshot(exports["old"], hidden=False)
     assert labels[-1] == "commit done" and len(labels) >= 10, labels
 
+    def args(d: Path) -> list[str]:
+        return _export_args(b, d, "--fp16", "--overwrite")
+
     def kill(k: int) -> tuple[int, int, Path]:
         d = tmp_path / f"k{k}"
         shutil.copytree(exports["old"], d)
-        return k, _killed(_export_args(b, d, "--fp16", "--overwrite"), k), d
+        return k, _killed(args(d), k), d
 
-    outcomes = set()
+    before_commit, in_commit = labels.index("write model.onnx") + 1, labels.index("commit journal") + 2
+    outcomes, dirs = set(), {}
     with ThreadPoolExecutor(WORKERS) as pool:
         for k, rc, d in pool.map(kill, range(1, len(labels) + 1)):
             assert rc == -signal.SIGKILL, (k, labels[k - 1])
-            if pending_commit(d):                       # readers refuse, the next writer finishes it
+            dirs[k] = d
+            if pending_commit(d):                       # readers refuse; the next writer finishes the commit
                 with pytest.raises(ModelMismatchError, match="an interrupted write was not finished"):
                     check_export_set([d / "model.onnx"])
-                assert recover_commit(d)
+                if k == in_commit:                      # the same command again: it just finishes it
+                    assert _killed(args(d), 0) == 0
+                else:
+                    assert recover_commit(d)
                 outcomes.add("finished")
             if _snapshot(d, hidden=False) == old:          # (a dead export's staging folder is hidden)
                 outcomes.add("old")
@@ -577,14 +633,12 @@ def test_export_killed_at_every_write_point_leaves_the_old_set_or_the_new_one(tm
                 assert _assert_one_set(d, exports["sha_b"]) == new, f"kill at {k} ({labels[k - 1]}) mixed the sets"
                 outcomes.add("new")
     assert outcomes == {"old", "new", "finished"}
-    # running the same command again after a kill before and during the commit: the new set, no leftovers
-    for k in (labels.index("write model.onnx") + 1, labels.index("commit journal") + 2):
-        d = tmp_path / f"rerun{k}"
-        shutil.copytree(exports["old"], d)
-        assert _killed(_export_args(b, d, "--fp16", "--overwrite"), k) == -signal.SIGKILL
-        assert _killed(_export_args(b, d, "--fp16", "--overwrite"), 0) == 0
-        assert _assert_one_set(d, exports["sha_b"]) == new
-        assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == [".mtl.lock"]
+    # the same command again after a kill before the commit: a whole new export replaces the old set
+    assert [p.name for p in dirs[before_commit].iterdir() if p.name.startswith(".export-staging-")]
+    assert _killed(args(dirs[before_commit]), 0) == 0
+    for k in (before_commit, in_commit):
+        assert _assert_one_set(dirs[k], exports["sha_b"]) == new
+        assert sorted(p.name for p in dirs[k].iterdir() if p.name.startswith(".")) == [".mtl.lock"]
 
 
 # --------------------------------------------------------------------------------- infer under kills
