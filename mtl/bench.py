@@ -390,9 +390,9 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     model = Path(model)
     checkpoint = Path(checkpoint) if checkpoint else None
     _check_args(compare, iters, warmup, rounds)
-    meta = read_onnx_metadata(model)
     # every column's file comes from one export: same source checkpoint as the fp32 model, no unfinished commit
     check_export_set([model, *(p for c in compare if (p := _model_paths(model).get(c)) is not None and p.is_file())])
+    meta = read_onnx_metadata(model)
     cfg = ModelSpec.from_metadata(meta, model).cfg
     frames, no_image = load_frames(data, cfg, n_frames)
     # torch runs last: importing it raises the process RSS high-water mark for everything after it

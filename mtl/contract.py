@@ -429,11 +429,13 @@ def read_export_manifest(folder: Path) -> dict[str, int] | None:
 
 
 def check_same_source(model: Path) -> None:
-    """``model`` was exported from the same checkpoint as the fp32 ``model.onnx`` in its folder (if any)."""
+    """``model`` was exported from the same checkpoint as the fp32 ``model.onnx`` in its folder (if any). Its
+    metadata is read (bounded: the graph is skipped) and validated here, before any session loads the model."""
+    ours = source_checkpoint(model)
     fp32 = model.parent / EXPORT_FP32_FILE
     if model.name == fp32.name or not fp32.is_file():
         return
-    ours, ref = source_checkpoint(model), source_checkpoint(fp32)
+    ref = source_checkpoint(fp32)
     if ours != ref:
         raise ModelMismatchError(model, f"exported from checkpoint {ours[:12]}... but the fp32 {fp32.name} beside it "
                                         f"from {ref[:12]}...: the folder mixes two exports (re-export them together "

@@ -98,7 +98,7 @@ METADATA_CASES = [
     Case("metadata_nested_200k_deep", _meta_case(text='{"a": ' + "[" * 200_000 + "]" * 200_000 + "}"),
          ModelMismatchError, "'mtl' metadata is nested deeper than 64 levels$"),
     Case("metadata_over_16_mib", _meta_case(text='{"pad": "' + "x" * (17 << 20) + '"}'), ModelMismatchError,
-         r"'mtl' metadata is 17\.0 MiB, over the 16 MiB limit; refused without parsing it$"),
+         r"an ONNX metadata entry is 17\.0 MiB, over the 16 MiB limit; refused unread$"),   # before a session
     Case("metadata_input_dim_1e308", _meta_case(_set("inputs.image", [1, 3, 1e308, 64])), ModelMismatchError,
          r"mtl metadata inputs\.image\[2\]: expected an integer in 1\.\.65536, got float 1e\+308$"),
     Case("metadata_opset_not_an_integer", _meta_case(_set("opset", 18.5)), ModelMismatchError,
@@ -357,6 +357,21 @@ def test_the_protobuf_walk_reads_the_same_metadata_as_onnx(tmp_path, art):
     (tmp_path / "zeros.onnx").write_bytes(b"\0" * 100_000)        # never walked byte by byte to its end
     with pytest.raises(ModelMismatchError, match=r"not a readable ONNX model \(not a ModelProto\)"):
         onnx_metadata_text(tmp_path / "zeros.onnx")
+
+
+def test_metadata_text_is_bounded_before_and_while_parsing():
+    """What a session hands over (``custom_metadata_map``) is bounded too: size before ``json.loads``, depth and
+    NaN while parsing, each one line."""
+    from mtl.contract import parse_metadata
+
+    cases = {'{"pad": "' + "x" * (200 << 20) + '"}': r"is 200\.0 MiB, over the 16 MiB limit; refused without parsing",
+             "[" * 200_000 + "]" * 200_000: "nested deeper than 64 levels",
+             "[" * 65 + "]" * 65: "nested deeper than 64 levels",
+             '{"decode": Infinity}': r"not valid JSON \(Infinity is not a finite number\)"}
+    for text, reason in cases.items():
+        with pytest.raises(ModelMismatchError, match=reason) as e:
+            parse_metadata(text, "m.onnx")
+        assert str(e.value).startswith("m.onnx: 'mtl' metadata ") and "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------ infer results
