@@ -371,11 +371,13 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     """``mtl bench``: open + warm up every backend (cold start measured), run the scenario, then parity vs torch;
     returns the report (with its markdown table and terminal summary) and writes it to a new folder under
     ``out_dir`` unless that is None."""
-    from .contract import read_onnx_metadata
+    from .contract import check_export_set, read_onnx_metadata
 
     model = Path(model)
     checkpoint = Path(checkpoint) if checkpoint else None
     _check_args(compare, queries, warmup, rounds, scenario, input_kind, rate_hz, deadline_ms, probe_queries, sessions)
+    # every column's file comes from one export: same source checkpoint as the fp32 model, no unfinished commit
+    check_export_set([model, *(p for c in compare if (p := _model_paths(model).get(c)) is not None and p.is_file())])
     system = system_description(threads)
     meta = read_onnx_metadata(model)
     cfg = ModelSpec.from_metadata(meta, model).cfg

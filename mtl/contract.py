@@ -45,6 +45,13 @@ SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision
 MAX_ONNX_BYTES = 2 << 30
 MAX_ENGINE_BYTES = 4 << 30
 MAX_SIDECAR_BYTES = 64 << 20
+# untrusted metadata JSON (ONNX key ``mtl``, sidecar): a real one is ~10 kB and a dozen levels deep
+MAX_METADATA_CHARS = 16 << 20
+MAX_JSON_DEPTH = 64
+MAX_OPSET = 1000
+MAX_DIM = 1 << 16                  # a declared input dim (image side, BEV side, channels)
+INT8_TARGETS = ("tensorrt", "cpu")
+MAX_ONNX_FIELDS = 100_000          # top-level protobuf fields walked when reading the metadata alone
 
 
 def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision: str, opset: int,
@@ -75,34 +82,85 @@ def build_metadata(cfg_dict: dict, *, batch: int | str, decode: bool, precision:
 
 
 def validate_metadata(meta: Any, source: str | Path) -> dict:
-    """Check the metadata object; raise ``ModelMismatchError(source, reason)`` if it is not usable."""
+    """Check the metadata object, every field's type and range before anything uses it; raise
+    ``ModelMismatchError(source, reason)`` (one line naming the key) if it is not usable."""
     if not isinstance(meta, dict):
         raise ModelMismatchError(source, f"mtl metadata must be a JSON object, got {type(meta).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise ModelMismatchError(source, f"mtl metadata lacks keys {missing} (re-export with `mtl export`)")
-    if meta["format"] != METADATA_FORMAT:
-        raise ModelMismatchError(source, f"mtl metadata format {meta['format']!r} is not supported "
+    if not _is_int(meta["format"]) or meta["format"] != METADATA_FORMAT:
+        raise ModelMismatchError(source, f"mtl metadata format {_show(meta['format'])} is not supported "
                                          f"(this mtl reads format {METADATA_FORMAT})")
     if meta["precision"] not in PRECISIONS:
-        raise ModelMismatchError(source, f"unknown precision {meta['precision']!r} (expected one of {PRECISIONS})")
+        raise ModelMismatchError(source, f"unknown precision {_show(meta['precision'])} (expected one of "
+                                         f"{PRECISIONS})")
     if meta["heatmap_activation"] != "sigmoid":
-        raise ModelMismatchError(source, f"unknown heatmap_activation {meta['heatmap_activation']!r}")
-    ins = meta["inputs"]
-    if not isinstance(ins, dict) or set(ins) != {"image", "bev"} or not all(
-            isinstance(v, list) and len(v) == 4 for v in ins.values()):
-        raise ModelMismatchError(source, f"mtl metadata 'inputs' must map image/bev to 4-D shapes, got {ins!r}")
+        raise ModelMismatchError(source, f"unknown heatmap_activation {_show(meta['heatmap_activation'])}")
+    for key, ok, expected in _FIELD_CHECKS:
+        if key in meta and not ok(meta[key]):
+            raise ModelMismatchError(source, f"mtl metadata {key}: expected {expected}, got {_show(meta[key])}")
+    _check_inputs(meta["inputs"], source)
     expect = list(OUTPUTS) + (list(DECODE_OUTPUTS) if meta["decode"] else [])
-    if list(meta["outputs"]) != expect:
-        raise ModelMismatchError(source, f"mtl metadata outputs {meta['outputs']} != expected {expect}")
+    if meta["outputs"] != expect:
+        raise ModelMismatchError(source, f"mtl metadata outputs {_show(meta['outputs'])} != expected {expect}")
     from .config import Config
     from .errors import ConfigError
 
+    if not isinstance(meta["config"], dict):
+        raise ModelMismatchError(source, f"mtl metadata config: expected a JSON object, got {_show(meta['config'])}")
     try:
         Config.from_dict(meta["config"])
     except ConfigError as e:
         raise ModelMismatchError(source, f"mtl metadata config is invalid ({e})") from None
     return meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _short_str(v: Any, n: int = 256) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= n
+
+
+def _show(v: Any, limit: int = 60) -> str:
+    """``int 5`` / ``str 'x'`` / ``list [...]``: a short, one-line rendering of a bad metadata value."""
+    text = repr(v) if not isinstance(v, (dict, list)) else json.dumps(v)[: limit + 1]
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return "null" if v is None else f"{type(v).__name__} {text}"
+
+
+# (key, check, what it must be) of the metadata fields outside the config (config: ``Config.from_dict``)
+_FIELD_CHECKS: tuple[tuple[str, Any, str], ...] = (
+    ("mtl_version", _short_str, "a version string (at most 256 characters)"),
+    ("decode", lambda v: isinstance(v, bool), "true or false"),
+    ("opset", lambda v: _is_int(v) and 1 <= v <= MAX_OPSET, f"an integer opset in 1..{MAX_OPSET}"),
+    ("outputs", lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v), "a list of output names"),
+    ("inputs", lambda v: isinstance(v, dict), "an object mapping image/bev to shapes"),
+    ("source_checkpoint_sha256", _is_sha256, "64 lowercase hex digits (a sha256)"),
+    ("int8_target", lambda v: v in INT8_TARGETS, f"one of {INT8_TARGETS}"),
+)
+
+
+def _check_inputs(ins: dict, source: str | Path) -> None:
+    """image/bev -> [batch, C, H, W]: batch an int >= 1 or a symbolic name, the rest ints in range."""
+    if set(ins) != {"image", "bev"}:
+        raise ModelMismatchError(source, f"mtl metadata 'inputs' must map image/bev to 4-D shapes, got "
+                                         f"{_show(ins)}")
+    for name, shape in ins.items():
+        if not isinstance(shape, list) or len(shape) != 4:
+            raise ModelMismatchError(source, f"mtl metadata 'inputs' must map image/bev to 4-D shapes, got "
+                                             f"inputs.{name} {_show(shape)}")
+        for i, d in enumerate(shape):
+            symbolic = i == 0 and _short_str(d, 64)
+            if not symbolic and not (_is_int(d) and 1 <= d <= MAX_DIM):
+                raise ModelMismatchError(source, f"mtl metadata inputs.{name}[{i}]: expected an integer in "
+                                                 f"1..{MAX_DIM}{' or a batch name' if i == 0 else ''}, got {_show(d)}")
 
 
 def config_from_metadata(meta: dict):
@@ -117,11 +175,41 @@ def parse_metadata(text: str | None, source: str | Path) -> dict:
     if text is None:
         raise ModelMismatchError(source, f"no '{METADATA_KEY}' entry in the ONNX metadata_props: "
                                          "not exported by `mtl export`")
+    return validate_metadata(load_json_bounded(text, source, f"'{METADATA_KEY}' metadata"), source)
+
+
+def load_json_bounded(text: str | bytes, source: str | Path, what: str, max_chars: int = MAX_METADATA_CHARS) -> Any:
+    """``json.loads`` of untrusted metadata with bounds: at most ``max_chars`` characters (refused before
+    parsing: a 200 MB string would take 1 GB to parse), at most ``MAX_JSON_DEPTH`` levels of nesting, no
+    NaN / Infinity literals. Every refusal is one ``ModelMismatchError`` line."""
+    if len(text) > max_chars:
+        raise ModelMismatchError(source, f"{what} is {len(text) / 2**20:.1f} MiB, over the "
+                                         f"{max_chars / 2**20:.0f} MiB limit; refused without parsing it")
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ModelMismatchError(source, f"'{METADATA_KEY}' metadata is not valid JSON ({e})") from None
-    return validate_metadata(meta, source)
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ModelMismatchError(source, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:       # JSONDecodeError, UnicodeDecodeError, a NaN / Infinity literal
+        raise ModelMismatchError(source, f"{what} is not valid JSON ({str(e).splitlines()[0][:200]})") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise ModelMismatchError(source, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: a deep value never exhausts the stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
 
 
 def write_onnx_metadata(model_proto, meta: dict) -> None:
@@ -200,14 +288,26 @@ def read_sidecar(engine_path: str | Path) -> dict:
         raise ModelMismatchError(engine_path, f"TensorRT sidecar {path.name} not found next to the engine "
                                               "(engines must be built with `mtl export --trt`)")
     try:
-        meta = json.loads(read_capped(path, MAX_SIDECAR_BYTES, "sidecar").decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = read_capped(path, MAX_SIDECAR_BYTES, "sidecar").decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ModelMismatchError(path, f"sidecar is not readable JSON ({e})") from None
+    meta = load_json_bounded(text, path, "sidecar", MAX_SIDECAR_BYTES)
     validate_metadata(meta, path)
     missing = [k for k in SIDECAR_KEYS if k not in meta]
     if missing:
         raise ModelMismatchError(path, f"sidecar lacks keys {missing}")
+    for key, ok, expected in _SIDECAR_CHECKS:
+        if meta.get(key) is not None and not ok(meta[key]):
+            raise ModelMismatchError(path, f"sidecar {key}: expected {expected}, got {_show(meta[key])}")
     return meta
+
+
+_SIDECAR_CHECKS: tuple[tuple[str, Any, str], ...] = (
+    *((k, _is_sha256, "64 lowercase hex digits (a sha256)") for k in ("onnx_sha256", "engine_sha256")),
+    *((k, _short_str, "a non-empty string") for k in ("tensorrt_version", "gpu_name", "compute_capability",
+                                                       "precision_recipe", "onnx_path")),
+    ("profiles", lambda v: isinstance(v, list) and all(isinstance(p, dict) for p in v), "a list of profiles"),
+)
 
 
 def gpu_info(device: int = 0) -> dict[str, Any]:
@@ -263,8 +363,173 @@ def read_capped(path: str | Path, cap: int, what: str = "file") -> bytes:
     return data
 
 
+# ------------------------------------------------------------------------------------------ export sets
+# ``mtl export --out DIR`` writes one set: every model file, engine and sidecar, export_report.json/.md and
+# ``manifest.json`` (written last, in one commit), all naming one source checkpoint.
+EXPORT_FP32_FILE = "model.onnx"
+EXPORT_MANIFEST = "manifest.json"
+EXPORT_KIND = "mtl export"
+# files of an export set (a file like these that the manifest does not list was not made by that export)
+EXPORT_SET_PATTERNS = ("*.onnx", "*.onnx.rejected", "*.engine", "*.engine.json", "export_report.json",
+                       "export_report.md")
+PENDING_REASON = "an interrupted write was not finished: run the same command again to finish it"
+
+
+def check_export_set(models: list[str | Path]) -> None:
+    """Refuse (``ModelMismatchError``, one line) models that do not form one finished export set with their
+    folder: a pending commit journal there, a ``manifest.json`` that does not list them (or lists files now
+    missing or of another size, or misses a model file present), or a source checkpoint other than that of the
+    fp32 ``model.onnx`` beside them. A folder without a manifest (older exports, hand-copied models) is only
+    checked for the checkpoint."""
+    for folder in dict.fromkeys(Path(m).parent for m in models):
+        check_export_folder(folder)
+    for m in models:
+        check_same_source(Path(m))
+
+
+def check_export_folder(folder: Path) -> None:
+    """No pending commit; when ``manifest.json`` of an export is present, the folder holds exactly its files."""
+    from .io import pending_commit
+
+    if pending_commit(folder):
+        raise ModelMismatchError(folder, PENDING_REASON)
+    listed = read_export_manifest(folder)
+    if listed is None:
+        return
+    man = folder / EXPORT_MANIFEST
+    for name, size in listed.items():
+        f = folder / name
+        if not f.is_file():
+            raise ModelMismatchError(f, f"listed in {man.name} but missing: the export set is incomplete "
+                                        "(copy the whole folder, or re-export)")
+        if f.stat().st_size != size:
+            raise ModelMismatchError(f, f"is {f.stat().st_size} bytes but {man.name} records {size}: replaced "
+                                        "after the export (re-export with `mtl export --overwrite`)")
+    for pattern in EXPORT_SET_PATTERNS:
+        for f in sorted(folder.glob(pattern)):
+            if f.name not in listed:
+                raise ModelMismatchError(f, f"is not part of the export recorded in {man.name}: the folder mixes "
+                                            "files of two exports (re-export with `mtl export --overwrite`)")
+
+
+def read_export_manifest(folder: Path) -> dict[str, int] | None:
+    """{file name: size} of an export's ``manifest.json``; None when there is none (or it is another command's)."""
+    man = folder / EXPORT_MANIFEST
+    if not man.is_file():
+        return None
+    doc = load_json_bounded(read_capped(man, MAX_SIDECAR_BYTES, "manifest"), man, "manifest", MAX_SIDECAR_BYTES)
+    if not isinstance(doc, dict) or doc.get("kind") != EXPORT_KIND:
+        return None
+    files = doc.get("files")
+    ok = isinstance(files, list) and all(isinstance(e, dict) and _short_str(e.get("name")) and "/" not in e["name"]
+                                         and _is_int(e.get("size")) for e in files)
+    if not ok:
+        raise ModelMismatchError(man, "export manifest 'files' must list {name, size, sha256} entries")
+    return {e["name"]: e["size"] for e in files}
+
+
+def check_same_source(model: Path) -> None:
+    """``model`` was exported from the same checkpoint as the fp32 ``model.onnx`` in its folder (if any). Its
+    metadata is read (bounded: the graph is skipped) and validated here, before any session loads the model."""
+    ours = source_checkpoint(model)
+    fp32 = model.parent / EXPORT_FP32_FILE
+    if model.name == fp32.name or not fp32.is_file():
+        return
+    ref = source_checkpoint(fp32)
+    if ours != ref:
+        raise ModelMismatchError(model, f"exported from checkpoint {ours[:12]}... but the fp32 {fp32.name} beside it "
+                                        f"from {ref[:12]}...: the folder mixes two exports (re-export them together "
+                                        "with `mtl export --overwrite`)")
+
+
+def source_checkpoint(path: Path) -> str:
+    """``source_checkpoint_sha256`` of an ONNX model (its metadata) or an engine (its sidecar)."""
+    if path.suffix in (".engine", ".plan", ".trt"):
+        return read_sidecar(path)["source_checkpoint_sha256"]
+    return parse_metadata(onnx_metadata_text(path), path)["source_checkpoint_sha256"]
+
+
+def onnx_metadata_text(path: str | Path, key: str = METADATA_KEY) -> str | None:
+    """``metadata_props[key]`` read straight from the ONNX protobuf: the top-level fields are walked and skipped
+    (the graph and its weights are never read), so this costs a few reads even for a 2 GiB model. A metadata
+    entry over the size limit is refused by its length prefix, before it is read."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as e:
+        raise ModelMismatchError(path, f"ONNX model cannot be read ({e.strerror or e})") from None
+    if size > MAX_ONNX_BYTES:
+        f.close()
+        raise ModelMismatchError(path, f"ONNX model is {size / 2**30:.2f} GiB, over the "
+                                       f"{MAX_ONNX_BYTES / 2**30:.0f} GiB limit; refused without reading it")
+    found, n_fields = None, 0
+    with f:
+        while (tag := _varint(f, path)) is not None:
+            field, wire = tag >> 3, tag & 7
+            n_fields += 1
+            if field == 0 or n_fields > MAX_ONNX_FIELDS:    # a ModelProto has a dozen top-level fields
+                raise ModelMismatchError(path, "not a readable ONNX model (not a ModelProto)")
+            if wire == 0:
+                _varint(f, path)
+            elif wire in (1, 5):
+                f.seek(8 if wire == 1 else 4, 1)
+            elif wire == 2:
+                n = _varint(f, path)
+                if n is None or f.tell() + n > size:
+                    raise ModelMismatchError(path, "not a readable ONNX model (truncated protobuf)")
+                if field != 14:                        # ModelProto.metadata_props
+                    f.seek(n, 1)
+                    continue
+                if n > MAX_METADATA_CHARS + 1024:
+                    raise ModelMismatchError(path, f"an ONNX metadata entry is {n / 2**20:.1f} MiB, over the "
+                                                   f"{MAX_METADATA_CHARS / 2**20:.0f} MiB limit; refused unread")
+                k, v = _string_entry(f.read(n), path)
+                found = v if k == key else found
+            else:
+                raise ModelMismatchError(path, f"not a readable ONNX model (protobuf wire type {wire})")
+    return found
+
+
+def _varint(f, path: Path) -> int | None:
+    """One protobuf varint from a file (None at a clean end of file)."""
+    value = 0
+    for i in range(10):
+        b = f.read(1)
+        if not b:
+            if i == 0:
+                return None
+            break
+        value |= (b[0] & 0x7F) << (7 * i)
+        if b[0] < 0x80:
+            return value
+    raise ModelMismatchError(path, "not a readable ONNX model (bad protobuf varint)")
+
+
+def _string_entry(buf: bytes, path: Path) -> tuple[str, str]:
+    """(key, value) of a ``StringStringEntryProto``."""
+    import io as _io
+
+    parts, f = {1: b"", 2: b""}, _io.BytesIO(buf)
+    while (tag := _varint(f, path)) is not None:
+        n = _varint(f, path) if tag & 7 == 2 else None
+        if n is None or f.tell() + n > len(buf):
+            raise ModelMismatchError(path, "not a readable ONNX model (bad metadata entry)")
+        parts[tag >> 3] = f.read(n)
+    try:
+        return parts[1].decode("utf-8"), parts[2].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelMismatchError(path, "ONNX metadata is not UTF-8 text") from None
+
+
 __all__ = [
     "DECODE_OUTPUTS",
+    "EXPORT_FP32_FILE",
+    "EXPORT_KIND",
+    "EXPORT_MANIFEST",
+    "EXPORT_SET_PATTERNS",
+    "MAX_JSON_DEPTH",
+    "MAX_METADATA_CHARS",
     "MAX_ENGINE_BYTES",
     "MAX_ONNX_BYTES",
     "METADATA_FORMAT",
@@ -273,14 +538,21 @@ __all__ = [
     "PRECISIONS",
     "SIDECAR_KEYS",
     "build_metadata",
+    "check_export_folder",
+    "check_export_set",
+    "check_same_source",
     "config_from_metadata",
     "gpu_info",
+    "load_json_bounded",
+    "onnx_metadata_text",
     "parse_metadata",
     "read_capped",
+    "read_export_manifest",
     "read_onnx_metadata",
     "read_sidecar",
     "sha256_capped",
     "sidecar_path",
+    "source_checkpoint",
     "validate_metadata",
     "write_onnx_metadata",
     "write_sidecar",

@@ -27,7 +27,8 @@ mtl viz "$D/run"
 echo "== 4/6 evaluate"
 mtl eval --checkpoint "$D/run/best.pt" --data "$D/val" --out "$D/run/eval.json"
 echo "== 5/6 export (fp32 + fp16 + int8 for TensorRT + int8 for the onnxruntime CPU, parity-checked and gated)"
-mtl export "$D/run/best.pt" --out "$D/export" --fp16 --int8 --int8-cpu --calib-data "$D/train" --val-data "$D/val"
+mtl export "$D/run/best.pt" --out "$D/export" --fp16 --int8 --int8-cpu --calib-data "$D/train" --val-data "$D/val" \
+  --overwrite
 echo "== 6/6 benchmark (torch eager vs onnxruntime, per stage)"
 mtl bench --model "$D/export/model.onnx" --checkpoint "$D/run/best.pt" --data "$D/val" \
   --compare torch,onnxruntime,onnxruntime-fp16,onnxruntime-int8,onnxruntime-int8-cpu,tensorrt --queries "$ITERS" --warmup 5 \

@@ -123,7 +123,7 @@ fi
 # ----------------------------------------------------------------------------------------------- infer
 infer() {  # backend model
   step "infer_$1" 180 "${MTL[@]}" infer --model "$2" --data "$WORK/val" --out "$WORK/infer_$1" --backend "$1" \
-    --limit 4 --no-progress
+    --limit 4 --no-progress --overwrite
 }
 if [ "$EXPORT_OK" = 1 ] && [ "$ORT_CUDA" = 1 ]; then infer onnxruntime-cuda "$WORK/export/model.onnx"
 else skip infer_onnxruntime-cuda "onnxruntime's CUDA EP is not usable here (or no export)"; fi

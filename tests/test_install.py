@@ -83,7 +83,7 @@ def test_runtime_extra_runs_a_model_without_torch_or_onnx(tmp_path):
     res = _run([env_dir / "bin" / "mtl", "infer", "--model", onnx_path, "--data", chunks, "--out",
                 tmp_path / "preds", "--backend", "onnxruntime"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert len(list((tmp_path / "preds").glob("*.json"))) >= 1
+    assert len(list((tmp_path / "preds" / "frames").glob("*.json"))) >= 1
 
 
 def test_setup_env_stops_when_pip_fails(tmp_path):

@@ -473,23 +473,25 @@ def test_mtl_infer_writes_json_png_overlay_and_summary(art, tmp_path):
                                   "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "2 frames ->" in r.output
-    docs = sorted(out.glob("tiny__3_*.json"))
+    docs = sorted((out / "frames").glob("tiny__3_*.json"))
     assert [p.name for p in docs] == ["tiny__3_000.json", "tiny__3_001.json"]
     doc = json.loads(docs[0].read_text())
+    assert doc["model_sha256"] == hashlib.sha256(art["onnx"].read_bytes()).hexdigest()
+    assert doc["source"] == str(min(art["chunks"].glob("*.npz")))
     assert doc["frame_id"] == "tiny/3_000" and doc["n_detections"] == len(doc["detections"]) > 0
     det = doc["detections"][0]
     assert set(det) == {"class", "label", "score", "x", "y", "z", "l", "w", "h", "yaw"}
     assert det["class"] in art["cfg"].classes.det_classes
     assert {"decode_png", "bev_raster", "inference", "postprocess", "total"} <= set(doc["timing_ms"])
-    sem = np.asarray(Image.open(out / doc["semantic_png"]))
+    sem = np.asarray(Image.open(out / "frames" / doc["semantic_png"]))
     assert sem.shape == tuple(art["cfg"].camera.image_hw) and sem.dtype == np.uint8
     assert sem.max() < art["cfg"].classes.n_sem
-    ov = np.asarray(Image.open(out / doc["overlay_png"]))
+    ov = np.asarray(Image.open(out / "frames" / doc["overlay_png"]))
     h, w = art["cfg"].camera.image_hw                  # 32 x 64, drawn 8x (>= 512 px) under a title, legend below
     assert ov.shape[1] == w * 8 and ov.shape[0] > h * 8 and ov.shape[2] == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_written"] == 2 and summary["backend"] == "onnxruntime"
-    assert not list(out.glob(".*tmp*"))                                      # atomic writes left no temp files
+    assert not list(out.rglob(".*tmp*"))                                     # atomic writes left no temp files
 
     r = CliRunner().invoke(main, ["infer", "--model", str(art["onnx"]), "--data", str(art["chunks"]), "--out",
                                   str(tmp_path / "o2"), "--backend", "tensorrt", "--no-progress"])

@@ -25,7 +25,7 @@ def _variant_flags(f):
 @_ck.argument("checkpoint", type=_ck.Path(dir_okay=False))
 @_ck.option("--out", "out_dir", required=True, type=_ck.Path(file_okay=False),
             help=f"Output directory: {FP32.file} [+ {', '.join(v.file for v in OPTIONAL)}, *.engine], "
-                 "export_report.json/.md.")
+                 "export_report.json/.md, manifest.json.")
 @_ck.option("--opset", type=_ck.IntRange(min=18), default=18, show_default=True,
             help="ONNX opset (dynamo exporter: >= 18).")
 @_variant_flags
@@ -57,11 +57,15 @@ def _variant_flags(f):
 @_ck.option("--atol", type=float, default=1e-4, show_default=True,
             help="fp32 parity tolerance (max abs diff per output).")
 @progress_option
+@_ck.option("--overwrite", is_flag=True,
+            help="Replace an export already in --out: the new set (models, engines, report, manifest) replaces the "
+                 "old one in one commit once complete; old files it lacks are removed then.")
 def export_cmd(**flags):
     """Export CHECKPOINT to ONNX (dynamo, opset >= 18) with a parity report against torch on real frames,
     optional fp16 / int8 variants (each gated on mIoU / mAP drop), a static TensorRT-compatibility check and
     optional TensorRT engines. Exits non-zero (ParityError, code 8) when parity or a gate fails; the report
-    is still written and failed artefacts are renamed *.rejected."""
+    is still written and failed artefacts are renamed *.rejected. The output is one set (manifest.json written
+    last, all files naming one checkpoint); an existing export is refused (exit 9) without --overwrite."""
     from ..export.options import ExportOptions
     from ..export.run import export_checkpoint
 
@@ -85,23 +89,33 @@ _SCENARIOS = ("single-stream", "constant-stream", "offline")
             help="Exported model: model.onnx (metadata key 'mtl') or a TensorRT .engine with its .engine.json.")
 @_ck.option("--data", required=True, type=_ck.Path(),
             help="A directory of NPZ chunks, one chunk file, or a raw A2D2 tree (auto-detected).")
-@_ck.option("--out", required=True, type=_ck.Path(file_okay=False), help="Output directory.")
+@_ck.option("--out", required=True, type=_ck.Path(file_okay=False),
+            help="Output directory (absent or empty, unless --resume / --overwrite; never inside --data).")
 @_ck.option("--backend", type=_ck.Choice(_RUNTIME_BACKENDS), default="auto", show_default=True,
             help="auto: TensorRT EP -> CUDA EP -> CPU, each fallback reported. Explicit GPU backends never fall back.")
 @_ck.option("--threads", type=int, default=None, help="CPU intra-op threads (default: onnxruntime's choice).")
-@_ck.option("--overlay", is_flag=True, help="Also write <id>_overlay.png (semantic colours + projected boxes).")
+@_ck.option("--overlay", is_flag=True, help="Also write frames/<id>_overlay.png (semantic colours + projected boxes).")
 @_ck.option("--limit", type=int, default=None, help="Process at most N frames.")
+@_ck.option("--resume", is_flag=True,
+            help="Continue an interrupted run in --out: frames already written by this model are kept, the rest run.")
+@_ck.option("--overwrite", is_flag=True,
+            help="Replace the results in --out: the new run replaces them in one commit once complete.")
+@_ck.option("--skip-bad", is_flag=True,
+            help="Skip and count chunks / frames that do not read (summary.json lists why) instead of stopping.")
 @_ck.option("--no-progress", is_flag=True, help="No progress bar.")
-def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
-    """Run the torch-free runtime on every frame: OUT/<id>.json (boxes in metres with class names, scores,
-    timing), OUT/<id>_sem.png (class-id PNG), optional overlays, OUT/summary.json."""
+def infer_cmd(model, data, out, backend, threads, overlay, limit, resume, overwrite, skip_bad, no_progress):
+    """Run the torch-free runtime on every frame: OUT/frames/<id>.json (boxes in metres with class names, scores,
+    timing, the model's sha256), OUT/frames/<id>_sem.png (class-id PNG), optional overlays, then
+    OUT/summary.json and OUT/manifest.json. A non-empty OUT is refused (exit 9) without --resume / --overwrite."""
     from ..runtime.pipeline import infer_directory
 
     s = infer_directory(model, data, out, backend=backend, threads=threads, overlay_images=overlay, limit=limit,
-                        progress=not no_progress, log=lambda m: _ck.echo(m, err=True))
+                        progress=not no_progress, log=lambda m: _ck.echo(m, err=True), overwrite=overwrite,
+                        resume=resume, skip_bad=skip_bad)
     t = s["mean_timing_ms"]
     skipped = ", ".join(f"{v} {k}" for k, v in s["frames_skipped"].items()) or "none"
-    _ck.echo(f"{s['frames_written']} frames -> {out} ({s['backend']}: {', '.join(s['providers'])}); "
+    resumed = f" ({s['frames_resumed']} kept from an earlier run)" if s["frames_resumed"] else ""
+    _ck.echo(f"{s['frames_written']} frames{resumed} -> {out} ({s['backend']}: {', '.join(s['providers'])}); "
              f"{s['detections']} detections; skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame")
     _ck.echo(f"summary: {out}/summary.json")
 
@@ -148,11 +162,15 @@ def infer_cmd(model, data, out, backend, threads, overlay, limit, no_progress):
 def bench_cmd(model, compare, checkpoint, data, progress, **settings):
     """Latency distribution (min / mean / p50 / p90 / p99 / p99.9 / max / std), throughput, cold start, peak RSS
     and parity vs torch for each backend under an MLPerf-style scenario. Prints a compact summary; the wide
-    table goes to the markdown, everything to the JSON."""
+    table goes to the markdown, everything to the JSON. Model files exported from another checkpoint than the
+    fp32 model.onnx beside them are refused (exit 5)."""
     from ..bench import run_bench
+    from ..io import OutputLock
 
     names = tuple(c.strip() for c in compare.split(",") if c.strip())
-    report = run_bench(model, data, names, checkpoint=checkpoint, progress=want_progress(progress), **settings)
+    # one bench per results folder at a time: two would also skew each other's timings
+    with OutputLock(settings["out_dir"], "mtl bench"):
+        report = run_bench(model, data, names, checkpoint=checkpoint, progress=want_progress(progress), **settings)
     _ck.echo(report["summary"])
     w = report["written"]
     _ck.echo(f"written: {w['json']}\n         {w['markdown']}\n         {w['system']}")

@@ -41,6 +41,7 @@ class ExportOptions:
     atol: float = 1e-4
     exclude_heads_int8: bool = True      # calibrated variants keep the final head convs in float
     progress: bool = True                # progress bar of the metric gate
+    overwrite: bool = False              # replace an export already in out_dir (as one set, once complete)
 
     def __post_init__(self) -> None:
         for name in _PATHS:              # accept str paths; the dataclass stays frozen for everyone else

@@ -15,10 +15,24 @@ its line(s) through ``echo``:
 - ``reject_failed``     failed variants are renamed ``*.rejected`` so no runtime picks them up
 - ``build_engines``     TensorRT engines of the rows whose target is TensorRT (--trt)
 - ``write_report``      always, also when a step raised; that error is re-raised afterwards
+- ``commit_set``        the whole set moves into DIR as one commit (``mtl.io.commit_files``)
+
+One export is one set: every step writes into a staging folder ``DIR/.export-staging-<pid>/``; at the end
+the models, engines + sidecars, ``*.rejected`` files, export_report.md / .json and ``manifest.json`` (each
+file's size and sha256, the checkpoint's sha256; written LAST) replace whatever export DIR held, in one commit
+whose journal lets a killed commit be finished. So DIR always holds one complete set, all naming one
+checkpoint: a killed export leaves the previous set (or nothing), never a model beside a report that did not
+check it. An export already in DIR is refused without ``--overwrite`` (``OutputError``, exit 9); with it, the
+old set's files that the new one lacks (e.g. ``model_fp16.onnx`` when there is no ``--fp16`` now) are removed
+by the commit. A failed export (parity, gate, another error) is committed too, as a set whose report says
+FAIL and why; when even the report cannot be written (disk full), DIR keeps its previous set and the
+original error is what is raised. ``mtl export`` holds ``DIR/.mtl.lock`` while it runs.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,8 +42,24 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config, sha256_file
-from ..errors import ParityError
-from ..io import write_bytes_atomic, write_json_atomic
+from ..contract import (
+    EXPORT_KIND,
+    EXPORT_MANIFEST,
+    EXPORT_SET_PATTERNS,
+    MAX_SIDECAR_BYTES,
+    load_json_bounded,
+    read_capped,
+)
+from ..errors import MtlError, OutputError, ParityError
+from ..io import (
+    OutputLock,
+    commit_files,
+    pending_commit,
+    recover_commit,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from . import parity as par
 from .onnx_io import ort_session, save_proto_atomic
 from .options import ExportOptions
@@ -38,6 +68,8 @@ from .variants import FP32, GATED_PRECISIONS, Variant, variant
 
 Echo = Callable[[str], None]
 Built = tuple[Variant, Path, Any, dict]    # (row, written file, ModelProto, builder info)
+STAGING_PREFIX = ".export-staging-"
+REPORT_FILES = ("export_report.md", "export_report.json")
 
 
 @dataclass(frozen=True)
@@ -49,39 +81,104 @@ class Job:
     cfg: Config
     report: dict[str, Any]      # each step adds its entries
     echo: Echo
+    work: Path                  # the staging folder every step writes into (committed to opts.out_dir at the end)
 
 
 def export_checkpoint(opts: ExportOptions, echo: Echo = print) -> dict[str, Any]:
-    """``mtl export``. Raises ``ParityError`` (after writing the report) when fp32 parity or a variant's gate
-    fails, with the failed files renamed ``*.rejected``; any other error is re-raised after the report is
-    written. Returns the report."""
+    """``mtl export``. Raises ``ParityError`` (after committing the set with its report) when fp32 parity or a
+    variant's gate fails, with the failed files renamed ``*.rejected``; any other error is re-raised after the
+    set with its report is committed (module docstring). Returns the report."""
     t_start = time.perf_counter()
     opts.validate()
     if opts.trt:
         from .tensorrt_build import check_available
 
         check_available()      # fail before any work: one line saying what is missing
-    model, cfg, ckpt_sha = load(opts)
-    job = Job(opts, model, cfg, new_report(opts, ckpt_sha), echo)
-    try:
-        run_steps(job)
-    except BaseException as e:      # re-raised once the report is written
-        if not isinstance(e, ParityError):
-            job.report["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        write_report(job.report, opts.out_dir, t_start, failed=True)
-        raise
-    write_report(job.report, opts.out_dir, t_start)
+    out = opts.out_dir
+    with OutputLock(out, "mtl export"):
+        finished = prepare_out_dir(opts, echo)
+        if finished is not None:
+            return finished
+        model, cfg, ckpt_sha = load(opts)
+        work = out / f"{STAGING_PREFIX}{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        job = Job(opts, model, cfg, new_report(opts, ckpt_sha), echo, work)
+        try:
+            run_steps(job)
+        except Exception as e:      # re-raised once the set with its report is committed
+            raise_after_report(job, e, t_start)
+        except BaseException:       # Ctrl-C: keep the previous set, drop the unfinished one
+            drop_staging(work, out)
+            raise
+        commit_set(job, t_start)
     if job.report["failures"]:
-        raise ParityError(opts.out_dir / "export_report.json", "; ".join(job.report["failures"]))
+        raise ParityError(out / "export_report.json", "; ".join(job.report["failures"]))
     echo(wrote_line(job.report))
     return job.report
+
+
+def prepare_out_dir(opts: ExportOptions, echo: Echo) -> dict[str, Any] | None:
+    """Under the lock: finish an interrupted commit, remove what dead exports left, and refuse an export already
+    there unless ``--overwrite``. Returns the report when the interrupted commit was this very export."""
+    out = opts.out_dir
+    recovered = recover_commit(out)
+    for d in out.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(d, ignore_errors=True)     # we hold the lock: their writers are dead
+    remove_stale_temps(out)
+    kind = manifest_kind(out)
+    if kind not in (None, EXPORT_KIND):
+        raise OutputError(out, f"holds another command's output ({EXPORT_MANIFEST} of {kind}); choose another --out")
+    if recovered and same_export(opts):
+        report = json.loads((out / "export_report.json").read_text())
+        echo(f"finished the interrupted commit of this export in {out}")
+        if not report.get("passed"):
+            raise ParityError(out / "export_report.json", "; ".join(report.get("failures") or [])
+                              or str(report.get("error") or "the export failed"))
+        echo(wrote_line(report))
+        return report
+    old = old_set_names(out)
+    if old and not opts.overwrite:
+        shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
+        raise OutputError(out, f"already holds an export ({shown}); pass --overwrite to replace it (the old set "
+                               "stays until the new one is complete) or choose another --out")
+    return None
+
+
+def same_export(opts: ExportOptions) -> bool:
+    """The set in ``out_dir`` was made from this checkpoint with these options."""
+    try:
+        man = json.loads((opts.out_dir / EXPORT_MANIFEST).read_text())
+        return (man.get("checkpoint_sha256") == sha256_file(opts.checkpoint)
+                and man.get("options") == opts.to_report())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def manifest_kind(out: Path) -> str | None:
+    """What wrote ``OUT/manifest.json``: its "kind", "an unreadable manifest", or None without one."""
+    man = out / EXPORT_MANIFEST
+    if not man.is_file():
+        return None
+    try:
+        doc = load_json_bounded(read_capped(man, MAX_SIDECAR_BYTES, "manifest"), man, "manifest", MAX_SIDECAR_BYTES)
+    except MtlError:
+        return "an unreadable manifest"
+    return str(doc.get("kind")) if isinstance(doc, dict) and doc.get("kind") else "an unknown command"
+
+
+def old_set_names(out: Path) -> list[str]:
+    """The files of an export already in ``out`` (models, engines, sidecars, reports, manifest): what a new set
+    replaces. Only names of those kinds are ever removed, whatever an old manifest lists."""
+    names = {p.name for pattern in (*EXPORT_SET_PATTERNS, EXPORT_MANIFEST) for p in out.glob(pattern) if p.is_file()}
+    return sorted(names)
 
 
 def run_steps(job: Job) -> None:
     """The steps in order (module docstring); each variant is checked and parity-tested after all are built."""
     samples = parity_frames(job)
     proto, meta = export_fp32(job, samples)
-    fp32_sess = ort_session(job.opts.out_dir / FP32.file)
+    fp32_sess = ort_session(job.work / FP32.file)
     fp32_parity(job, fp32_sess, samples)
     built = build_variants(job, proto, meta)
     sessions = {"fp32": fp32_sess}
@@ -148,7 +245,7 @@ def export_fp32(job: Job, samples: list[dict]) -> tuple[Any, dict[str, Any]]:
     meta = build_metadata(job.cfg.to_dict(), batch="batch" if o.dynamic else o.batch, decode=o.decode,
                           precision=FP32.precision, opset=opset_of(proto),
                           source_checkpoint_sha256=job.report["checkpoint_sha256"])
-    path = save_variant(FP32, proto, meta, o.out_dir)
+    path = save_variant(FP32, proto, meta, job.work)
     job.report["opset"] = opset_of(proto)
     check_tensorrt(job, FP32, proto, path, {**info, "checker": "full_check ok"})
     return proto, meta
@@ -203,10 +300,9 @@ def fp32_parity(job: Job, sess: Any, samples: list[dict]) -> None:
     rep = variant_parity(job, FP32, sess, samples)
     job.report["timings_s"]["parity_fp32"] = round(time.perf_counter() - t0, 3)
     if not rep["passed"]:
-        path = job.opts.out_dir / entry["path"]
         entry["status"] = "rejected"
-        entry["path"] = reject(path)
-        raise ParityError(path, "; ".join(rep["failures"]))
+        entry["path"] = reject(job.work / entry["path"])
+        raise ParityError(job.opts.out_dir / FP32.file, "; ".join(rep["failures"]))
 
 
 def variant_parity(job: Job, v: Variant, sess: Any, samples: list[dict]) -> dict[str, Any]:
@@ -234,7 +330,7 @@ def build_variants(job: Job, fp32_proto: Any, fp32_meta: dict[str, Any]) -> list
         proto, info = v.build(fp32_proto, feeds, o.exclude_heads_int8)
         if v.calibrated:
             info.update(calibration_data=str(o.calib_data), calibration_frames=n_frames)
-        path = save_variant(v, proto, fp32_meta, o.out_dir)
+        path = save_variant(v, proto, fp32_meta, job.work)
         job.report["timings_s"][v.timing_key] = round(time.perf_counter() - t0, 3)
         built.append((v, path, proto, info))
     return built
@@ -294,7 +390,7 @@ def build_engines(job: Job) -> None:
         if has_errors(entry["trt_check"]):
             job.report["failures"].append(f"{name}: not built with TensorRT (trt_check errors)")
             continue
-        onnx_file = o.out_dir / entry["path"]
+        onnx_file = job.work / entry["path"]
         engine = onnx_file.with_suffix(".engine")
         job.echo(f"building TensorRT engine {engine.name} ...")
         side = build_engine(onnx_file, engine, profile=o.profile, timing_cache=cache)
@@ -303,13 +399,70 @@ def build_engines(job: Job) -> None:
                                                                "precision_recipe", "build_time_s")}}
 
 
-def write_report(report: dict[str, Any], out_dir: Path, t_start: float, failed: bool = False) -> None:
-    """export_report.json + .md (atomic), once the output directory exists or a variant was written."""
+def write_report(report: dict[str, Any], work: Path, t_start: float, failed: bool = False) -> None:
+    """export_report.json + .md (atomic) into the staging folder."""
     report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
     report["passed"] = not report["failures"] and not failed
-    if out_dir.exists() or report["variants"]:
-        write_json_atomic(out_dir / "export_report.json", report)
-        write_bytes_atomic(out_dir / "export_report.md", render_markdown(report).encode())
+    write_json_atomic(work / "export_report.json", report)
+    write_bytes_atomic(work / "export_report.md", render_markdown(report).encode())
+
+
+def commit_set(job: Job, t_start: float, failed: bool = False) -> None:
+    """Report, then manifest (last), then the whole staging folder replaces the set in ``out_dir`` in one commit."""
+    work, out = job.work, job.opts.out_dir
+    write_report(job.report, work, t_start, failed)
+    models = sorted(p.name for p in work.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.name not in REPORT_FILES)
+    names = [*models, *REPORT_FILES]
+    write_json_atomic(work / EXPORT_MANIFEST, {
+        "kind": EXPORT_KIND, "mtl_version": __version__, "checkpoint": job.report["checkpoint"],
+        "checkpoint_sha256": job.report["checkpoint_sha256"], "passed": job.report["passed"],
+        "options": job.opts.to_report(),
+        "files": [{"name": n, "size": (work / n).stat().st_size, "sha256": sha256_file(work / n)} for n in names]})
+    commit_files(work, out, [*names, EXPORT_MANIFEST], remove=old_set_names(out))
+
+
+def raise_after_report(job: Job, err: Exception, t_start: float) -> None:
+    """Commit the failed set with its report, then raise ``err`` naming the files in ``out_dir``. When the
+    environment refused a write (disk full, read-only...), or the report itself cannot be written, the previous
+    set stays untouched and ``err`` (never the report's error) is raised."""
+    from ..io import storage_error
+
+    if not isinstance(err, ParityError):
+        job.report["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if isinstance(err, OSError) and storage_error(err) is not None:
+        drop_staging(job.work, job.opts.out_dir)
+        raise public_error(err, job.work, job.opts.out_dir) from None
+    try:
+        commit_set(job, t_start, failed=True)
+    except Exception as e:  # noqa: BLE001 - reported in one line; the original error is the one that matters
+        job.echo(f"note: the export report could not be written ({str(e).splitlines()[0][:200]}); "
+                 f"{job.opts.out_dir} keeps what it held before")
+        drop_staging(job.work, job.opts.out_dir)
+    raise public_error(err, job.work, job.opts.out_dir) from None
+
+
+def public_error(err: Exception, work: Path, out: Path) -> Exception:
+    """``err`` naming ``out/<file>`` instead of the staging folder's copy of it."""
+    def public(path: str | None) -> str | None:
+        if path is None or not str(path).startswith(str(work)):
+            return path
+        return str(out / os.path.relpath(path, work))
+
+    if isinstance(err, OSError):
+        err.filename = public(err.filename)
+        return err
+    if isinstance(err, MtlError) and err.path and str(err.path).startswith(str(work)):
+        new = type(err)(public(err.path), err.reason)
+        new.__traceback__ = err.__traceback__
+        return new
+    return err
+
+
+def drop_staging(work: Path, out: Path) -> None:
+    """Remove an uncommitted staging folder (kept while a commit journal still needs it)."""
+    if not pending_commit(out):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- helpers

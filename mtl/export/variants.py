@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..contract import EXPORT_FP32_FILE
+
 if TYPE_CHECKING:
     from onnx import ModelProto
 
@@ -71,7 +73,7 @@ class Variant:
         return f"{self.name}_{'quantize' if self.calibrated else 'convert'}"
 
 
-FP32 = Variant("fp32", "model.onnx", None, "", None, "fp32", "tensorrt", "parity", "onnxruntime", "ort")
+FP32 = Variant("fp32", EXPORT_FP32_FILE, None, "", None, "fp32", "tensorrt", "parity", "onnxruntime", "ort")
 VARIANTS: tuple[Variant, ...] = (
     FP32,
     Variant("fp16", "model_fp16.onnx", "--fp16",

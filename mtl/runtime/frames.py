@@ -9,15 +9,18 @@ Ground truth is attached only when asked for (``with_gt``), at model image size.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import CameraConfig, Config
-from ..errors import DataError
+from ..errors import ChunkError, DataError
 from ..io import pending_commit
+
+# on_bad(kind, error): told about a bad chunk ("bad chunk") or raw frame ("bad frame") that is then skipped
+OnBad = Callable[[str, Exception], None]
 
 KIND_CHUNK, KIND_RAW = "chunk", "raw"
 
@@ -103,7 +106,7 @@ def detect_source(path: str | Path) -> str:
 
 
 def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = False,
-                limit: int | None = None) -> Iterator[RuntimeFrame]:
+                limit: int | None = None, on_bad: OnBad | None = None) -> Iterator[RuntimeFrame]:
     """``RuntimeFrame``s of ``path`` in a stable order, read lazily (one chunk / one raw frame at a time).
 
     ``path``: a directory of NPZ chunks, one ``.npz`` chunk, or a raw A2D2 tree (``cams_lidars.json`` +
@@ -111,21 +114,29 @@ def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = Fal
     model's, ``pipe.cfg``) names the camera of a raw tree and is needed for raw ground truth; ``with_gt``
     attaches ``gt_boxes`` (M, 7) metres, ``gt_labels`` (M,) and ``gt_semantic`` (H, W) uint8 at model size;
     ``limit`` stops after that many frames. Raises ``DataError`` for a path that is neither (and the chunk /
-    raw readers' errors for a bad file)."""
+    raw readers' errors for a bad file); with ``on_bad`` a chunk that does not read (``ChunkError``) or a raw
+    frame whose files do not (``DataError``) is passed to ``on_bad(kind, error)`` and skipped instead."""
     kind = detect_source(path)
-    it = _chunk_frames(Path(path), with_gt) if kind == KIND_CHUNK else _raw_frames(Path(path), cfg, with_gt)
+    it = (_chunk_frames(Path(path), with_gt, on_bad) if kind == KIND_CHUNK else
+          _raw_frames(Path(path), cfg, with_gt, on_bad))
     for i, f in enumerate(it):
         if limit is not None and i >= limit:
             return
         yield f
 
 
-def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
+def _chunk_frames(path: Path, with_gt: bool, on_bad: OnBad | None = None) -> Iterator[RuntimeFrame]:
     from ..data.chunk import HAS_IMAGE, HAS_LIDAR, list_chunks, read_chunk
 
     files = list_chunks(path)          # checks the directory's manifest (pending, missing, mixed)
     for cf in files:
-        chunk = read_chunk(cf)
+        try:
+            chunk = read_chunk(cf)
+        except ChunkError as e:
+            if on_bad is None:
+                raise
+            on_bad("bad chunk", e)
+            continue
         for f in chunk:
             fr = RuntimeFrame(
                 frame_id=f.frame_id, kind=KIND_CHUNK,
@@ -142,30 +153,45 @@ def _chunk_frames(path: Path, with_gt: bool) -> Iterator[RuntimeFrame]:
             yield fr
 
 
-def _raw_frames(root: Path, cfg: Config | None, with_gt: bool) -> Iterator[RuntimeFrame]:
+def _raw_frames(root: Path, cfg: Config | None, with_gt: bool, on_bad: OnBad | None = None
+                ) -> Iterator[RuntimeFrame]:
     from ..data import a2d2
 
     camera = a2d2.read_camera_config(root / "cams_lidars.json", (cfg.camera.name if cfg else "front_center"),
                                      cfg.camera if cfg else None)
     for paths in a2d2.find_frames(root):
-        png = None
-        if paths.camera is not None:
-            try:
-                png = paths.camera.read_bytes()
-            except OSError as e:
-                raise DataError(paths.camera, f"cannot read ({e})") from None
-        points = a2d2.read_lidar(paths.lidar) if paths.lidar is not None else np.zeros((0, 4), np.float32)
-        fr = RuntimeFrame(frame_id=paths.key, kind=KIND_RAW, points=points, image_png=png, camera=camera,
-                          source=str(paths.camera or paths.lidar or root))
-        if with_gt and cfg is not None:
-            if paths.label3D is not None:
-                b, c = a2d2.read_boxes(paths.label3D, cfg.classes)
-                fr.gt_boxes, fr.gt_labels = b, c.astype(np.int64)
-            if paths.label is not None:
-                ids = a2d2.read_label_png(paths.label, cfg.classes)
-                fr.gt_semantic = a2d2.prepare_label(ids, camera, tuple(cfg.camera.image_hw),
-                                                    cfg.classes.ignore_index, paths.label)
+        try:
+            fr = _raw_frame(root, paths, camera, cfg, with_gt)
+        except DataError as e:
+            if on_bad is None:
+                raise
+            on_bad("bad frame", e)
+            continue
         yield fr
+
+
+def _raw_frame(root: Path, paths, camera: CameraConfig, cfg: Config | None, with_gt: bool) -> RuntimeFrame:
+    """One raw A2D2 frame read from its files (``DataError`` naming a file that does not read)."""
+    from ..data import a2d2
+
+    png = None
+    if paths.camera is not None:
+        try:
+            png = paths.camera.read_bytes()
+        except OSError as e:
+            raise DataError(paths.camera, f"cannot read ({e})") from None
+    points = a2d2.read_lidar(paths.lidar) if paths.lidar is not None else np.zeros((0, 4), np.float32)
+    fr = RuntimeFrame(frame_id=paths.key, kind=KIND_RAW, points=points, image_png=png, camera=camera,
+                      source=str(paths.camera or paths.lidar or root))
+    if with_gt and cfg is not None:
+        if paths.label3D is not None:
+            b, c = a2d2.read_boxes(paths.label3D, cfg.classes)
+            fr.gt_boxes, fr.gt_labels = b, c.astype(np.int64)
+        if paths.label is not None:
+            ids = a2d2.read_label_png(paths.label, cfg.classes)
+            fr.gt_semantic = a2d2.prepare_label(ids, camera, tuple(cfg.camera.image_hw),
+                                                cfg.classes.ignore_index, paths.label)
+    return fr
 
 
 __all__ = ["KIND_CHUNK", "KIND_RAW", "RuntimeFrame", "clip", "describe_array", "describe_size", "detect_source",

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from .preprocess import (
     image_input,
 )
 from .sensor import sensor_remap
+
+if TYPE_CHECKING:
+    from .results import ResultSet
 
 
 def _use_worker(threads: int | None) -> bool:
@@ -421,69 +424,108 @@ class Pipeline:
 
 def infer_directory(model: str | Path, data: str | Path, out: str | Path, backend: str = "auto",
                     threads: int | None = None, overlay_images: bool = False, limit: int | None = None,
-                    progress: bool = True, log: Any = None) -> dict:
-    """``mtl infer``: every frame of ``data`` (chunks or raw A2D2 tree) through the model; writes
-    ``OUT/<id>.json`` (detections, timing), ``OUT/<id>_sem.png`` (class ids), optionally
-    ``OUT/<id>_overlay.png``, and ``OUT/summary.json``. All writes are atomic. Frames without a camera
-    image are skipped and counted; a calibration / class mismatch stops the run (ModelMismatchError)."""
-    from ..io import encode_png, write_bytes_atomic, write_json_atomic
-    from .frames import detect_source, iter_frames, sanitise_frame_id
-    from .postprocess import overlay
+                    progress: bool = True, log: Any = None, overwrite: bool = False, resume: bool = False,
+                    skip_bad: bool = False) -> dict:
+    """``mtl infer``: every frame of ``data`` (chunks or raw A2D2 tree) through the model, written as one set
+    (layout and modes: ``mtl.runtime.results``): ``OUT/frames/<id>.json`` (detections, timing, the model's
+    sha256, the source), ``OUT/frames/<id>_sem.png`` (class ids), optionally ``OUT/frames/<id>_overlay.png``,
+    then ``OUT/summary.json`` and ``OUT/manifest.json``. A non-empty ``out`` is refused unless ``overwrite`` or
+    ``resume``; ``out`` inside ``data`` always. Frames without a camera image are skipped and counted; with
+    ``skip_bad`` so are chunks / raw frames / images that do not read; a calibration / class mismatch stops the
+    run (ModelMismatchError). Every write is atomic; ``OUT/.mtl.lock`` is held while writing."""
+    from ..contract import MAX_ENGINE_BYTES, check_export_set, sha256_capped
+    from ..io import OutputLock
+    from .frames import detect_source
+    from .results import ResultSet, check_request
 
-    out = Path(out)
-    t_start = time.perf_counter()
-    pipe = Pipeline.open(model, backend, threads)
-    if pipe.fallback and log:
-        log(f"note: {pipe.fallback}")
+    out, t_start = Path(out), time.perf_counter()
+    check_request(out, data, overwrite, resume)
+    check_export_set([Path(model)])
+    model_sha = sha256_capped(model, MAX_ENGINE_BYTES, "model")
     source_kind = detect_source(data)
-    sem_classes = tuple(pipe.cfg.classes.sem_classes)
-    frames = iter_frames(data, pipe.cfg, with_gt=False, limit=limit)
+    pipe = Pipeline.open(model, backend, threads)
+    try:
+        if pipe.fallback and log:
+            log(f"note: {pipe.fallback}")
+        with OutputLock(out, "mtl infer"):
+            results = ResultSet.open(out, model_sha, overlay_images, overwrite, resume)
+            try:
+                summary = _infer_frames(pipe, data, results, overlay_images, limit, progress, log, skip_bad)
+                summary = {"model": str(model), "model_sha256": model_sha, "data": str(data), "source": source_kind,
+                           "out": str(out), **pipe.describe(), **summary,
+                           "wall_s": round(time.perf_counter() - t_start, 3)}
+                results.commit(summary)
+            except BaseException:
+                results.abandon()
+                raise
+    finally:
+        pipe.close()
+    return summary
+
+
+def _infer_frames(pipe: Pipeline, data: str | Path, results: ResultSet, overlay_images: bool, limit: int | None,
+                  progress: bool, log: Any, skip_bad: bool) -> dict:
+    """The frame loop of ``infer_directory``: skips finished frames (resume), writes each new one."""
+    from ..errors import ChunkError
+    from ..io import encode_png
+    from .frames import iter_frames
+    from .postprocess import overlay
+    from .results import unique_name
+
+    skipped: dict[str, int] = {}
+    bad: list[str] = []
+
+    def on_bad(kind: str, err: Exception) -> None:
+        skipped[kind] = skipped.get(kind, 0) + 1
+        if len(bad) < 1000:                 # the count is exact; the reasons of the first 1000 are kept
+            bad.append(f"{kind}: {err}")
+        if log:
+            log(f"skipped {kind}: {err}")
+
+    frames = iter_frames(data, pipe.cfg, with_gt=False, limit=limit, on_bad=on_bad if skip_bad else None)
     bar = None
     if progress:
         import sys
 
         from tqdm import tqdm
 
-        bar = tqdm(frames, unit="frame", desc="infer", total=limit, file=sys.stderr)
-        frames = bar
-    written, skipped, used_names = [], {}, set()
-    totals: dict[str, list[float]] = {}
-    n_dets = 0
+        frames = bar = tqdm(frames, unit="frame", desc="infer", total=limit, file=sys.stderr)
+    sem_classes = tuple(pipe.cfg.classes.sem_classes)
+    written, used, totals, n_dets, n_kept = [], set(), {}, 0, 0
     try:
         for frame in frames:
             if not frame.has_image:
                 skipped["no camera image"] = skipped.get("no camera image", 0) + 1
                 continue
-            res = pipe.run_frame(frame, keep_image=overlay_images, keep_outputs=False)
-            name = sanitise_frame_id(frame.frame_id)
-            base, i = name, 1
-            while name in used_names:          # two ids that sanitise alike never overwrite each other
-                i += 1
-                name = f"{base}_{i}"
-            used_names.add(name)
-            doc = res.to_json(sem_classes)
-            doc.update(source=frame.source, semantic_png=f"{name}_sem.png")
-            write_bytes_atomic(out / f"{name}_sem.png", encode_png(res.semantic))
-            if overlay_images:
-                write_bytes_atomic(out / f"{name}_overlay.png", encode_png(overlay(res, pipe.cfg)))
-                doc["overlay_png"] = f"{name}_overlay.png"
-            write_json_atomic(out / f"{name}.json", doc)
+            name = unique_name(frame.frame_id, used)
+            doc = results.finished(name, frame.frame_id)
+            if doc is None:
+                try:
+                    res = pipe.run_frame(frame, keep_image=overlay_images, keep_outputs=False)
+                except (DataError, ChunkError) as e:
+                    if not skip_bad:
+                        raise
+                    on_bad("bad frame", e)
+                    continue
+                doc = res.to_json(sem_classes)
+                doc.update(source=frame.source, model_sha256=results.model_sha256, semantic_png=f"{name}_sem.png")
+                images = {"_sem.png": encode_png(res.semantic)}
+                if overlay_images:
+                    images["_overlay.png"] = encode_png(overlay(res, pipe.cfg))
+                    doc["overlay_png"] = f"{name}_overlay.png"
+                results.write_frame(name, images, doc)
+                for k, v in res.timings_ms.items():
+                    totals.setdefault(k, []).append(v)
+            else:
+                n_kept += 1
             written.append(name)
-            n_dets += len(res.boxes)
-            for k, v in res.timings_ms.items():
-                totals.setdefault(k, []).append(v)
+            n_dets += int(doc.get("n_detections", 0))
     finally:
         if bar is not None:
             bar.close()
-        pipe.close()
-    summary = {
-        "model": str(model), "data": str(data), "source": source_kind, "out": str(out),
-        **pipe.describe(), "frames_written": len(written), "frames_skipped": skipped, "detections": n_dets,
-        "mean_timing_ms": {k: round(float(np.mean(v)), 4) for k, v in totals.items()},
-        "wall_s": round(time.perf_counter() - t_start, 3), "files": written,
-    }
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return {"frames_written": len(written), "frames_resumed": n_kept, "frames_skipped": skipped, "bad": bad,
+            "detections": n_dets, "mean_timing_ms": {k: round(float(np.mean(v)), 4) for k, v in totals.items()},
+            "files": written}
 
 
 __all__ = ["Pipeline", "infer_directory"]
