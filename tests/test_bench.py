@@ -30,7 +30,7 @@ def test_mtl_bench_writes_json_and_markdown_with_parity_and_skips(art, tmp_path)
                                   "--data", str(art["chunks"]), "--queries", "3", "--warmup", "1", "--threads", "1",
                                   "--compare", compare, "--out", str(out), "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    (run,) = out.iterdir()                                    # one new folder: <date-time>_<scenario>
+    (run,) = [p for p in out.iterdir() if not p.name.startswith(".")]   # one new folder: <date-time>_<scenario>
     assert re.fullmatch(r"\d{8}-\d{6}_single-stream", run.name)
     # only the backends that ran name the files
     assert sorted(p.name for p in run.iterdir()) == ["bench_ort+torch.json", "bench_ort+torch.md", "system.json"]

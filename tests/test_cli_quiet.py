@@ -65,7 +65,8 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "class_list.json").exists():          # started writing: past imports and checks
+        # started writing frames (into its staging folder): past imports and checks
+        while not any(out.glob(".synth-staging-*/*/camera/*/*.png")):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "synth did not start"
             time.sleep(0.1)
