@@ -379,6 +379,7 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
             advance(warmup + (0 if name in pipes else iters))
         timed = time_backends(pipes, frames, iters, rounds, lambda: advance(1))
         results = _finish_rows(rows, pipes, timed, frames, cfg)
+        _add_int8_info(rows, model)
     finally:
         for pipe in pipes.values():
             pipe.close()
@@ -465,6 +466,22 @@ def _finish_rows(rows: list[dict], pipes: dict[str, Pipeline], timed: dict[str, 
         except MtlError as e:
             row["status"] = f"failed: {e}"
     return results
+
+
+def _add_int8_info(rows: list[dict], model: Path) -> None:
+    """The INT8 rows' calibration method and mixed precision (units kept in float, share of MACs in INT8),
+    from the metadata ``mtl export`` wrote into their files."""
+    from .contract import read_onnx_metadata
+
+    paths = _model_paths(model)
+    for row in rows:
+        v = bench_variant(row["backend"])
+        if v is None or v.precision != "int8" or row.get("status") != "ok":
+            continue
+        meta = read_onnx_metadata(paths[row["backend"]])
+        if "int8_mac_share" in meta:
+            row["int8"] = {"calibration": meta.get("int8_calibration"), "mac_share": meta["int8_mac_share"],
+                           "float_nodes": list(meta.get("int8_float_nodes") or [])}
 
 
 def _add_parity(rows: list[dict], results: dict[str, list[dict]], checkpoint: Path | None, threads: int | None,
@@ -555,6 +572,12 @@ def to_markdown(report: dict) -> str:
         f"CPU: {dev['cpu_model']} ({dev['cpu_count']} cores, load avg {dev['load_avg']}); GPU: {dev['gpu'] or 'none'}",
         "libraries: " + ", ".join(f"{k} {v}" for k, v in dev["libraries"].items()),
     ]
+    for r in report["rows"]:
+        q = r.get("int8")
+        if q:
+            kept = q["float_nodes"]
+            notes.append(f"{r['backend']}: calibration {q['calibration']}, {100 * q['mac_share']:.1f}% of the MACs in "
+                         f"INT8, {len(kept)} unit(s) kept in float" + (f" ({', '.join(kept)})" if kept else ""))
     if report.get("parity_note"):
         notes.append(f"parity: {report['parity_note']}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -156,7 +156,8 @@ def test_calibration_cache_reuse_and_invalidation(tiny_fp32, tmp_path):
         assert c.info["cache"] == f"miss ({why})", c.info["cache"]
     cache.write_text("{not json")
     c = cal.calibrate(model, lambda: feeds, ids, "sha-1", "percentile", 99.9, cache, cache)
-    assert c.info["cache"] == "miss (unreadable cache, replaced)" and json.loads(cache.read_text())["key"]["frames"] == ids
+    assert c.info["cache"] == "miss (unreadable cache, replaced)"
+    assert json.loads(cache.read_text())["key"]["frames"] == ids
 
 
 def test_trt_recipe_places_qdq_on_conv_inputs_only_and_keeps_fp16_islands(tiny_fp32):
@@ -205,3 +206,166 @@ def test_trt_recipe_places_qdq_on_conv_inputs_only_and_keeps_fp16_islands(tiny_f
         producer.get(t) is not None and producer[t].op_type == "DequantizeLinear" for t in n.input)]
     n_q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     assert residual and n_q == info["int8_nodes"] + len(residual)
+
+
+# ----------------------------------------------------------- mixed precision through `mtl export`
+
+
+def _quick_train(cfg, data, steps: int = 60, seed: int = 0):
+    """A few AdamW steps of the real model / losses on ``data`` (the tiny set is learnt enough to score)."""
+    from mtl.dataset import ChunkDataset, collate
+    from mtl.losses import compute_losses
+    from mtl.model import build_model
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_model(cfg).train()
+        ds = ChunkDataset(data, cfg, augment=False)
+        batches = [collate([ds[i] for i in range(j, j + 2)]) for j in range(0, len(ds), 2)]
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for step in range(steps):
+            b = batches[step % len(batches)]
+            terms = compute_losses(model(b["image"], b["bev"]), b, cfg.loss, ignore_index=cfg.classes.ignore_index)
+            opt.zero_grad()
+            sum(terms.values()).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def _give_one_channel_an_outlier_range(model, alpha: float = 1000.0) -> str:
+    """Function-preserving rescale (ReLU is positively homogeneous): channel 0 after the first camera stage
+    becomes ``alpha`` times larger and the next conv's weights for it ``alpha`` times smaller. The fp32
+    outputs do not change; per-tensor INT8 of that activation (the next conv's input) crushes every other
+    channel, so full INT8 fails and that conv is the unit to keep in float. Returns its weight's name."""
+    with torch.no_grad():
+        bn = model.cam_stages[0][0][1]
+        conv = model.cam_stages[1][0][0]
+        bn.weight[0] *= alpha
+        bn.bias[0] *= alpha
+        conv.weight[:, 0] /= alpha
+    return "model.cam_stages.1.0.0.weight"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    from mtl.cli import main
+
+    root = tmp_path_factory.mktemp("int8_mixed")
+    cfg = tiny_cfg(**{"train.augment": False})
+    data = write_tiny_chunks(root / "data", cfg, n_frames=8, per_chunk=4, seed=3)
+    model = _quick_train(cfg, data)
+    weight = _give_one_channel_an_outlier_range(model)
+    ckpt = root / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "metrics": {}, "epoch": 0}, ckpt)
+    out = root / "out"
+    common = ["--calib-data", str(data), "--calib-frames", "4", "--val-data", str(data), "--parity-frames", "2"]
+    res = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--int8", "--int8-cpu", *common,
+                                    "--sensitivity", "--sensitivity-top", "2", "--max-drop-miou", "0.02",
+                                    "--max-drop-map", "0.02"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    fp32 = onnx.load(str(out / "model.onnx"))
+    (consumer,) = [n.name for n in fp32.graph.node if n.op_type == "Conv" and n.input[1] == weight]
+    return {"cfg": cfg, "data": data, "ckpt": ckpt, "out": out, "output": res.output, "common": common,
+            "report": json.loads((out / "export_report.json").read_text()), "consumer": consumer, "root": root}
+
+
+@pytest.mark.parametrize("name, fname", [("int8", "model_int8.onnx"), ("int8_cpu", "model_int8_cpu.onnx")])
+def test_mixed_precision_makes_a_failing_gate_pass(mixed, name, fname):
+    from mtl.contract import read_onnx_metadata
+    from mtl.export.onnx_io import ort_session
+    from mtl.export.parity import FrameSource, evaluate_sessions
+
+    rep = mixed["report"]
+    v = rep["variants"][name]
+    mp = v["mixed_precision"]
+    assert rep["passed"] and v["status"] == "ok" and (mixed["out"] / fname).is_file()
+    assert not mp["full_int8_gate"]["passed"] and mp["full_int8_gate"]["drop_miou"] > 0.05   # the outlier bites
+    assert mp["passed"] and v["gate"]["passed"] and v["gate"]["drop_miou"] <= 0.02 and v["gate"]["drop_map"] <= 0.02
+    keep = mp["keep_float"]
+    assert mixed["consumer"] in keep and 0 < len(keep) < v["sensitivity"]["units"]
+    assert v["info"]["float_nodes"] == keep and v["info"]["int8_nodes"] == v["sensitivity"]["units"] - len(keep)
+    assert 0 < mp["int8_mac_share"] < mp["int8_mac_share_full"] and mp["evaluations"] == len(mp["trace"]) >= 1
+    assert mp["trace"][-1]["passed"] or any(t["passed"] and t["keep_float"] == keep for t in mp["trace"])
+    meta = read_onnx_metadata(mixed["out"] / fname)
+    assert meta["int8_float_nodes"] == keep and meta["int8_mac_share"] == mp["int8_mac_share"]
+    assert meta["int8_calibration"] == "minmax"
+    # the file written is the one that was gated: scoring it again gives the recorded metrics
+    frames = FrameSource(mixed["data"], mixed["cfg"], max_frames=128)
+    m = evaluate_sessions({"f": ort_session(mixed["out"] / fname)}, frames, mixed["cfg"], 1)["f"]
+    assert (m["miou"], m["map"]) == (v["metrics"]["miou"], v["metrics"]["map"])
+    assert f"mixed precision {name}: {len(keep)} unit(s) kept in float" in mixed["output"]
+    assert f"gate {name}: " in mixed["output"].split(f"mixed precision {name}:")[1]
+    md = (mixed["out"] / "export_report.md").read_text()
+    assert f"## Mixed precision ({name})" in md and "% of MACs still INT8" in md
+    if name == "int8_cpu":      # measured latency of fp32, full INT8 and the mix, interleaved
+        assert set(mp["latency"]) == {"fp32", "int8_full", "int8_mixed"}
+        assert all(t["median_ms"] > 0 for t in mp["latency"].values())
+    else:                       # fp16 islands in a TensorRT model that passes the static check
+        assert v["info"]["float_type"] == "fp16" and not any(f["level"] == "error" for f in v["trt_check"])
+
+
+@pytest.mark.parametrize("name", ["int8", "int8_cpu"])
+def test_sensitivity_table_ranks_every_unit(mixed, name):
+    s = mixed["report"]["variants"][name]["sensitivity"]
+    rows = s["proxy"]["rows"]
+    assert len(rows) == s["units"] and len({r["node"] for r in rows}) == s["units"]
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert rows[0]["node"] == mixed["consumer"]          # the outlier's consumer is the most sensitive unit
+    assert rows[0]["sem_flip"] > 0.01 and rows[0]["score"] > 100 * rows[-1]["score"]
+    assert s["proxy"]["all_int8"]["score"] > s["proxy"]["none_int8"]["score"] >= 0
+    assert s["proxy"]["frames"] == 4 and s["proxy"]["seconds"] > 0
+    top = s["keep_float"]["rows"]
+    assert [r["node"] for r in top] == [r["node"] for r in rows[:2]] and s["keep_float"]["frames"] == 8
+    assert all(set(r) >= {"drop_miou", "drop_map", "passes_gate"} for r in top)
+    md = (mixed["out"] / "export_report.md").read_text()
+    table = md.split(f"## INT8 sensitivity ({name})")[1].split("##")[0]
+    assert f"| 1 | `{mixed['consumer']}` | Conv |" in table and table.count("\n| ") == s["units"] + 1
+
+
+def test_no_passing_mix_rejects_the_variant_with_its_table_and_reuses_the_cache(mixed, tmp_path):
+    """A gate nothing can pass (the mIoU must rise by 1.0): the search ends with every unit in float, the
+    variant is renamed *.rejected (exit 8) and the report shows the table and the search. The export reuses
+    the first export's calibration cache (same checkpoint, frames and method)."""
+    from mtl.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(mixed["out"] / cal.CACHE_FILE, out / cal.CACHE_FILE)
+    before = (out / cal.CACHE_FILE).read_bytes()
+    res = CliRunner().invoke(main, ["export", str(mixed["ckpt"]), "--out", str(out), "--int8-cpu", *mixed["common"],
+                                    "--max-drop-miou", "-1"])
+    assert res.exit_code == 8, res.output
+    assert "error:" in res.output and "int8_cpu gate: mIoU drop" in res.output
+    assert (out / "model_int8_cpu.onnx.rejected").is_file() and not (out / "model_int8_cpu.onnx").exists()
+    rep = json.loads((out / "export_report.json").read_text())
+    assert rep["calibration"]["cache"] == "hit" and (out / cal.CACHE_FILE).read_bytes() == before
+    v = rep["variants"]["int8_cpu"]
+    mp = v["mixed_precision"]
+    assert v["status"] == "rejected" and not mp["passed"] and mp["keep_float"] is None
+    assert mp["trace"][-1]["kept_float"] == v["sensitivity"]["units"] and not mp["trace"][-1]["passed"]
+    assert len(v["sensitivity"]["proxy"]["rows"]) == v["sensitivity"]["units"]
+    md = (out / "export_report.md").read_text()
+    assert "no mix passes" in md and "## INT8 sensitivity (int8_cpu)" in md
+    assert "cache `calibration_cache.json`: hit" in md
+    assert "mixed precision int8_cpu: no mix passes the gate" in res.output
+
+
+def test_bench_reports_the_int8_columns_mixed_precision(mixed):
+    from mtl.bench import run_bench
+
+    rep = run_bench(mixed["out"] / "model.onnx", mixed["data"], ("onnxruntime", "onnxruntime-int8",
+                                                                 "onnxruntime-int8-cpu"),
+                    iters=2, warmup=1, threads=1, n_frames=2, out_dir=None, progress=False, rounds=1)
+    rows = {r["backend"]: r for r in rep["rows"]}
+    for col, name in (("onnxruntime-int8", "int8"), ("onnxruntime-int8-cpu", "int8_cpu")):
+        mp = mixed["report"]["variants"][name]["mixed_precision"]
+        q = rows[col]["int8"]
+        assert q == {"calibration": "minmax", "mac_share": mp["int8_mac_share"], "float_nodes": mp["keep_float"]}
+        assert (f"- {col}: calibration minmax, {100 * q['mac_share']:.1f}% of the MACs in INT8, "
+                f"{len(q['float_nodes'])} unit(s) kept in float ({', '.join(q['float_nodes'])})") in rep["markdown"]
+    assert "int8" not in rows["onnxruntime"]

@@ -280,8 +280,8 @@ def int8_mac_share(plan: Int8Plan, keep_float: Iterable[str] = ()) -> float:
 def build_int8(plan: Int8Plan, keep_float: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
     """The INT8 variant of ``plan`` with ``keep_float`` units in float (fp16 for TensorRT, fp32 for the CPU).
     Returns ``(proto, info)``."""
-    keep = [u for u in plan.units if u in set(keep_float)]
-    unknown = set(keep_float) - set(plan.units)
+    keep = list(dict.fromkeys(keep_float))          # the caller's order (mixed precision: most sensitive first)
+    unknown = set(keep) - set(plan.units)
     if unknown:
         raise ValueError(f"not quantizable units of this recipe: {sorted(unknown)}")
     proto = _build_trt(plan, keep) if plan.target == "tensorrt" else _build_cpu(plan, keep)
