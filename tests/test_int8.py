@@ -76,6 +76,37 @@ def test_thresholds_hand_worked():
     assert rp["sym"] == 2.25 and rp["lo"] == -1.0 and rp["hi"] == 2.25
 
 
+def test_mixed_precision_search_grows_bisects_and_prunes():
+    """Hand-checked on a stand-in gate that passes iff units a and c are in float: grow 1 (a), 2 (a b),
+    4 (a b c d: pass), bisect 3 (a b c: pass), prune c (a b: already known to fail, not re-run), b (a c: pass),
+    a (c: fail) -> keep a, c after 6 evaluations."""
+    from mtl.export.mixed import search
+
+    calls = []
+
+    def gate(keep):
+        calls.append(keep)
+        ok = {"a", "c"} <= set(keep)
+        return {"passed": ok, "drop_miou": 0.0 if ok else 0.1, "drop_map": 0.0}
+
+    full = gate(())
+    calls.clear()
+    res = search(list("abcde"), gate, full)
+    assert res["passed"] and res["keep_float"] == ["a", "c"] and res["gate"]["passed"]
+    assert calls == [("a",), ("a", "b"), ("a", "b", "c", "d"), ("a", "b", "c"), ("a", "c"), ("c",)]
+    assert [(t["step"], t["kept_float"], t["unit"], t["passed"]) for t in res["trace"]] == [
+        ("grow", 1, "a", False), ("grow", 2, "b", False), ("grow", 4, "d", True), ("bisect", 3, "c", True),
+        ("prune", 2, "b", True), ("prune", 1, "a", False)]
+    assert res["evaluations"] == 6
+    # nothing passes: grow to every unit, then give up with the everything-float gate
+    calls.clear()
+    none = search(list("abcde"), lambda keep: calls.append(keep) or {"passed": False, "drop_miou": 1.0,
+                                                                      "drop_map": 1.0}, full)
+    assert not none["passed"] and none["keep_float"] is None and len(calls[-1]) == 5 and none["evaluations"] == 4
+    # a full INT8 model that passes needs no search
+    assert search(list("ab"), gate, {"passed": True, "drop_miou": 0, "drop_map": 0})["keep_float"] == []
+
+
 # ------------------------------------------------------------------------------ a tiny fp32 model
 
 
@@ -292,7 +323,8 @@ def test_mixed_precision_makes_a_failing_gate_pass(mixed, name, fname):
     assert mp["trace"][-1]["passed"] or any(t["passed"] and t["keep_float"] == keep for t in mp["trace"])
     meta = read_onnx_metadata(mixed["out"] / fname)
     assert meta["int8_float_nodes"] == keep and meta["int8_mac_share"] == mp["int8_mac_share"]
-    assert meta["int8_calibration"] == "minmax"
+    assert meta["int8_calibration"] == "minmax" and meta["int8_target"] == ("tensorrt" if name == "int8" else "cpu")
+    assert meta["opset"] == (19 if name == "int8" else 18)       # fp16 Q/DQ need opset 19
     # the file written is the one that was gated: scoring it again gives the recorded metrics
     frames = FrameSource(mixed["data"], mixed["cfg"], max_frames=128)
     m = evaluate_sessions({"f": ort_session(mixed["out"] / fname)}, frames, mixed["cfg"], 1)["f"]

@@ -179,8 +179,10 @@ def save_variant(v: Variant, proto: Any, fp32_meta: dict[str, Any], out_dir: Pat
     import onnx
 
     from ..contract import write_onnx_metadata
+    from .onnx_export import opset_of
 
-    write_onnx_metadata(proto, v.metadata(fp32_meta))
+    # a variant may raise the opset (the TensorRT INT8 recipe: 19 for fp16 Q/DQ): record its own
+    write_onnx_metadata(proto, {**v.metadata(fp32_meta), "opset": opset_of(proto)})
     onnx.checker.check_model(proto, full_check=True)
     return save_proto_atomic(proto, out_dir / v.file)
 
