@@ -37,7 +37,7 @@ import numpy as np
 from .options import CALIB_METHODS
 
 CACHE_FILE = "calibration_cache.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2           # 2: entropy ignores the zero spike
 BINS = 2048
 MAX_CANDIDATES = 512          # thresholds tried by entropy / mse (evenly spaced over the bins)
 # ops whose float inputs / outputs one of the recipes quantizes (mtl.export.quantize: INT8_CPU_OP_TYPES)
@@ -202,9 +202,9 @@ def mse_threshold(hist: np.ndarray, amax: float, levels: int) -> float:
 
 def entropy_threshold(hist: np.ndarray, amax: float, levels: int) -> float:
     """TensorRT's entropy calibration: for each candidate threshold (a bin count i >= levels + 1) the
-    reference distribution P is hist[:i] with the clipped tail added to its last bin, Q is P merged into
-    ``levels + 1`` quantization bins and spread back uniformly over P's non-zero bins; the threshold with the
-    smallest KL(P || Q) wins."""
+    reference distribution P is hist[:i] with the clipped tail added to its last bin, Q is hist[:i] merged
+    into ``levels + 1`` quantization bins and spread back uniformly over P's non-zero bins; the threshold with
+    the smallest KL(P || Q) wins. Bin 0 (the exact zeros of ReLU outputs) is set to bin 1's count first."""
     if hist.sum() == 0 or amax <= 0:
         return amax
     n = len(hist)
@@ -212,6 +212,10 @@ def entropy_threshold(hist: np.ndarray, amax: float, levels: int) -> float:
     if n <= nq:
         return amax
     hist = hist.astype(np.float64)
+    # the exact zeros of a ReLU output pile up in bin 0; left there, that spike dominates P and the divergence
+    # favours tiny thresholds that clip every large (rare, e.g. object-peak) activation. Like NVIDIA's
+    # pytorch-quantization, the zero bin counts as much as its neighbour.
+    hist[0] = hist[1]
     best_i, best_kl = n, np.inf
     for i in _candidates(n, nq):
         p = hist[:i].copy()

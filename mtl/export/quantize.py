@@ -455,8 +455,11 @@ def _build_cpu(plan: Int8Plan, keep_float: list[str]) -> Any:
 
 def quantize_int8(model, calib: Any, exclude_heads: bool = True, target: str = "tensorrt",
                   keep_float: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
-    """Calibrated INT8 variant (``calib``: ``mtl.export.calibration.Calibration`` of ``model``): the builders
-    of the variant table call this. Returns ``(proto, info)``."""
+    """Calibrated INT8 variant of ``model``: the builders of the variant table call this. ``calib`` is the
+    ``mtl.export.calibration.Calibration`` of ``model`` (it holds the pre-processed copy of ``model`` that is
+    quantized, with its ranges). Returns ``(proto, info)``."""
+    if calib is None:
+        raise ValueError("an INT8 variant needs a calibration (mtl.export.calibration.calibrate)")
     return build_int8(plan_int8(calib, target, exclude_heads), keep_float)
 
 
