@@ -356,7 +356,8 @@ def test_sensitivity_table_ranks_every_unit(mixed, name):
     assert all(set(r) >= {"drop_miou", "drop_map", "passes_gate"} for r in top)
     md = (mixed["out"] / "export_report.md").read_text()
     table = md.split(f"## INT8 sensitivity ({name})")[1].split("##")[0]
-    assert f"| 1 | `{mixed['consumer']}` | Conv |" in table and table.count("\n| ") == s["units"] + 1
+    assert f"| 1 | `{mixed['consumer']}` | Conv | model.cam_stages.1.0.0 |" in table
+    assert table.count("\n| ") == s["units"] + 1 and rows[0]["layer"] == "model.cam_stages.1.0.0"
 
 
 def test_no_passing_mix_rejects_the_variant_with_its_table_and_reuses_the_cache(mixed, tmp_path):

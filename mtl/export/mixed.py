@@ -134,6 +134,8 @@ def tune_int8(plan: Int8Plan, *, fp32_session: Any, int8_session: Any, probe: li
         return out, None, {}
     proto, info = build_int8(plan, res["keep_float"])
     res["int8_mac_share"] = info["int8_mac_share"]
+    layers = sens.unit_layers(plan)
+    res["keep_float_layers"] = [layers[u][1] for u in res["keep_float"]]
     if plan.target == "cpu":
         sessions = {"fp32": fp32_session, "int8_full": int8_session, "int8_mixed": ort_session(proto)}
         res["latency"] = latency(sessions, feeds)

@@ -119,14 +119,15 @@ def _sensitivity_table(name: str, s: dict[str, Any]) -> list[str]:
     if kf:
         lines.append(f"Last column: the full INT8 model with only that unit kept in float, on {kf['frames']} gate "
                      f"frame(s) ({kf['seconds']} s).")
-    lines += ["", "| rank | unit | op | MACs | score | heatmap | regression | sem logits | sem flips | "
-                  "only this float: drop mIoU / mAP |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| rank | unit | op | layer | MACs | score | heatmap | regression | sem logits | sem flips | "
+                  "only this float: drop mIoU / mAP |", "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in p["rows"]:
         m = measured.get(r["node"])
         meas = "-" if m is None else (f"{m['drop_miou']:+.4f} / {m['drop_map']:+.4f}"
                                       f"{' (passes)' if m['passes_gate'] else ''}")
-        lines.append(f"| {r['rank']} | `{r['node']}` | {r['op']} | {100 * r['mac_share']:.1f}% | {r['score']:.3g} | "
-                     f"{r['hm']:.3g} | {r['reg']:.3g} | {r['sem']:.3g} | {100 * r['sem_flip']:.2f}% | {meas} |")
+        lines.append(f"| {r['rank']} | `{r['node']}` | {r['op']} | {r.get('layer', '-')} | "
+                     f"{100 * r['mac_share']:.1f}% | {r['score']:.3g} | {r['hm']:.3g} | {r['reg']:.3g} | "
+                     f"{r['sem']:.3g} | {100 * r['sem_flip']:.2f}% | {meas} |")
     return lines
 
 
@@ -136,7 +137,8 @@ def _mixed_section(name: str, mp: dict[str, Any]) -> list[str]:
              f"- full INT8 ({100 * mp['int8_mac_share_full']:.1f}% of MACs): drop mIoU {full['drop_miou']:+.4f}, "
              f"mAP {full['drop_map']:+.4f} -> FAIL"]
     if mp["passed"]:
-        lines += [f"- kept in float: {', '.join(f'`{u}`' for u in mp['keep_float'])}",
+        layers = mp.get("keep_float_layers") or ["-"] * len(mp["keep_float"])
+        lines += [f"- kept in float: {', '.join(f'`{u}` ({x})' for u, x in zip(mp['keep_float'], layers))}",
                   f"- {100 * mp['int8_mac_share']:.1f}% of MACs still INT8; drop mIoU {g['drop_miou']:+.4f}, mAP "
                   f"{g['drop_map']:+.4f} -> PASS"]
     else:

@@ -65,8 +65,14 @@ def output_errors(refs: list[dict], gots: list[dict], cfg: Config) -> dict[str, 
     return out
 
 
-def unit_ops(plan: Int8Plan) -> dict[str, str]:
-    return {n.name: n.op_type for n in plan.model.graph.node}
+def unit_layers(plan: Int8Plan) -> dict[str, tuple[str, str]]:
+    """node name -> (op type, the torch layer it came from: its weight's name without ``.weight``, or "-")."""
+    inits = {i.name for i in plan.model.graph.initializer}
+    out = {}
+    for n in plan.model.graph.node:
+        w = n.input[1] if len(n.input) > 1 and n.input[1] in inits and n.op_type in ("Conv", "ConvTranspose") else ""
+        out[n.name] = (n.op_type, w.removesuffix(".weight") or "-")
+    return out
 
 
 def proxy_table(plan: Int8Plan, feeds: list[dict[str, np.ndarray]], refs: list[dict], cfg: Config, n_frames: int,
@@ -74,7 +80,7 @@ def proxy_table(plan: Int8Plan, feeds: list[dict[str, np.ndarray]], refs: list[d
     """Step 1: every unit quantized alone, ranked by output error (largest first). Also the two end points:
     nothing in INT8 (the float remainder alone: fp16 for TensorRT) and everything in INT8."""
     t0 = time.perf_counter()
-    ops = unit_ops(plan)
+    layers = unit_layers(plan)
     total = sum(plan.macs.values()) or 1
 
     def run(keep_float: list[str]) -> dict[str, float]:
@@ -84,7 +90,8 @@ def proxy_table(plan: Int8Plan, feeds: list[dict[str, np.ndarray]], refs: list[d
     rows = []
     for u in (plan.units if units is None else units):
         err = run([x for x in plan.units if x != u])
-        rows.append({"node": u, "op": ops.get(u, "?"), "mac_share": plan.macs.get(u, 0) / total, **_round(err)})
+        op, layer = layers.get(u, ("?", "-"))
+        rows.append({"node": u, "op": op, "layer": layer, "mac_share": plan.macs.get(u, 0) / total, **_round(err)})
     rows.sort(key=lambda r: -r["score"])
     for i, r in enumerate(rows):
         r["rank"] = i + 1
