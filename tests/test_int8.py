@@ -402,3 +402,25 @@ def test_bench_reports_the_int8_columns_mixed_precision(mixed):
         assert (f"- {col}: calibration minmax, {100 * q['mac_share']:.1f}% of the MACs in INT8, "
                 f"{len(q['float_nodes'])} unit(s) kept in float ({', '.join(q['float_nodes'])})") in rep["markdown"]
     assert "int8" not in rows["onnxruntime"]
+
+
+def test_dynamic_batch_models_quantize_with_per_frame_macs(tiny_fp32):
+    """A dynamic-batch export (``--dynamic-batch`` / ``--trt-profile``): its MACs per frame are the static
+    model's, so the recipes and their MAC shares work the same."""
+    from mtl.export.onnx_export import export_onnx_proto
+    from mtl.export.onnx_io import conv_macs, ort_session
+    from mtl.model import build_model
+
+    cfg = tiny_fp32["cfg"]
+    torch.manual_seed(0)
+    proto, _ = export_onnx_proto(build_model(cfg).eval(), cfg, dynamic_batch=True)
+    dyn, _ = pre_process(proto)
+    assert conv_macs(dyn, dynamic_as=1)["total"] == conv_macs(tiny_fp32["model"])["total"] > 0
+    feeds = [{k: np.concatenate([v, v]) for k, v in tiny_fp32["feeds"][0].items()}]      # batch 2
+    c = cal.calibrate(dyn, lambda: feeds, ["a/0"], "sha", "minmax", 99.9, None, None)
+    for target in ("tensorrt", "cpu"):
+        static_share = build_int8(plan_int8(cal.calibrate(tiny_fp32["model"], lambda: tiny_fp32["feeds"], ["a/0"],
+                                                          "sha", "minmax", 99.9, None, None), target))[1]
+        proto8, info = build_int8(plan_int8(c, target))
+        assert info["int8_mac_share"] == static_share["int8_mac_share"]
+        assert ort_session(proto8).run(None, feeds[0])[0].shape[0] == 2

@@ -34,13 +34,16 @@ def run_ort(model: Any, feeds: dict) -> dict:
     return dict(zip(names, sess.run(names, feeds)))
 
 
-def conv_macs(model: Any) -> dict:
+def conv_macs(model: Any, dynamic_as: int | None = None) -> dict:
     """Multiply-accumulates of every Conv / ConvTranspose / MatMul / Gemm of an fp32 ONNX model (a path or a
     ModelProto), from ONNX shape inference (static shapes): {"total": int, "by_op": {op: int},
     "nodes": [(name, op, macs)]}.
 
     Conv: out elements x (kh * kw * C_in / groups); ConvTranspose: in elements x (kh * kw * C_out / groups);
-    MatMul / Gemm: out elements x K. Raises ``DataError`` when a shape is not inferable (dynamic shapes)."""
+    MatMul / Gemm: out elements x K. Raises ``DataError`` when a shape is not inferable (dynamic shapes), unless
+    ``dynamic_as`` gives the symbolic input dims a value (e.g. 1: MACs per frame of a dynamic-batch model)."""
+    import copy
+
     import numpy as np
     import onnx
     from onnx import shape_inference
@@ -49,7 +52,14 @@ def conv_macs(model: Any) -> dict:
 
     source = model if isinstance(model, (str, Path)) else None
     proto = onnx.load(str(model)) if source is not None else model
-    proto = shape_inference.infer_shapes(proto)
+    if dynamic_as is not None:
+        proto = copy.deepcopy(proto)
+        del proto.graph.value_info[:]          # re-inferred from the now static inputs
+        for vi in proto.graph.input:
+            for d in vi.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value"):
+                    d.dim_value = dynamic_as
+    proto = shape_inference.infer_shapes(proto, data_prop=True)     # data_prop: Shape -> Expand chains
     shapes: dict[str, tuple[int, ...]] = {}
     for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
         t = vi.type.tensor_type

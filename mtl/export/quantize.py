@@ -264,7 +264,7 @@ def plan_int8(calib: Any, target: str = "tensorrt", exclude_heads: bool = True) 
     skip = set(excluded) | set(tail)
     units = [n.name for n in m.graph.node if n.op_type in ops and n.name not in skip
              and (target == "cpu" or (len(n.input) > 1 and n.input[1] in inits))]
-    macs = {name: k for name, _, k in conv_macs(m)["nodes"]}
+    macs = {name: k for name, _, k in conv_macs(m, dynamic_as=1)["nodes"]}     # per frame (also dynamic batch)
     base = _trt_base(m) if target == "tensorrt" else None
     return Int8Plan(target, m, calib.ranges, tuple(units), tuple(excluded), tuple(tail), macs, base,
                     dict(calib.info))
