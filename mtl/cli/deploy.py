@@ -4,6 +4,7 @@ from __future__ import annotations
 import click as _ck
 
 # the variant table is import-light (no torch / onnx): the export flags and the bench columns come from it
+from ..export.options import CALIB_METHODS, DEFAULT_MAX_DROP
 from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, GATED_PRECISIONS, OPTIONAL
 from .options import progress_option, want_progress
 
@@ -30,15 +31,30 @@ def _variant_flags(f):
             help="ONNX opset (dynamo exporter: >= 18).")
 @_variant_flags
 @_ck.option("--calib-data", type=_ck.Path(file_okay=False), default=None, help="Chunks for INT8 calibration.")
-@_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True, help="Calibration frames.")
+@_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True,
+            help="Calibration frames, sampled evenly across the scenes (frame id <scene>/<id>) of --calib-data.")
+@_ck.option("--calib-method", type=_ck.Choice(CALIB_METHODS), default="minmax", show_default=True,
+            help="INT8 activation ranges: observed min/max, a percentile of |x|, TensorRT's entropy (KL) "
+                 "calibration, or the least quantization MSE. Cached in OUT/calibration_cache.json.")
+@_ck.option("--calib-percentile", type=_ck.FloatRange(0, 100, min_open=True), default=99.99, show_default=True,
+            help="The |x| percentile of --calib-method percentile.")
 @_ck.option("--val-data", type=_ck.Path(file_okay=False), default=None,
             help=f"Chunks for the parity report and the {GATED_PRECISIONS} metric gates.")
 @_ck.option("--gate-frames", type=_ck.IntRange(min=0), default=128, show_default=True,
             help="Frames for the metric gate (evenly spaced; 0 = all of --val-data).")
-@_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True,
+@_ck.option("--max-drop-miou", type=float, default=DEFAULT_MAX_DROP, show_default=True,
             help="Allowed mIoU drop of a variant vs fp32.")
-@_ck.option("--max-drop-map", type=float, default=0.02, show_default=True,
+@_ck.option("--max-drop-map", type=float, default=DEFAULT_MAX_DROP, show_default=True,
             help="Allowed mAP drop of a variant vs fp32.")
+@_ck.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True,
+            help="An INT8 variant that fails its gate keeps its most sensitive layers in float (fp16 for "
+                 "TensorRT, fp32 for the CPU) until it passes; rejected when no mix does.")
+@_ck.option("--sensitivity", is_flag=True,
+            help="Per-layer sensitivity table of the INT8 variants in export_report.md (also when they pass).")
+@_ck.option("--sensitivity-frames", type=_ck.IntRange(min=1), default=4, show_default=True,
+            help="Validation frames of the per-layer output-error ranking.")
+@_ck.option("--sensitivity-top", type=_ck.IntRange(min=0), default=6, show_default=True,
+            help="With --sensitivity: the most sensitive layers whose mIoU / mAP effect is measured.")
 @_ck.option("--decode", is_flag=True, help="Add det_scores/det_labels/det_boxes (peak NMS + top-K + box decode) "
                                            "to the graph; the score threshold is applied by the runtime.")
 @_ck.option("--slim/--no-slim", default=True, show_default=True, help="onnxslim the fp32 graph (kept only if outputs "
