@@ -393,7 +393,7 @@ def test_bench_reports_the_int8_columns_mixed_precision(mixed):
 
     rep = run_bench(mixed["out"] / "model.onnx", mixed["data"], ("onnxruntime", "onnxruntime-int8",
                                                                  "onnxruntime-int8-cpu"),
-                    iters=2, warmup=1, threads=1, n_frames=2, out_dir=None, progress=False, rounds=1)
+                    queries=2, warmup=1, threads=1, n_frames=2, out_dir=None, progress=False, rounds=1)
     rows = {r["backend"]: r for r in rep["rows"]}
     for col, name in (("onnxruntime-int8", "int8"), ("onnxruntime-int8-cpu", "int8_cpu")):
         mp = mixed["report"]["variants"][name]["mixed_precision"]

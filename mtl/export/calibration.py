@@ -337,9 +337,13 @@ def calibrate(model: Any, feeds: Callable[[], list[dict[str, np.ndarray]]], fram
         stats = collect_stats(model, feeds(), names, histogram=method != "minmax")
         ranges = tensor_ranges(stats, method, percentile)
         info["collect_s"] = round(time.perf_counter() - t0, 3)
-    if cache_out and (status != "hit" or cache_out != cache_in):
-        # a hit is copied too when the cache moves (an export writes its new set into a staging folder)
+    if cache_out and status != "hit":
         write_cache(cache_out, key, ranges, info)
+    elif cache_out and cache_out != cache_in:
+        # a hit moves with the set unchanged (an export writes its new set into a staging folder)
+        from ..io import write_bytes_atomic
+
+        write_bytes_atomic(cache_out, cache_in.read_bytes())
     info["cache"] = status
     if cache_out:
         info["cache_file"] = cache_out.name

@@ -424,7 +424,7 @@ def int8_precision(job: Job, built: list[Built], sessions: dict[str, Any], calib
             mixed=o.mixed_precision, top=o.sensitivity_top, echo=job.echo, name=v.name)
         if mix is not None:
             info.update(calibration_data=str(o.calib_data), calibration_frames=calib.info["frames"])
-            path = save_variant(v, mix, {**fp32_meta, **int8_metadata(info)}, o.out_dir)
+            path = save_variant(v, mix, {**fp32_meta, **int8_metadata(info)}, job.work)
             check_tensorrt(job, v, mix, path, info)               # a fresh report entry for the new file
             new_gate = dict(tables["mixed_precision"]["gate"])
             job.report["variants"][v.name].update(metrics=new_gate.pop("metrics"), gate=new_gate)
