@@ -40,7 +40,7 @@ def inputs(tmp_path_factory):
     from mtl.export.options import ExportOptions
     from mtl.export.run import export_checkpoint
     from mtl.runtime import Pipeline, iter_frames
-    from mtl.runtime.pipeline import infer_directory
+    from mtl.runtime.infer import infer_directory
     from mtl.runtime.scoring import score_results
     from mtl.train import train
 

@@ -472,7 +472,7 @@ def test_mtl_infer_writes_json_png_overlay_and_summary(art, tmp_path):
                                   "--backend", "onnxruntime", "--overlay", "--limit", "2", "--threads", "1",
                                   "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "2 frames ->" in r.output
+    assert "2 frames (2 camera+lidar) ->" in r.output and "(score > 0.3, at most 20 per frame)" in r.output
     docs = sorted((out / "frames").glob("tiny__3_*.json"))
     assert [p.name for p in docs] == ["tiny__3_000.json", "tiny__3_001.json"]
     doc = json.loads(docs[0].read_text())
@@ -486,11 +486,23 @@ def test_mtl_infer_writes_json_png_overlay_and_summary(art, tmp_path):
     sem = np.asarray(Image.open(out / "frames" / doc["semantic_png"]))
     assert sem.shape == tuple(art["cfg"].camera.image_hw) and sem.dtype == np.uint8
     assert sem.max() < art["cfg"].classes.n_sem
+    # the coloured twin for people: each class id in its palette colour
+    from mtl.draw import semantic_palette
+
+    colour = np.asarray(Image.open(out / "frames" / doc["semantic_color_png"]))
+    assert doc["semantic_color_png"] == "tiny__3_000_sem_color.png" and colour.shape == (*sem.shape, 3)
+    assert np.array_equal(colour, semantic_palette(art["cfg"].classes)[sem])
+    assert doc["modality"] == "camera+lidar" and doc["decode"] == {"score_threshold": 0.3, "max_detections": 20}
+    assert "eval" not in doc
     ov = np.asarray(Image.open(out / "frames" / doc["overlay_png"]))
     h, w = art["cfg"].camera.image_hw                  # 32 x 64, drawn 8x (>= 512 px) under a title, legend below
     assert ov.shape[1] == w * 8 and ov.shape[0] > h * 8 and ov.shape[2] == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_written"] == 2 and summary["backend"] == "onnxruntime"
+    assert summary["modalities"] == {"camera+lidar": 2, "camera-only": 0, "lidar-only": 0}
+    assert summary["eval"] is False and "metrics" not in summary
+    assert summary["decode"] == {"score_threshold": 0.3, "max_detections": 20, "eval_score_threshold": 0.05,
+                                 "overrides": {}}
     assert not list(out.rglob(".*tmp*"))                                     # atomic writes left no temp files
 
     r = CliRunner().invoke(main, ["infer", "--model", str(art["onnx"]), "--data", str(art["chunks"]), "--out",
@@ -505,7 +517,7 @@ def test_runtime_never_imports_torch(art, tmp_path):
     code = f"""
 import sys, json
 from mtl.runtime import Pipeline, iter_frames
-from mtl.runtime.pipeline import infer_directory
+from mtl.runtime.infer import infer_directory
 p = Pipeline.open({str(art['onnx'])!r}, "onnxruntime", threads=1)
 n = 0
 for f in iter_frames({str(art['chunks'])!r}, p.cfg, with_gt=True):
