@@ -510,6 +510,51 @@ def test_mtl_infer_writes_json_png_overlay_and_summary(art, tmp_path):
     assert r.exit_code == 6 and "error:" in r.output and "needs a .engine file" in r.output
 
 
+def test_infer_score_threshold_and_max_detections_override_the_models_decode(art, pipe, tmp_path):
+    """--score-threshold / --max-detections cut this run's boxes (recorded per frame and in the summary);
+    out-of-range values and more boxes than an in-graph decode returns are refused (exit 2)."""
+    base = ["infer", "--model", str(art["onnx"]), "--data", str(art["chunks"]), "--backend", "onnxruntime",
+            "--threads", "1"]
+    out = tmp_path / "cut"
+    r = CliRunner().invoke(main, base + ["--out", str(out), "--score-threshold", "0.35", "--max-detections", "3"])
+    assert r.exit_code == 0 and "(score > 0.35, at most 3 per frame)" in r.output, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decode"] == {"score_threshold": 0.35, "max_detections": 3, "eval_score_threshold": 0.05,
+                                 "overrides": {"score_threshold": 0.35, "max_detections": 3}}
+    docs = [json.loads((out / "frames" / f"{n}.json").read_text()) for n in summary["files"]]
+    above = []
+    for d, f in zip(docs, iter_frames(art["chunks"], pipe.cfg)):
+        scores = pipe.run_frame(f).scores                    # the model's own cut: 0.3, at most 20
+        above.append(int((scores > 0.35).sum()))
+        assert [x["score"] for x in d["detections"]] == pytest.approx(list(scores[scores > 0.35][:3]), abs=1e-6)
+        assert d["decode"] == {"score_threshold": 0.35, "max_detections": 3} and len(scores) == 20
+    assert max(above) > 3 and min(above) >= 1                # both cuts at work
+    for flag, value, msg in (("--score-threshold", "0", "0<x<1"), ("--score-threshold", "1", "0<x<1"),
+                             ("--max-detections", "0", "1<=x<=4096")):
+        r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), flag, value])
+        assert r.exit_code == 2 and msg in r.output and not (tmp_path / "x").exists(), r.output
+
+
+def test_set_decode_on_a_model_that_decodes_in_its_graph(art, tmp_path):
+    from mtl.errors import ConfigError
+
+    onnx = export_tiny(art["ckpt"], tmp_path / "dec" / "model.onnx", decode=True)
+    frame = next(iter_frames(art["chunks"], art["cfg"]))
+    with Pipeline.open(onnx, "onnxruntime", threads=1) as p:
+        full = p.run_frame(frame)
+        p.set_decode(score_threshold=0.31, max_detections=2)
+        cut = p.run_frame(frame)
+        assert len(full.boxes) > 2 and len(cut.boxes) == 2 and p.cfg.decode.score_threshold == 0.31
+        assert np.array_equal(cut.boxes, full.boxes[:2]) and p.cfg.decode.eval_score_threshold == 0.05
+        with pytest.raises(ConfigError, match="max_detections 21: this model decodes at most 20 boxes in its graph"):
+            p.set_decode(max_detections=21)
+        with pytest.raises(ConfigError, match="decode.score_threshold: must be > 0 and < 1"):
+            p.set_decode(score_threshold=1.0)
+    r = CliRunner().invoke(main, ["infer", "--model", str(onnx), "--data", str(art["chunks"]), "--out",
+                                  str(tmp_path / "o"), "--backend", "onnxruntime", "--max-detections", "50"])
+    assert r.exit_code == 2 and r.output.startswith(f"error: {onnx}: max_detections 50: this model decodes at most")
+
+
 # ------------------------------------------------------------------------------------- no torch
 
 

@@ -92,6 +92,7 @@ class Pipeline:
 
     def __init__(self, spec: ModelSpec, backend: Backend, overlap: bool | None = None):
         self.spec, self.backend = spec, backend
+        self.model_decode = spec.cfg.decode      # the exported model's own decode settings (set_decode changes cfg)
         # the worker only runs between inferences, so it never competes with the backend's threads
         use = _use_worker(None) if overlap is None else overlap
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mtl-runtime") if use else None
@@ -156,7 +157,7 @@ class Pipeline:
 
         from ..errors import ConfigError
 
-        own = self.cfg.decode.max_detections
+        own = self.model_decode.max_detections
         if self.spec.decode and max_detections is not None and max_detections > own:
             raise ConfigError(self.spec.path, f"max_detections {max_detections}: this model decodes at most {own} "
                                               "boxes in its graph (exported with --decode); ask for at most that")
