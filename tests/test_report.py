@@ -361,3 +361,57 @@ def test_report_overview_shows_the_gap(inputs, tmp_path):
     assert f"Pixel accuracy ranges from <b>{accs[0]:.3f}</b>" in page and f"to <b>{accs[1]:.3f}</b>" in page
     assert f"a gap of {accs[1] - accs[0]:.3f}" in page
     assert np.isfinite(accs).all()
+
+
+def test_infer_eval_on_the_real_a2d2_sample_and_the_gap_in_the_report(a2d2_sample, tmp_path):
+    """`mtl infer --eval` of one model on synthetic frames and on the real A2D2 sample, as a raw tree and as
+    chunks converted with --partial: the real numbers agree between the two and with `mtl eval`, every frame is
+    scored on the labels it has (3 camera + semantic label frames, 1 LiDAR + 3D boxes frame), and the report
+    puts the synthetic and the real pixel accuracy side by side with the gap between them."""
+    from test_runtime import export_tiny, save_tiny_checkpoint
+
+    from mtl.config import Config
+    from mtl.data.convert import convert
+    from mtl.evaluate import evaluate_checkpoint
+
+    cfg = Config().override(**{"model.cam_channels": (4, 8, 8, 8), "model.bev_channels": (8, 8, 8),
+                               "model.cam_depth": 1, "model.bev_depth": 1, "model.bev_decoder_channels": 8,
+                               "model.fuse_channels": 4, "model.head_channels": 8, "model.sem_decoder_channels": 8})
+    ckpt = save_tiny_checkpoint(cfg, tmp_path / "ckpt.pt")
+    onnx = export_tiny(ckpt, tmp_path / "export" / "model.onnx")
+    runner = CliRunner()
+    r = runner.invoke(main, ["data", "synth", "--out", str(tmp_path / "synth"), "--frames", "2", "--seed", "1",
+                             "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    chunks = tmp_path / "real_chunks"
+    convert(a2d2_sample, chunks, cfg, partial=True, workers=1, progress=False, log=lambda m: None)
+
+    def infer_eval(data, out):
+        r = runner.invoke(main, ["infer", "--model", str(onnx), "--data", str(data), "--out", str(out), "--eval",
+                                 "--backend", "onnxruntime", "--threads", "1", "--overlay"])
+        assert r.exit_code == 0, r.output
+        return r.output, json.loads((out / "summary.json").read_text())
+
+    _, synth = infer_eval(tmp_path / "synth", tmp_path / "i_synth")
+    printed, raw = infer_eval(a2d2_sample, tmp_path / "i_real")
+    _, conv = infer_eval(chunks, tmp_path / "i_chunks")
+    assert raw["modalities"] == conv["modalities"] == {"camera+lidar": 0, "camera-only": 3, "lidar-only": 1}
+    assert raw["frames_skipped"] == {"no camera image and no LiDAR": 4}                   # label files alone
+    m, mc = raw["metrics"], conv["metrics"]
+    assert (m["frames"], m["semantic_frames"], m["detection_frames"]) == (4, 3, 1)
+    assert m["n_gt"] == {"car": 1, "truck": 1, "pedestrian": 0, "cyclist": 2}
+    ev, _ = evaluate_checkpoint(str(ckpt), str(chunks), batch_size=2, progress=False)
+    for key in ("miou", "pixel_acc", "map"):
+        assert m[key] == pytest.approx(mc[key], abs=1e-9) == pytest.approx(ev[key], abs=1e-9), key
+    assert f"pixel accuracy {m['pixel_acc']:.4f} over 3 frames" in printed
+    lidar_only = json.loads((tmp_path / "i_real" / "frames" / "20180810_142822__000015196.json").read_text())
+    assert lidar_only["modality"] == "lidar-only" and lidar_only["points"] == 8196                # the whole sweep
+    assert synth["metrics"]["semantic_frames"] == synth["metrics"]["detection_frames"] == 2
+
+    build_report([tmp_path / "i_synth", tmp_path / "i_real"], tmp_path / "site")
+    page = (tmp_path / "site" / "index.html").read_text()
+    accs = sorted([synth["metrics"]["pixel_acc"], m["pixel_acc"]])
+    assert f"Pixel accuracy ranges from <b>{accs[0]:.3f}</b>" in page and f"to <b>{accs[1]:.3f}</b>" in page
+    assert f"a gap of {accs[1] - accs[0]:.3f}" in page
+    assert f"inference on labelled frames of {a2d2_sample}" in page and "lidar-only" in page
+    assert "no camera image: a LiDAR-only frame" not in page                  # drawn into the card's picture
