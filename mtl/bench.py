@@ -24,7 +24,8 @@ Scenarios (``mtl.bench_scenarios``): ``single-stream`` (``time_backends``: back 
 interleaved in ``--rounds`` rounds), ``constant-stream`` (a fixed arrival schedule at ``--rate-hz``; latency
 from arrival, so queueing counts; ``--find-max-rate``) and ``offline`` (``Pipeline.run_stream`` vs
 back-to-back ``run_frame``). Latency: n, min, mean, std, p50 / p90 / p99 / p99.9 (nearest rank) and max over
-``--queries`` queries, plus the 95% upper confidence bound on the p99.9 (``mtl.bench_stats``). The cyclic
+``--queries`` queries, plus the 95% upper confidence bound on the p99.9 (``mtl.bench_stats``); each row also
+keeps every query's end-to-end latency (``latencies_ms``, 0.001 ms: ``mtl report`` draws its CDF). The cyclic
 garbage collector is run and frozen before timing (``gc.freeze``) so its pauses do not land in the tail.
 
 Cold start per backend: the library's import (when this process had not imported it yet), opening the model
@@ -166,10 +167,16 @@ def _import_ms(name: str) -> float | None:
 # -------------------------------------------------------------------------------------- single-stream
 
 
+def latencies_ms(values: Any) -> list[float]:
+    """Every query's end-to-end latency in ms, rounded to 0.001 ms: what the report's latency CDF is drawn from
+    (a few thousand floats per backend)."""
+    return np.round(np.asarray(values, np.float64), 3).tolist()
+
+
 def _summary(per_stage: dict[str, list[float]], latency: list[float]) -> dict:
     st = {k: stats(v) for k, v in per_stage.items()}
     lat = latency_stats(latency)
-    return {"latency": lat, "stages": st,
+    return {"latency": lat, "latencies_ms": latencies_ms(latency), "stages": st,
             "throughput_fps": round(1000.0 / lat["mean"], 2) if lat.get("mean") else None}
 
 
@@ -428,12 +435,12 @@ def run_scenario(scenario: str, pipes: dict[str, Pipeline], frames: list[Runtime
             n, note = usable_sessions(pipe, s["sessions"])
             if scenario == "offline":
                 r = offline(pipe, frames, s["queries"], s["rounds"], n, tick)
-                out[name] = {"offline": r, "latency": r["stream_latency"], "stages": r["stages"],
-                             "throughput_fps": r["stream_fps"]}
+                out[name] = {"offline": r, "latency": r["stream_latency"], "latencies_ms": r.pop("latencies_ms"),
+                             "stages": r["stages"], "throughput_fps": r["stream_fps"]}
             else:
                 r = constant_stream(pipe, frames, s["queries"], s["rate_hz"], s["deadline_ms"], n, tick)
-                out[name] = {"constant_stream": r, "latency": r["latency"], "stages": r["stages"],
-                             "throughput_fps": r["achieved_rate_hz"]}
+                out[name] = {"constant_stream": r, "latency": r["latency"], "latencies_ms": r.pop("latencies_ms"),
+                             "stages": r["stages"], "throughput_fps": r["achieved_rate_hz"]}
                 if s["find_rate"]:
                     start = 0.9 * 1000.0 / max(r["latency"]["p50"], 1e-3)
                     out[name]["max_rate"] = find_max_rate(pipe, frames, s["deadline_ms"], s["probe_queries"], start,
