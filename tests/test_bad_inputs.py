@@ -1,7 +1,7 @@
 """The bad-input corpus: every kind of broken file a fleet of recorded drives produces, generated here
 (no committed binaries), each with its defined behaviour through the user-facing command:
 
-- refused: the command exits with the error type's code (README "Troubleshooting") and prints exactly one
+- refused: the command exits with the error type's code (docs/TROUBLESHOOTING.md) and prints exactly one
   line ``error: <file>: <reason>`` on stderr; nothing is written to the output (or an earlier output stays);
 - skipped with ``--skip-bad`` (convert, train): counted and logged, the job finishes;
 - accepted: inputs that are legal but degenerate (empty cloud, points outside the grid, huge or NaN

@@ -1,6 +1,6 @@
 """The data side of the bad-input corpus (tests/test_bad_inputs.py has the rest; its ``Case`` pattern and
 helpers are reused here): chunk directories that are incomplete, mixed or mid-commit, resource caps
-(README "Resource caps"), class lists, occupied or locked outputs, environment failures, and the kill
+(docs/DATA.md "Resource caps"), class lists, occupied or locked outputs, environment failures, and the kill
 tests of `mtl data convert` / `synth` (fault injection at every write point, real SIGINT / SIGTERM /
 SIGKILL of the parent with workers running).
 """
@@ -384,12 +384,12 @@ def test_limits_come_from_the_environment_and_a_bad_value_is_one_line(monkeypatc
     assert r.stderr.strip().splitlines() == ["error: MTL_MAX_COORDINATE='inf': expected a positive number"]
 
 
-def test_readme_lists_every_cap_with_its_variable_and_default():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_docs_list_every_cap_with_its_variable_and_default():
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "DATA.md").read_text()
     for name, var in ENV.items():
         default = getattr(Limits(), name)
         row = next((ln for ln in readme.splitlines() if ln.startswith("|") and f"`{var}`" in ln), None)
-        assert row is not None, f"README has no caps row for {var}"
+        assert row is not None, f"docs/DATA.md has no caps row for {var}"
         assert f"{default:g}" in row.replace(",", "") or str(default) in row.replace(",", ""), row
 
 

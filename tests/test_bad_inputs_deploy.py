@@ -2,8 +2,8 @@
 ``mtl bench`` against crafted model metadata, mixed export folders, outputs they must not touch, full disks,
 concurrent writers, and a SIGKILL at every durable write (``MTL_FAULT_AT_WRITE=k``).
 
-Each refused case prints one line ``error: <file>: <reason>``, exits with its error type's code (README
-"Troubleshooting") and leaves every file it was given as it was. The kill tests check that an export folder
+Each refused case prints one line ``error: <file>: <reason>``, exits with its error type's code
+(docs/TROUBLESHOOTING.md) and leaves every file it was given as it was. The kill tests check that an export folder
 always holds either the old complete set or the new one (one checkpoint, report matching the models), and that
 an infer output is the old or the new complete result, or (``--resume``) finished frames of one model that a
 ``--resume`` completes to exactly the result of an uninterrupted run.
