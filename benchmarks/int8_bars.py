@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The INT8 bars (README "INT8 that keeps its accuracy") from a trained checkpoint, in one run.
+"""The INT8 bars (docs/INT8.md) from a trained checkpoint, in one run.
 
     python benchmarks/int8_bars.py --checkpoint runs/run/best.pt --calib-data runs/train --val-data runs/val \\
         --out runs/int8_bars [--methods] [--mixed-demo entropy] [--iters 100] [--rounds 10] [--threads 2]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Every number the vehicle-grade performance bars need (README, "Measured latency"), in one run.
+"""Every number the vehicle-grade performance bars need (docs/BENCH.md, "Vehicle-grade bars"), in one run.
 
     python benchmarks/vehicle_bench.py                 # default-config model (random weights) + synthetic raw frames
     python benchmarks/vehicle_bench.py --model export/model.onnx --checkpoint run/best.pt --data raw_val

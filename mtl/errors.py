@@ -1,5 +1,5 @@
 """Error types shared by every stage. Each carries the offending path and a one-line reason, and maps to
-a documented CLI exit code (README, "Troubleshooting")."""
+a documented CLI exit code (README "Errors and exit codes", docs/TROUBLESHOOTING.md)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,7 +3,7 @@ Torch-free.
 
 The defaults are generous for real A2D2 (1920x1208 camera images, up to a few 100k LiDAR points and a few
 dozen boxes per frame, coordinates within 200 m); a file beyond a cap is refused with one line naming it,
-the cap and the environment variable that raises it (README, "Resource caps").
+the cap and the environment variable that raises it (docs/DATA.md, "Resource caps").
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from ..errors import MtlError
 
 
 class _Group(click.Group):
-    """Turns mtl's own errors into one line on stderr and a documented exit code (README, Troubleshooting)."""
+    """Turns mtl's own errors into one line on stderr and a documented exit code (docs/TROUBLESHOOTING.md)."""
 
     def invoke(self, ctx: click.Context):
         try:
