@@ -40,13 +40,12 @@ from .preprocess import (
     ModelSpec,
     StageTimer,
     bev_input,
+    check_api_image,
     check_cam_matrix,
     check_camera,
     check_classes,
     check_image,
-    check_model_image,
     check_points,
-    check_sensor_image,
     decode_image,
     image_input,
 )
@@ -347,7 +346,7 @@ class Pipeline:
                 ``cam_matrix`` not 3x3. One line, naming ``frame_id``.
             ModelMismatchError: ``image`` not at the model size; ``cam_matrix`` not the model's.
         """
-        image = check_model_image(image, self.spec.image_hw, frame_id)
+        image = check_api_image(image, self.spec.image_hw, frame_id, sensor=False)
         points = check_points(points, frame_id, floats_only=True)
         frame = RuntimeFrame(frame_id=frame_id, kind=KIND_CHUNK, points=points, image=image, cam_matrix=cam_matrix,
                              source=frame_id)
@@ -378,7 +377,7 @@ class Pipeline:
             ModelMismatchError: ``image`` not at the camera resolution of the model's calibration.
         """
         w0, h0 = self.cfg.camera.resolution_wh
-        image = check_sensor_image(image, (h0, w0), frame_id)
+        image = check_api_image(image, (h0, w0), frame_id, sensor=True)
         points = check_points(points, frame_id, floats_only=True)
         frame = RuntimeFrame(frame_id=frame_id, kind=KIND_RAW, points=points, image=image, camera=self.cfg.camera,
                              source=frame_id)

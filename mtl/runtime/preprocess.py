@@ -246,31 +246,21 @@ def check_image(image: Any, hw: tuple[int, int], source: str, what: str) -> np.n
     return a
 
 
-def check_sensor_image(image: Any, hw: tuple[int, int], source: str) -> np.ndarray:
-    """``Pipeline.run_sensor``'s image: a numpy uint8 (H0, W0, 3) RGB array at the camera resolution ``hw``."""
+def check_api_image(image: Any, hw: tuple[int, int], source: str, *, sensor: bool) -> np.ndarray:
+    """``Pipeline.run_sensor``'s image (``sensor``: the original distorted uint8 (H0, W0, 3) RGB array at the
+    camera resolution ``hw``) or ``Pipeline.run``'s (uint8 (H, W, 3) RGB, already at the model size ``hw``)."""
+    size = f"the camera resolution {hw[0]}x{hw[1]}" if sensor else f"the model size {hw[0]}x{hw[1]}"
     if not isinstance(image, np.ndarray):
         raise DataError(source, f"image is a {type(image).__name__}, expected a numpy uint8 (H, W, 3) RGB array")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(source, f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3) RGB at the camera "
-                                f"resolution {hw[0]}x{hw[1]}")
+        raise DataError(source, f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3) RGB at {size}")
     if tuple(image.shape[:2]) != tuple(hw):
-        raise ModelMismatchError(source, f"image size mismatch: image is {image.shape[0]}x{image.shape[1]} but the "
-                                         f"model's camera delivers {hw[0]}x{hw[1]}; Pipeline.run_sensor takes the "
-                                         f"original distorted image (Pipeline.run the undistorted model-size one)")
-    return image
-
-
-def check_model_image(image: Any, hw: tuple[int, int], source: str) -> np.ndarray:
-    """``Pipeline.run``'s image: a numpy uint8 (H, W, 3) RGB array already at the model size ``hw``."""
-    if not isinstance(image, np.ndarray):
-        raise DataError(source, f"image is a {type(image).__name__}, expected a numpy uint8 (H, W, 3) RGB array")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(source, f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3) RGB at the model "
-                                f"size {hw[0]}x{hw[1]}")
-    if tuple(image.shape[:2]) != tuple(hw):
-        raise ModelMismatchError(source, f"image size mismatch: image is {image.shape[0]}x{image.shape[1]} but the "
-                                         f"model input is {hw[0]}x{hw[1]}; Pipeline.run takes the undistorted image "
-                                         f"at the model size (mtl.data.a2d2.prepare_image makes it from a raw one)")
+        got = f"image size mismatch: image is {image.shape[0]}x{image.shape[1]} but the "
+        raise ModelMismatchError(source, got + (
+            f"model's camera delivers {hw[0]}x{hw[1]}; Pipeline.run_sensor takes the original distorted image "
+            f"(Pipeline.run the undistorted model-size one)" if sensor else
+            f"model input is {hw[0]}x{hw[1]}; Pipeline.run takes the undistorted image at the model size "
+            f"(mtl.data.a2d2.prepare_image makes it from a raw one)"))
     return image
 
 
@@ -297,12 +287,11 @@ __all__ = [
     "ModelSpec",
     "StageTimer",
     "bev_input",
+    "check_api_image",
     "check_cam_matrix",
     "check_camera",
     "check_classes",
     "check_image",
-    "check_model_image",
-    "check_sensor_image",
     "check_points",
     "decode_image",
     "image_input",
