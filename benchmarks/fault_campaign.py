@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Fault campaign: N random SIGKILLs across `mtl data convert`, `mtl train`, `mtl export` and `mtl infer`.
 
-    python benchmarks/fault_campaign.py                   # 200 kills, seed 0 -> runs/fault_campaign/<date-time>/
+    python benchmarks/fault_campaign.py                   # 200 kills, seed 0 -> runs/benchmarks/fault_campaign_<date>.*
     python benchmarks/fault_campaign.py --quick           # 12 kills: a smoke run
+    python benchmarks/fault_campaign.py --n 48 --jobs 2   # the run the README quotes (about 10 min on 2 cores)
     python benchmarks/fault_campaign.py --n 40 --seed 3 --jobs 1 --commands convert,infer
 
 It first builds its own tiny inputs and the uninterrupted reference result of every command it kills (a
 raw A2D2-layout tree from `mtl data synth`'s generator, tiny chunks and config from tests/conftest.py, the
-checkpoints and exports made by the commands themselves), then runs trials until N kills were delivered.
+checkpoints and exports made by the commands themselves; infer's input holds frames of all three modalities
+and a truncated chunk, run with ``--eval --skip-bad --overlay``), then runs trials until N kills were delivered.
 A trial takes one command (in turn), runs it as a real `python -m mtl.cli` process and SIGKILLs it, one of
 two ways drawn at random:
 
@@ -38,15 +40,17 @@ Checks after a kill, per command:
   (models byte-identical to the reference export, manifest matching, report and manifest naming the new
   checkpoint); a pending commit is refused by ``check_export_set`` (what infer / bench call) and rolls
   forward to the new set; the re-run ends with the reference set (report equal but for times and paths).
-- infer --overwrite: old or new results (per-frame JSON modulo timings, image bytes), a pending commit rolls
-  forward to the new ones; infer --resume: every finished frame (its JSON) equals the reference frame and has
-  its images; the final --resume equals the uninterrupted run.
+- infer --overwrite: old or new results (``frames/<id>.json`` modulo timings, every image byte for byte, the
+  summary's counts, skipped chunk and metrics), a pending commit rolls forward to the new ones; infer --resume:
+  every finished frame (its JSON, metric record included) equals the reference frame and has all its images;
+  the final --resume equals the uninterrupted run, its ``--eval`` metrics included (kept frames count exactly).
 Every re-run must leave no staging folder, temp file or journal behind (only the lock file).
 
-Writes ``campaign.json`` (every kill: command, kind, when, write points passed, phase, checks, re-run time) and
-``campaign.md`` (the table) into ``--out`` (default ``runs/fault_campaign/<date-time>/``). The work folder
-(inputs, references, trial folders) is deleted at the end unless a kill was lost (then it is kept for
-inspection) or ``--keep-work``. Exit status 1 when a kill was lost.
+Writes ``fault_campaign_<date-time>.json`` (every kill: command, kind, when, write points passed, phase, checks,
+re-run time; the device state) and ``.md`` (the table) into ``--out`` (default ``runs/benchmarks/``). The work
+folder (inputs, references, trial folders; default ``OUT/fault_campaign_<date-time>_work/``) is deleted at the
+end unless a kill was lost (then it is kept for inspection) or ``--keep-work``. Exit status 1 when a kill was
+lost.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("convert", "train", "export", "infer")
@@ -456,17 +461,21 @@ def export_reader_problems(d: Path) -> list[str]:
 
 
 INFER_SET = ("frames/*", "summary.json")
+# what an infer summary must carry over a kill (the rest is timings, paths and how many frames a --resume kept)
+INFER_SUMMARY = ("model_sha256", "eval", "decode", "frames_written", "modalities", "frames_skipped", "bad",
+                 "detections", "metrics", "files")
 
 
 def infer_view(out: Path) -> dict[str, object]:
     """An infer output as comparable content: frame JSONs without timings, image bytes, the summary's model,
-    counts and frame names, the manifest's file names (hidden files left out)."""
+    counts, skipped chunks, metrics and frame names (``INFER_SUMMARY``), the manifest's file names (hidden files
+    left out)."""
     view: dict[str, object] = {}
     for rel, digest in visible_files(out).items():
         p = out / rel
         if rel == "summary.json":
             s = read_json(p) or {}
-            view[rel] = (s.get("model_sha256"), s.get("frames_written"), s.get("files"))
+            view[rel] = {k: s.get(k) for k in INFER_SUMMARY}
         elif rel == "manifest.json":
             view[rel] = sorted(e["name"] for e in (read_json(p) or {}).get("files", []))
         elif p.suffix == ".json":
@@ -489,6 +498,8 @@ def infer_state(d: Path, old: dict, new: dict) -> tuple[str, list[str]]:
 def infer_prefix_problems(d: Path, want: dict) -> list[str]:
     """A run killed before its end: every finished frame (its JSON, written last) equals the reference frame
     and has all its images; images without their JSON are unfinished frames that --resume redoes."""
+    from mtl.runtime.results import IMAGE_SUFFIXES
+
     if not (d / "frames").is_dir():
         return []
     view, problems = infer_view(d), []
@@ -496,7 +507,7 @@ def infer_prefix_problems(d: Path, want: dict) -> list[str]:
         rel = f"frames/{j.name}"
         if view.get(rel) != want.get(rel):
             problems.append(f"{rel} differs from the uninterrupted run's")
-        for suffix in ("_sem.png", "_overlay.png"):
+        for suffix in IMAGE_SUFFIXES:
             img = rel[: -len(".json")] + suffix
             if img in want and view.get(img) != want[img]:
                 problems.append(f"{img} is missing or differs while its frame is finished")
@@ -525,6 +536,7 @@ class Fixtures:
     new_summary: object = None
     infer_new: dict = field(default_factory=dict)
     infer_fresh: dict = field(default_factory=dict)
+    infer_model: Path = None                                        # the model the infer trials run
 
     def p(self, name: str) -> Path:
         return self.work / name
@@ -547,7 +559,20 @@ def export_args(fx: Fixtures, ckpt: Path, out: Path) -> list[str]:
 
 def infer_args(fx: Fixtures, model: Path, out: Path, *extra: str) -> list[str]:
     return ["infer", "--model", str(model), "--data", str(fx.p("infer_data")), "--out", str(out), "--backend",
-            "onnxruntime", "--threads", "1", "--overlay", "--no-progress", *extra]
+            "onnxruntime", "--threads", "1", "--overlay", "--eval", "--skip-bad", "--no-progress", *extra]
+
+
+def write_infer_data(d: Path, cfg) -> Path:
+    """Infer's input: 6 tiny frames of every modality (frame 1 LiDAR-only, frame 4 camera-only) in 3 chunks,
+    and a fourth chunk cut in half, which ``--skip-bad`` skips and counts."""
+    from conftest import write_tiny_chunks
+
+    from mtl.data.chunk import HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC
+
+    write_tiny_chunks(d, cfg, n_frames=6, per_chunk=2, seed=3, masks={1: HAS_LIDAR, 4: HAS_IMAGE | HAS_SEMANTIC})
+    whole = (d / "chunk_00002.npz").read_bytes()
+    (d / "chunk_00003.npz").write_bytes(whole[: len(whole) // 2])
+    return d
 
 
 def must_run(args: list[str], log: Path, what: str) -> Ran:
@@ -569,7 +594,7 @@ def build_fixtures(work: Path, commands: tuple[str, ...], say: Callable[[str], N
     fx.p("config.json").write_text(cfg.to_json())
     write_tiny_chunks(fx.p("train"), cfg, n_frames=4, per_chunk=2, seed=0)
     write_tiny_chunks(fx.p("val"), cfg, n_frames=2, per_chunk=2, seed=1)
-    write_tiny_chunks(fx.p("infer_data"), cfg, n_frames=6, per_chunk=2, seed=3)
+    write_infer_data(fx.p("infer_data"), cfg)
     if "convert" in commands:
         from mtl.data import synth
 
@@ -597,16 +622,23 @@ def build_fixtures(work: Path, commands: tuple[str, ...], say: Callable[[str], N
         fx.old_files["export"] = visible_files(fx.p("export_old"))
     if "infer" in commands:
         say("setup: infer results of both models ...")
-        must_run(infer_args(fx, fx.p("export_old") / "model.onnx", fx.p("infer_old")), log, "infer (old)")
-        shutil.copytree(fx.p("infer_old"), fx.p("infer_ref"))
-        r = must_run(infer_args(fx, fx.p("export_ref") / "model.onnx", fx.p("infer_ref"), "--overwrite"), log,
-                     "infer --overwrite (reference)")
-        fx.refs["infer"] = Reference(r.seconds, r.labels, r.times)
-        r = must_run(infer_args(fx, fx.p("export_ref") / "model.onnx", fx.p("infer_fresh")), log, "infer (fresh)")
-        fx.refs["infer-fresh"] = Reference(r.seconds, r.labels, r.times)
-        fx.old_files["infer"] = infer_view(fx.p("infer_old"))
-        fx.infer_new, fx.infer_fresh = infer_view(fx.p("infer_ref")), infer_view(fx.p("infer_fresh"))
+        build_infer_fixtures(fx, fx.p("export_old") / "model.onnx", fx.p("export_ref") / "model.onnx")
     return fx
+
+
+def build_infer_fixtures(fx: Fixtures, old_model: Path, new_model: Path) -> None:
+    """Infer's old results (``old_model``) and the reference runs of the model the trials kill (``new_model``):
+    ``--overwrite`` of the old results, and a fresh run. ``fx.p("infer_data")`` must exist."""
+    log = fx.p("setup.log")
+    fx.infer_model = new_model
+    must_run(infer_args(fx, old_model, fx.p("infer_old")), log, "infer (old)")
+    shutil.copytree(fx.p("infer_old"), fx.p("infer_ref"))
+    r = must_run(infer_args(fx, new_model, fx.p("infer_ref"), "--overwrite"), log, "infer --overwrite (reference)")
+    fx.refs["infer"] = Reference(r.seconds, r.labels, r.times)
+    r = must_run(infer_args(fx, new_model, fx.p("infer_fresh")), log, "infer (fresh)")
+    fx.refs["infer-fresh"] = Reference(r.seconds, r.labels, r.times)
+    fx.old_files["infer"] = infer_view(fx.p("infer_old"))
+    fx.infer_new, fx.infer_fresh = infer_view(fx.p("infer_ref")), infer_view(fx.p("infer_fresh"))
 
 
 # ------------------------------------------------------------------------------------------ after a kill
@@ -846,7 +878,7 @@ class Trial:
 
     def _infer(self) -> None:
         fx, d = self.fx, self.dir / "out"
-        model = fx.p("export_ref") / "model.onnx"
+        model = fx.infer_model
         if self.rng.random() < 0.5:
             args = infer_args(fx, model, d, "--overwrite")
             rec = self.first_kill(args, fx.refs["infer"], "overwrite", self._reset_to(d, fx.p("infer_old")))
@@ -871,10 +903,11 @@ class Trial:
 
 
 def campaign(n: int, seed: int, jobs: int, commands: tuple[str, ...], work: Path,
-             say: Callable[[str], None] = print) -> dict:
-    """Build the inputs in ``work``, deliver ``n`` kills with ``jobs`` trials at a time; returns the results."""
-    t0 = time.monotonic()
-    fx = build_fixtures(work, commands, say)
+             say: Callable[[str], None] = print, fixtures: Fixtures | None = None) -> dict:
+    """Build the inputs in ``work`` (or take ``fixtures`` built for ``commands``), deliver ``n`` kills with ``jobs``
+    trials at a time; returns the results."""
+    t0, load_start = time.monotonic(), [round(x, 2) for x in os.getloadavg()]
+    fx = fixtures or build_fixtures(work, commands, say)
     setup_s = time.monotonic() - t0
     say(f"setup done in {setup_s:.0f} s; write points of the reference runs: "
         + ", ".join(f"{c} {len(r.labels)}" for c, r in fx.refs.items()))
@@ -904,7 +937,9 @@ def campaign(n: int, seed: int, jobs: int, commands: tuple[str, ...], work: Path
     with ThreadPoolExecutor(jobs) as pool:
         for f in [pool.submit(worker) for _ in range(jobs)]:
             f.result()
-    return summarise(records, misses[0], fx, commands, n, seed, jobs, setup_s, time.monotonic() - t0)
+    res = summarise(records, misses[0], fx, commands, n, seed, jobs, setup_s, time.monotonic() - t0)
+    res["device"]["load_avg_start"] = load_start
+    return res
 
 
 def _spread(values: list[float]) -> dict | None:
@@ -938,13 +973,12 @@ def summarise(records: list[KillRecord], misses: int, fx: Fixtures, commands: tu
         }
     kills = [r for r in records if r.kind != "none"]
     lost = [r for r in records if r.problems]
-    from mtl.bench import cpu_model
+    from mtl.bench import device_state
 
     return {
         "campaign": {"n": n, "seed": seed, "jobs": jobs, "commands": list(commands), "setup_s": round(setup_s, 1),
                      "total_s": round(total_s, 1), "misses": misses},
-        "device": {"cpu_model": cpu_model() or "unknown", "cpu_count": os.cpu_count(),
-                   "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
+        "device": {**device_state(1), "load_avg_end": [round(x, 2) for x in os.getloadavg()]},   # threads: each child
         "totals": {"kills": len(kills), "survived": len(kills) - sum(bool(r.problems) for r in kills),
                    "lost": len(lost)},
         "per_command": per,
@@ -954,12 +988,13 @@ def summarise(records: list[KillRecord], misses: int, fx: Fixtures, commands: tu
 
 
 def markdown(res: dict) -> str:
-    c, t = res["campaign"], res["totals"]
+    c, t, dev = res["campaign"], res["totals"], res["device"]
     lines = [f"# Fault campaign: survived {t['survived']}/{t['kills']}, lost {t['lost']}", "",
              f"{t['kills']} SIGKILLs (seed {c['seed']}, {c['jobs']} trial(s) at a time) across "
              f"{', '.join(c['commands'])}; {c['total_s'] / 60:.1f} min in all ({c['setup_s']:.0f} s of setup), "
-             f"CPU {res['device']['cpu_model']} ({res['device']['cpu_count']} cores, load avg at the end "
-             f"{res['device']['load_avg_end']}). {c['misses']} draws missed (the run finished before its kill) "
+             f"CPU {dev['cpu_model'] or 'unknown'} ({dev['cpu_count']} cores, load avg at the start "
+             f"{dev.get('load_avg_start', '-')}, at the end {dev['load_avg_end']}; every command single-threaded). "
+             f"{c['misses']} draws missed (the run finished before its kill) "
              "and were drawn again.", "",
              "| command | kills (write / timer) | runs killed | survived | lost | died after s (median, range) "
              "| phase: before any write / between writes / inside a commit / after a commit "
@@ -989,8 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="trials at a time (default 2)")
     ap.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated subset of " + ",".join(COMMANDS))
-    ap.add_argument("--out", type=Path, default=None, help="default: runs/fault_campaign/<date-time>")
-    ap.add_argument("--work", type=Path, default=None, help="inputs and trial folders (default: OUT/work)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default runs/benchmarks)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="inputs and trial folders (default: OUT/fault_campaign_<date-time>_work)")
     ap.add_argument("--keep-work", action="store_true", help="keep the work folder even when nothing was lost")
     ap.add_argument("--quick", action="store_true", help="12 kills: a smoke run")
     a = ap.parse_args(argv)
@@ -999,17 +1035,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not commands:
         ap.error(f"--commands: unknown {unknown}; choose from {', '.join(COMMANDS)}")
     n = 12 if a.quick else a.n
-    out = a.out or REPO / "runs" / "fault_campaign" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = a.work or out / "work"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = a.work or a.out / f"fault_campaign_{stamp}_work"
     res = campaign(n, a.seed, max(1, a.jobs), commands, work, say=lambda s: print(s, flush=True))
-    from mtl.io import write_bytes_atomic, write_json_atomic
+    from mtl.bench import write_results
 
-    write_json_atomic(out / "campaign.json", res)
-    write_bytes_atomic(out / "campaign.md", markdown(res).encode())
+    written = write_results(a.out, "fault_campaign", res, markdown(res), stamp=stamp)
     t = res["totals"]
     if t["lost"] == 0 and not a.keep_work:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"survived {t['survived']}/{t['kills']}, lost {t['lost']} -> {out / 'campaign.md'}"
+    print(f"survived {t['survived']}/{t['kills']}, lost {t['lost']} -> {written['markdown']}"
           + (f" (trial folders of the lost kills kept in {work / 'trials'})" if t["lost"] else ""))
     return 1 if t["lost"] else 0
 

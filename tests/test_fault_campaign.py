@@ -208,13 +208,28 @@ def _frame(fid: str, model: str, score: float, timing: float = 1.0) -> bytes:
     return _json({"frame_id": fid, "model_sha256": model, "detections": [score], "timing_ms": {"total": timing}})
 
 
+def _summary(model: str, miou: float, resumed: int = 0, wall_s: float = 1.0) -> bytes:
+    return _json({"model_sha256": model, "frames_written": 2, "frames_resumed": resumed, "wall_s": wall_s,
+                  "frames_skipped": {"bad chunk": 1}, "metrics": {"miou": miou}, "files": ["a", "b"]})
+
+
 def test_infer_checker_catches_frames_of_two_models_and_a_finished_frame_without_its_image(tmp_path):
     old = _files(tmp_path / "old", {"frames/a.json": _frame("a", "A", 0.1), "frames/a_sem.png": b"A a",
-                                    "frames/b.json": _frame("b", "A", 0.2), "frames/b_sem.png": b"A b"})
+                                    "frames/b.json": _frame("b", "A", 0.2), "frames/b_sem.png": b"A b",
+                                    "summary.json": _summary("A", 0.1)})
     new = _files(tmp_path / "new", {"frames/a.json": _frame("a", "B", 0.3), "frames/a_sem.png": b"B a",
-                                    "frames/b.json": _frame("b", "B", 0.4), "frames/b_sem.png": b"B b"})
+                                    "frames/a_sem_color.png": b"B a colour",
+                                    "frames/b.json": _frame("b", "B", 0.4), "frames/b_sem.png": b"B b",
+                                    "summary.json": _summary("B", 0.2)})
     v_old, v_new = fc.infer_view(old), fc.infer_view(new)
     assert fc.infer_state(old, v_old, v_new)[0] == "old"
+    # a --resume's summary: timings and how many frames were kept aside, its metrics must be the same
+    resumed = _files(tmp_path / "resumed", {**{n: (new / n).read_bytes() for n in v_new},
+                                            "summary.json": _summary("B", 0.2, resumed=1, wall_s=9.0)})
+    assert fc.infer_view(resumed) == v_new
+    _files(resumed, {"summary.json": _summary("B", 0.25, resumed=1)})
+    assert fc.infer_state(resumed, v_old, v_new) == (
+        "mixed", ["neither the old results nor the new ones (e.g. ['summary.json'] differ from the new ones)"])
     retimed = _files(tmp_path / "retimed", {**{n: (new / n).read_bytes() for n in v_new},
                                             "frames/a.json": _frame("a", "B", 0.3, timing=7.0)})
     assert fc.infer_state(retimed, v_old, v_new)[0] == "new"          # timings aside
@@ -224,8 +239,13 @@ def test_infer_checker_catches_frames_of_two_models_and_a_finished_frame_without
     assert state == "mixed" and "frames/b.json" in problems[0]
     # a killed run: a finished frame equal to the reference passes; one without its image, or another model's, not
     part = _files(tmp_path / "part", {"frames/a.json": (new / "frames/a.json").read_bytes(),
-                                      "frames/a_sem.png": b"B a", "frames/b_sem.png": b"half"})
+                                      "frames/a_sem.png": b"B a", "frames/a_sem_color.png": b"B a colour",
+                                      "frames/b_sem.png": b"half"})
     assert fc.infer_prefix_problems(part, v_new) == []
+    (part / "frames/a_sem_color.png").write_bytes(b"torn")
+    assert fc.infer_prefix_problems(part, v_new) == [
+        "frames/a_sem_color.png is missing or differs while its frame is finished"]
+    (part / "frames/a_sem_color.png").write_bytes(b"B a colour")
     (part / "frames/a_sem.png").unlink()
     _files(part, {"frames/b.json": _frame("b", "A", 0.2)})
     assert fc.infer_prefix_problems(part, v_new) == [
@@ -263,3 +283,27 @@ def test_a_four_kill_smoke_campaign_loses_nothing(tmp_path):
     assert sum(r["rerun_s"] is not None for r in res["kills"]) == len({r["trial"] for r in res["kills"]})
     assert "survived 4/4, lost 0" in fc.markdown(res)
     assert not list((tmp_path / "work" / "trials").iterdir())      # survived trials leave nothing behind
+
+
+@pytest.mark.slow
+def test_a_four_kill_infer_campaign_on_tiny_exports_loses_nothing(tmp_path):
+    """4 real SIGKILLs of `mtl infer` on the campaign's own input (frames of every modality and a truncated
+    chunk; --eval --skip-bad --overlay), with two tiny random-weight exports instead of trained ones: the
+    --overwrite of the other model's results and a fresh run continued with --resume are both killed."""
+    pytest.importorskip("onnxruntime")
+    from test_runtime import export_tiny, runtime_cfg, save_tiny_checkpoint
+
+    fx, cfg = fc.Fixtures(tmp_path / "work"), runtime_cfg()
+    fc.write_infer_data(fx.p("infer_data"), cfg)
+    old, new = (export_tiny(save_tiny_checkpoint(cfg, tmp_path / m / "ckpt.pt", seed=i), tmp_path / m / "model.onnx")
+                for i, m in enumerate(("old", "new")))
+    fc.build_infer_fixtures(fx, old, new)
+    ref = fx.infer_fresh["summary.json"]
+    assert ref["modalities"] == {"camera+lidar": 4, "camera-only": 1, "lidar-only": 1}
+    assert ref["frames_skipped"] == {"bad chunk": 1} and ref["metrics"]["frames"] == 5
+    assert fx.infer_new == fx.infer_fresh != fx.old_files["infer"]
+
+    res = fc.campaign(4, seed=0, jobs=1, commands=("infer",), work=fx.work, say=lambda s: None, fixtures=fx)
+    assert res["totals"] == {"kills": 4, "survived": 4, "lost": 0}, res["lost"]
+    assert {r["variant"] for r in res["kills"]} >= {"overwrite", "fresh"}
+    assert not list((fx.work / "trials").iterdir())
