@@ -369,10 +369,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def make_manifest(directory: Path, names: Sequence[str], **about) -> dict:
-    """The manifest of the files ``directory/<name>`` (name, size, sha256) plus what the set is (``about``)."""
-    files = [{"name": n, "size": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)}
-             for n in names]
+def make_manifest(directory: Path, names: Sequence[str], known: dict[str, dict] | None = None, **about) -> dict:
+    """The manifest of the files ``directory/<name>`` (name, size, sha256) plus what the set is (``about``);
+    ``known`` entries (name -> {name, size, sha256}) are taken as they are instead of hashing the file again."""
+    known = known or {}
+    files = [known[n] if n in known else
+             {"name": n, "size": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)} for n in names]
     return {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, **about, "files": files}
 
 
