@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = REPO / "runs" / "benchmarks"      # never a tracked folder by default; curated copies: benchmarks/results/
 BENCH_DIR = Path(__file__).resolve().parent
 
 # default input sizes, small widths: memory behaviour depends on the runtime and the input sizes, not the widths

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Single-thread latency of ``mtl.geometry.bev_raster`` vs point count.
 
-    python benchmarks/bench_raster.py [--iters 200] [--warmup 10] [--out benchmarks/results]
+    python benchmarks/bench_raster.py [--iters 200] [--warmup 10] [--out runs/benchmarks]
 
 Points are uniform in a box 2 m wider than the default grid on every side and 0.5 m beyond its z range (so
 some fall outside, as in a real sweep), reflectance in [0, 1]. Times each size ``--iters`` times on one

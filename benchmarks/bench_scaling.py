@@ -15,7 +15,7 @@ threads, each with its measured growth (least-squares slope and last / first rat
    inference and end-to-end ms. Growth: ms per input megapixel.
 4. Threads 1 and 2: single-stream frames/s (``run_frame`` back to back) and offline frames/s (``run_stream``)
    of the default model on sensor-input frames (synthetic distorted full-resolution pixels + 50k points).
-Writes JSON + markdown under --out (benchmarks/results by default).
+Writes JSON + markdown under --out (runs/benchmarks by default).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """mAP of one checkpoint against the detection score cut and the per-frame top-K.
 
-    python benchmarks/eval_score_cut.py --checkpoint run/last.pt --data val [--out benchmarks/results]
+    python benchmarks/eval_score_cut.py --checkpoint run/last.pt --data val [--out runs/benchmarks]
 
 Runs the model once over every frame of ``--data`` (no augmentation), keeps the sigmoid heatmaps, then
 scores them with ``mtl.metrics.MetricsAccumulator`` (the implementation behind every mAP in mtl) at each
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--cuts", default="0,0.01,0.05,0.1,0.2,0.3")
     ap.add_argument("--top-k", default="100,500")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(REPO / "runs" / "benchmarks"))
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from mtl.io import write_bytes_atomic, write_json_atomic

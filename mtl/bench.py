@@ -24,7 +24,8 @@ Scenarios (``mtl.bench_scenarios``): ``single-stream`` (``time_backends``: back 
 interleaved in ``--rounds`` rounds), ``constant-stream`` (a fixed arrival schedule at ``--rate-hz``; latency
 from arrival, so queueing counts; ``--find-max-rate``) and ``offline`` (``Pipeline.run_stream`` vs
 back-to-back ``run_frame``). Latency: n, min, mean, std, p50 / p90 / p99 / p99.9 (nearest rank) and max over
-``--queries`` queries, plus the 95% upper confidence bound on the p99.9 (``mtl.bench_stats``). The cyclic
+``--queries`` queries, plus the 95% upper confidence bound on the p99.9 (``mtl.bench_stats``); each row also
+keeps every query's end-to-end latency (``latencies_ms``, 0.001 ms: ``mtl report`` draws its CDF). The cyclic
 garbage collector is run and frozen before timing (``gc.freeze``) so its pauses do not land in the tail.
 
 Cold start per backend: the library's import (when this process had not imported it yet), opening the model
@@ -166,10 +167,16 @@ def _import_ms(name: str) -> float | None:
 # -------------------------------------------------------------------------------------- single-stream
 
 
+def latencies_ms(values: Any) -> list[float]:
+    """Every query's end-to-end latency in ms, rounded to 0.001 ms: what the report's latency CDF is drawn from
+    (a few thousand floats per backend)."""
+    return np.round(np.asarray(values, np.float64), 3).tolist()
+
+
 def _summary(per_stage: dict[str, list[float]], latency: list[float]) -> dict:
     st = {k: stats(v) for k, v in per_stage.items()}
     lat = latency_stats(latency)
-    return {"latency": lat, "stages": st,
+    return {"latency": lat, "latencies_ms": latencies_ms(latency), "stages": st,
             "throughput_fps": round(1000.0 / lat["mean"], 2) if lat.get("mean") else None}
 
 
@@ -316,44 +323,13 @@ def parity(ref: list[dict], got: list[dict], ref_metrics: dict, got_metrics: dic
 
 
 def onnx_conv_macs(path: str | Path) -> dict:
-    """Multiply-accumulates of every Conv / ConvTranspose / MatMul / Gemm in an fp32 ONNX model, from
-    ONNX shape inference (static shapes): {"total": int, "by_op": {op: int}, "nodes": [(name, op, macs)]}.
+    """Multiply-accumulates of every Conv / ConvTranspose / MatMul / Gemm in an fp32 ONNX model
+    (``mtl.export.onnx_io.conv_macs``, shared with the INT8 exporter's MAC share): {"total": int,
+    "by_op": {op: int}, "nodes": [(name, op, macs)]}. What the roofline (benchmarks/bench_roofline.py) divides
+    by the measured time to get achieved GFLOP/s (2 FLOPs a MAC)."""
+    from .export.onnx_io import conv_macs
 
-    Conv: out elements x (kh * kw * C_in / groups); ConvTranspose: in elements x (kh * kw * C_out / groups);
-    MatMul / Gemm: out elements x K. What the roofline
-    (benchmarks/bench_roofline.py) divides by the measured time to get achieved GFLOP/s (2 FLOPs a MAC)."""
-    import onnx
-    from onnx import shape_inference
-
-    model = shape_inference.infer_shapes(onnx.load(str(path)))
-    shapes: dict[str, tuple[int, ...]] = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
-    for init in model.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    by_op: dict[str, int] = {}
-    nodes: list[tuple[str, str, int]] = []
-    for n in model.graph.node:
-        if n.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
-            continue
-        out, w = shapes.get(n.output[0]), shapes.get(n.input[1])
-        if out is None or w is None:
-            raise DataError(path, f"node {n.name or n.op_type}: shapes not inferable (dynamic shapes?)")
-        if n.op_type == "Conv":                                 # w: (C_out, C_in / groups, kh, kw)
-            macs = int(np.prod(out)) * int(np.prod(w[1:]))
-        elif n.op_type == "ConvTranspose":                      # w: (C_in, C_out / groups, kh, kw)
-            x = shapes.get(n.input[0])
-            if x is None:
-                raise DataError(path, f"node {n.name or n.op_type}: input shape not inferable")
-            macs = int(np.prod(x)) * int(np.prod(w[1:]))        # every input element scatters a kernel
-        else:                                                   # (.., M, K) @ (K, N) -> (.., M, N)
-            trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
-            macs = int(np.prod(out)) * (w[-1] if trans_b else w[-2])
-        by_op[n.op_type] = by_op.get(n.op_type, 0) + macs
-        nodes.append((n.name, n.op_type, macs))
-    return {"total": sum(by_op.values()), "by_op": by_op, "nodes": nodes}
+    return conv_macs(path)
 
 
 # ---------------------------------------------------------------------------------------- the bench
@@ -406,6 +382,7 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
         with quiet_gc():
             timed = run_scenario(scenario, pipes, frames, settings, lambda: advance(1))
         results = _finish_rows(rows, pipes, timed, frames, cfg)
+        _add_int8_info(rows, model)
     finally:
         for pipe in pipes.values():
             pipe.close()
@@ -458,12 +435,12 @@ def run_scenario(scenario: str, pipes: dict[str, Pipeline], frames: list[Runtime
             n, note = usable_sessions(pipe, s["sessions"])
             if scenario == "offline":
                 r = offline(pipe, frames, s["queries"], s["rounds"], n, tick)
-                out[name] = {"offline": r, "latency": r["stream_latency"], "stages": r["stages"],
-                             "throughput_fps": r["stream_fps"]}
+                out[name] = {"offline": r, "latency": r["stream_latency"], "latencies_ms": r.pop("latencies_ms"),
+                             "stages": r["stages"], "throughput_fps": r["stream_fps"]}
             else:
                 r = constant_stream(pipe, frames, s["queries"], s["rate_hz"], s["deadline_ms"], n, tick)
-                out[name] = {"constant_stream": r, "latency": r["latency"], "stages": r["stages"],
-                             "throughput_fps": r["achieved_rate_hz"]}
+                out[name] = {"constant_stream": r, "latency": r["latency"], "latencies_ms": r.pop("latencies_ms"),
+                             "stages": r["stages"], "throughput_fps": r["achieved_rate_hz"]}
                 if s["find_rate"]:
                     start = 0.9 * 1000.0 / max(r["latency"]["p50"], 1e-3)
                     out[name]["max_rate"] = find_max_rate(pipe, frames, s["deadline_ms"], s["probe_queries"], start,
@@ -598,6 +575,21 @@ def _finish_rows(rows: list[dict], pipes: dict[str, Pipeline], timed: dict[str, 
             row["status"] = f"failed: {e}"
     return results
 
+
+def _add_int8_info(rows: list[dict], model: Path) -> None:
+    """The INT8 rows' calibration method and mixed precision (units kept in float, share of MACs in INT8),
+    from the metadata ``mtl export`` wrote into their files."""
+    from .contract import read_onnx_metadata
+
+    paths = _model_paths(model)
+    for row in rows:
+        v = bench_variant(row["backend"])
+        if v is None or v.precision != "int8" or row.get("status") != "ok":
+            continue
+        meta = read_onnx_metadata(paths[row["backend"]])
+        if "int8_mac_share" in meta:
+            row["int8"] = {"calibration": meta.get("int8_calibration"), "mac_share": meta["int8_mac_share"],
+                           "float_nodes": list(meta.get("int8_float_nodes") or [])}
 
 
 def _add_parity(rows: list[dict], results: dict[str, list[dict]], checkpoint: Path | None, threads: int | None,

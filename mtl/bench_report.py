@@ -76,6 +76,12 @@ def to_markdown(report: dict) -> str:
     if report.get("remap_table_build_ms") is not None:
         notes.append(f"the camera's fused remap table was built once before the backends opened: "
                      f"{report['remap_table_build_ms']:.0f} ms (cold start of the raw / sensor path)")
+    for r in report["rows"]:
+        q = r.get("int8")
+        if q:
+            kept = q["float_nodes"]
+            notes.append(f"{r['backend']}: calibration {q['calibration']}, {100 * q['mac_share']:.1f}% of the MACs in "
+                         f"INT8, {len(kept)} unit(s) kept in float" + (f" ({', '.join(kept)})" if kept else ""))
     if report.get("parity_note"):
         notes.append(f"parity: {report['parity_note']}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -69,7 +69,7 @@ def constant_stream(pipe: Pipeline, frames: list[RuntimeFrame], queries: int, ra
     over = int((latency > deadline_ms).sum())
     late = start_delay > LATE_MS
     return {"rate_hz": float(rate_hz), "deadline_ms": float(deadline_ms), "queries": queries, "sessions": sessions,
-            "latency": latency_stats(latency),
+            "latency": latency_stats(latency), "latencies_ms": np.round(latency, 3).tolist(),
             "over_deadline": {"count": over, "share": round(over / queries, 6)},
             "late_frames": {"count": int(late.sum()), "threshold_ms": LATE_MS,
                             "max_start_delay_ms": round(float(start_delay.max()), 4)},
@@ -154,6 +154,7 @@ def offline(pipe: Pipeline, frames: list[RuntimeFrame], queries: int, rounds: in
             "stream_fps": round(fps["stream"], 3), "single_stream_fps": round(fps["single"], 3),
             "ratio": round(fps["stream"] / fps["single"], 4),
             "busy_cores": busy, "stream_latency": latency_stats(per_stage.get("total", [])),
+            "latencies_ms": np.round(per_stage.get("total", []), 3).tolist(),
             "stages": _stage_stats(per_stage)}
 
 

@@ -43,7 +43,15 @@ from .data.chunk import (
     read_chunk,
 )
 from .errors import ChunkError
-from .geometry import NearestTable, RemapTable, bev_raster, heatmap_targets, normalise_image, scale_cam_matrix
+from .geometry import (
+    NearestTable,
+    RemapTable,
+    bev_raster,
+    heatmap_targets,
+    mean_colour_image,
+    normalise_image,
+    scale_cam_matrix,
+)
 
 TENSOR_KEYS = ("image", "bev", "heatmap", "reg", "reg_mask", "semantic")
 LIST_KEYS = ("boxes", "box_class", "frame_id", "modality_mask")
@@ -250,8 +258,7 @@ class ChunkDataset(Dataset):
         image = frame.image() if frame.modality_mask & HAS_IMAGE else None
         semantic = frame.semantic() if image is not None and frame.modality_mask & HAS_SEMANTIC else None
         if image is None:
-            image = np.empty((*cam.image_hw, 3), np.uint8)
-            image[:] = np.round(np.asarray(cam.mean) * 255).astype(np.uint8)
+            image = mean_colour_image(cam)
         if semantic is None:
             semantic = np.full(image.shape[:2], self.cfg.classes.ignore_index, np.uint8)
         return image, semantic

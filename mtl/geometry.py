@@ -521,6 +521,15 @@ def _normalise_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarra
         np.float32)
 
 
+def mean_colour_image(camera: CameraConfig) -> np.ndarray:
+    """(H, W, 3) uint8 at ``camera.image_hw`` filled with the normalisation mean colour: the stand-in for a
+    missing camera image (it normalises to ~0), fed by ``mtl eval`` on partial frames and ``mtl infer`` for
+    LiDAR-only frames alike, so both score the same inputs."""
+    img = np.empty((*camera.image_hw, 3), np.uint8)
+    img[:] = np.round(np.asarray(camera.mean) * 255).astype(np.uint8)
+    return img
+
+
 def normalise_image(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(H, W, 3) uint8 -> (3, H, W) float32 normalised model input ``(x / 255 - mean) / std``.
 

@@ -271,18 +271,29 @@ class MetricsAccumulator:
     def add_frame(self, frame_id: str, *, semantic_pred: np.ndarray | None = None,
                   semantic_gt: np.ndarray | None = None, boxes: np.ndarray | None = None,
                   scores: np.ndarray | None = None, labels: np.ndarray | None = None,
-                  gt_boxes: np.ndarray | None = None, gt_labels: np.ndarray | None = None) -> None:
-        """One frame. Semantics: (H, W) predicted and ground-truth class ids (both or neither). Detection:
-        predictions (n, 7) boxes in metres, (n,) scores, (n,) class ids (None: no predictions) scored
-        against (m, 7) / (m,) ground truth; a frame without ``gt_boxes`` is not scored for detection."""
+                  gt_boxes: np.ndarray | None = None, gt_labels: np.ndarray | None = None,
+                  semantic_confmat: np.ndarray | None = None) -> None:
+        """One frame. Semantics: (H, W) predicted and ground-truth class ids (both or neither), or the frame's
+        (n_sem, n_sem) ``semantic_confmat`` (rows ground truth, as ``confusion_matrix`` makes it: what a stored
+        frame contributes, e.g. ``mtl infer --eval --resume``). Detection: predictions (n, 7) boxes in metres,
+        (n,) scores, (n,) class ids (None: no predictions) scored against (m, 7) / (m,) ground truth; a frame
+        without ``gt_boxes`` is not scored for detection."""
         if frame_id in self._seen:
             raise ValueError(f"frame {frame_id!r} was added twice: every frame is scored once")
         if (semantic_pred is None) != (semantic_gt is None):
             raise ValueError(f"frame {frame_id!r}: semantic_pred and semantic_gt go together")
+        if semantic_confmat is not None and semantic_gt is not None:
+            raise ValueError(f"frame {frame_id!r}: give semantic_pred / semantic_gt or semantic_confmat, not both")
         if (gt_boxes is None) != (gt_labels is None):
             raise ValueError(f"frame {frame_id!r}: gt_boxes and gt_labels go together")
         if semantic_gt is not None:
-            self.confmat += confusion_matrix(semantic_gt, semantic_pred, len(self.sem_classes), self.ignore_index)
+            semantic_confmat = confusion_matrix(semantic_gt, semantic_pred, len(self.sem_classes), self.ignore_index)
+        if semantic_confmat is not None:
+            m = np.asarray(semantic_confmat)
+            if m.shape != self.confmat.shape or m.dtype.kind not in "iu" or (m < 0).any():
+                raise ValueError(f"frame {frame_id!r}: semantic_confmat must be non-negative integers of shape "
+                                 f"{self.confmat.shape}, got {m.dtype} {m.shape}")
+            self.confmat += m
             self.n_semantic_frames += 1
         if gt_boxes is not None:
             self.detections.append(self._cut(frame_id, boxes, scores, labels) + _known_gt(gt_boxes, gt_labels))

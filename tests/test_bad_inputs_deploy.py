@@ -426,11 +426,12 @@ def test_overwrite_replaces_old_results_only_once_the_new_run_is_complete(tmp_pa
     out = tmp_path / "out"
     r = CliRunner().invoke(main, _infer(art["onnx"], art["chunks"], tmp_path) + ["--overlay"])
     assert r.exit_code == 0, r.output
-    assert len(list((out / "frames").iterdir())) == 9
+    assert len(list((out / "frames").iterdir())) == 12                     # per frame: JSON, ids, colours, overlay
     r = CliRunner().invoke(main, _infer(art["onnx"], art["chunks"], tmp_path) + ["--overwrite", "--limit", "1"])
     assert r.exit_code == 0, r.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert files == ["frames/tiny__3_000.json", "frames/tiny__3_000_sem.png", "manifest.json", "summary.json"]
+    assert files == ["frames/tiny__3_000.json", "frames/tiny__3_000_sem.png", "frames/tiny__3_000_sem_color.png",
+                     "manifest.json", "summary.json"]
     assert not [p for p in out.iterdir() if p.name.startswith(".infer-staging")]
 
 

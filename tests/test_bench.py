@@ -52,6 +52,10 @@ def test_mtl_bench_writes_json_and_markdown_with_parity_and_skips(art, tmp_path)
         lat = row["latency"]
         assert lat["n"] == 3 and lat["min"] <= lat["p50"] <= lat["p99.9"] == lat["max"]
         assert lat["p99.9_upper95"] is None                     # 3 queries bound nothing
+        # every query's latency (0.001 ms), for the report's CDF: the statistics are of these very values
+        assert len(row["latencies_ms"]) == 3 and max(row["latencies_ms"]) == pytest.approx(lat["max"], abs=1e-3)
+        assert sorted(row["latencies_ms"])[1] == pytest.approx(lat["p50"], abs=1e-3)
+        assert all(v == round(v, 3) for v in row["latencies_ms"])
         assert lat["mean"] >= row["stages"]["total"]["mean"]     # the harness sees the whole call
         assert row["e2e_over_inference"] > 1 and row["throughput_fps"] > 0 and row["peak_rss_mb"] > 0
         cold = row["cold_start"]
@@ -330,6 +334,11 @@ def test_bench_scenarios_end_to_end(art, tmp_path, scenario):
         probes = rows["onnxruntime"]["max_rate"]["probes"]
         assert probes and all(p["passed"] == (p["p99.9"] < 100.0) for p in probes)
     assert rows["onnxruntime"]["parity"]["boxes_identical"] == "3/3"
+    for row in rows.values():                                   # the row's latencies, not inside the scenario block
+        lat = row["latency"]
+        assert len(row["latencies_ms"]) == lat["n"] == 4
+        assert min(row["latencies_ms"]) == pytest.approx(lat["min"], abs=1e-3)
+        assert "latencies_ms" not in row.get("constant_stream", row.get("offline"))
     (run,) = tmp_path.iterdir()
     assert run.name.endswith("_" + scenario) and (run / "bench_ort+torch.json").is_file()
     assert all(len(line) <= 120 for line in rep["summary"].splitlines())

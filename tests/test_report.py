@@ -28,19 +28,22 @@ from mtl.report import build_report, detect_kind
 from mtl.report.bench import read_bench
 from mtl.report.infer import read_infer
 
+OLD_BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / \
+    "bench_20261201-103150_torch+ort+ort-fp16+ort-int8+ort-int8cpu+trt.json"      # an earlier bench's flat result
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A 2-epoch tiny run with debug images, `mtl export` (fp32 + fp16), infer with and without overlays (the
-    second with metrics, as `mtl infer --eval` will write them), a bench JSON and a bench result folder in
-    the new layout (per-frame latencies + system description)."""
+    """A 2-epoch tiny run with debug images, `mtl export` (fp32 + fp16), `mtl infer` with overlays and `mtl infer
+    --eval`, `mtl bench` single-stream (its result folder) and constant-stream (its JSON), and a result of the
+    earlier bench kept in the repository (flat file, percentiles only)."""
     from test_runtime import runtime_cfg
 
     from mtl.bench import run_bench
     from mtl.export.options import ExportOptions
     from mtl.export.run import export_checkpoint
     from mtl.runtime import Pipeline, iter_frames
-    from mtl.runtime.pipeline import infer_directory
+    from mtl.runtime.infer import infer_directory
     from mtl.runtime.scoring import score_results
     from mtl.train import train
 
@@ -53,29 +56,25 @@ def inputs(tmp_path_factory):
                                     parity_frames=2, gate_frames=2, progress=False), echo=lambda m: None)
     onnx = root / "export" / "model.onnx"
     infer_directory(onnx, val, root / "infer", backend="onnxruntime", threads=1, overlay_images=True, progress=False)
-    infer_directory(onnx, val, root / "infer_eval", backend="onnxruntime", threads=1, progress=False)
+    summary = infer_directory(onnx, val, root / "infer_eval", backend="onnxruntime", threads=1, progress=False,
+                              evaluate=True)
     with Pipeline.open(onnx, "onnxruntime", threads=1) as pipe:
         pairs = [(pipe.run_frame(f), f) for f in iter_frames(val, pipe.cfg, with_gt=True)]
-        metrics = score_results(pairs, pipe.cfg, pipe.spec.heatmap_activation)
-    summary = json.loads((root / "infer_eval" / "summary.json").read_text())
-    (root / "infer_eval" / "summary.json").write_text(json.dumps({**summary, "metrics": metrics}))
-    rep = run_bench(onnx, val, ("onnxruntime",), queries=3, warmup=1, threads=1, n_frames=2,
-                    out_dir=root / "bench", progress=False, log=lambda m: None)
-    new = root / "runs_bench" / "20261201-120000_single-stream"          # the layout `mtl bench` moves to
-    new.mkdir(parents=True)
-    doc = json.loads(Path(rep["written"]["json"]).read_text())
-    doc["scenario"] = "single-stream"
-    for row in doc["rows"]:
-        row["latencies_ms"] = [12.0, 13.5, 12.5, 30.0]
-    (new / "result.json").write_text(json.dumps(doc))
-    (new / "system.json").write_text(json.dumps({"cpu": {"model": "test CPU", "cores": 2}, "os": "Linux"}))
+        direct = score_results(pairs, pipe.cfg, pipe.spec.heatmap_activation)
+    assert summary["metrics"] == direct                       # infer --eval: the metrics of score_results
+    single = run_bench(onnx, val, ("onnxruntime",), queries=6, warmup=1, threads=1, n_frames=2,
+                       out_dir=root / "bench", progress=False, log=lambda m: None)
+    stream = run_bench(onnx, val, ("onnxruntime", "onnxruntime-fp16"), queries=5, warmup=1, threads=1, n_frames=2,
+                       out_dir=root / "bench", progress=False, log=lambda m: None, scenario="constant-stream",
+                       rate_hz=40.0, deadline_ms=50.0)
     return {"root": root, "run": root / "run", "export": root / "export", "infer": root / "infer",
-            "infer_eval": root / "infer_eval", "bench_json": Path(rep["written"]["json"]), "bench_dir": new,
-            "metrics": metrics, "cfg": cfg}
+            "infer_eval": root / "infer_eval", "bench_dir": Path(single["written"]["dir"]),
+            "bench_json": Path(stream["written"]["json"]), "bench_old": OLD_BENCH, "metrics": summary["metrics"],
+            "single": single, "stream": stream, "cfg": cfg}
 
 
 def _all(inputs) -> list[Path]:
-    return [inputs[k] for k in ("run", "export", "infer", "infer_eval", "bench_json", "bench_dir")]
+    return [inputs[k] for k in ("run", "export", "infer", "infer_eval", "bench_dir", "bench_json", "bench_old")]
 
 
 class _Refs(HTMLParser):
@@ -115,18 +114,36 @@ def test_detect_kind_and_readers(inputs, tmp_path):
     assert detect_kind(inputs["infer"])[0] == detect_kind(inputs["infer_eval"])[0] == "infer"
     assert detect_kind(inputs["bench_json"]) == ("bench", inputs["bench_json"])
     assert detect_kind(inputs["bench_dir"]) == ("bench", inputs["bench_dir"])
-    # one bench reader for both layouts: a bench_*.json, a folder of them, a result folder with system.json
-    old, = read_bench(inputs["bench_json"])
-    assert old["report"]["rows"][0]["backend"] == "onnxruntime" and old["system"]["cpu_count"] >= 1
-    assert [r["name"] for r in read_bench(inputs["bench_json"].parent)] == [inputs["bench_json"].stem]
+    assert detect_kind(inputs["bench_old"]) == ("bench", inputs["bench_old"])
+    # one bench reader: a result folder of `mtl bench` (system.json beside), its JSON, the folder above, old flat files
     new, = read_bench(inputs["bench_dir"])
-    assert new["name"] == inputs["bench_dir"].name and new["system"]["cpu"]["model"] == "test CPU"
+    assert new["name"] == inputs["bench_dir"].name and new["report"]["scenario"] == "single-stream"
+    assert new["system"] == json.loads((inputs["bench_dir"] / "system.json").read_text())
+    assert len(new["report"]["rows"][0]["latencies_ms"]) == 6
+    stream, = read_bench(inputs["bench_json"])
+    assert stream["name"] == inputs["bench_json"].parent.name and stream["report"]["scenario"] == "constant-stream"
+    assert sorted(r["name"] for r in read_bench(inputs["bench_dir"].parent)) == sorted(
+        [inputs["bench_dir"].name, inputs["bench_json"].parent.name])
+    old, = read_bench(inputs["bench_old"])
+    assert old["name"] == OLD_BENCH.stem and old["system"]["cpu_count"] >= 1
+    assert "latency" not in old["report"]["rows"][0]
     # one infer reader: per-frame boxes, id maps, overlays when written, metrics when present
     run = read_infer(inputs["infer"])
     assert len(run["frames"]) == 3 and run["metrics"] is None
-    assert all(f["semantic_png"].is_file() and f["overlay_png"].is_file() for f in run["frames"])
+    assert all(f["semantic_png"].parent.name == "frames" and f["overlay_png"].is_file() for f in run["frames"])
+    assert all(f["semantic_color_png"].is_file() and f["modality"] == "camera+lidar" for f in run["frames"])
     ev = read_infer(inputs["infer_eval"])
     assert ev["metrics"]["frames"] == 3 and all(f["overlay_png"] is None for f in ev["frames"])
+    # an output of an older mtl (frame files beside summary.json) still reads
+    flat = tmp_path / "flat"
+    shutil.copytree(inputs["infer"] / "frames", flat)
+    shutil.copy(inputs["infer"] / "summary.json", flat)
+    old_run = read_infer(flat)
+    assert [f["name"] for f in old_run["frames"]] == [f["name"] for f in run["frames"]]
+    assert all(f["overlay_png"].parent == flat for f in old_run["frames"])
+    (flat / f"{run['frames'][1]['name']}.json").unlink()
+    with pytest.raises(DataError, match="lists frame 'tiny__3_001' but tiny__3_001.json is not there"):
+        read_infer(flat)
     (tmp_path / "x").mkdir()
     with pytest.raises(DataError, match="not a training run .*, an export folder"):
         detect_kind(tmp_path / "x")
@@ -138,7 +155,7 @@ def test_detect_kind_and_readers(inputs, tmp_path):
 def test_site_contents(site, inputs):
     page = (site / "index.html").read_text()
     manifest = json.loads((site / "mtl_report.json").read_text())
-    assert [i["kind"] for i in manifest["inputs"]] == ["run", "export", "infer", "infer", "bench", "bench"]
+    assert [i["kind"] for i in manifest["inputs"]] == ["run", "export", "infer", "infer", "bench", "bench", "bench"]
     assert sorted(f["name"] for f in manifest["files"]) == sorted(
         str(p.relative_to(site)) for p in site.rglob("*") if p.is_file() and not p.name.startswith(".")
         and p.name != "mtl_report.json")
@@ -158,16 +175,31 @@ def test_site_contents(site, inputs):
         assert len(list((site / "img" / anchor).glob("*_camera.png"))) == 3
         assert len(list((site / "img" / anchor).glob("*_bev.png"))) == 3
     assert (site / "img/infer-3/000_camera.png").read_bytes() == \
-        (inputs["infer"] / "tiny__3_000_overlay.png").read_bytes()               # infer's own overlay is used
+        (inputs["infer"] / "frames" / "tiny__3_000_overlay.png").read_bytes()    # infer's own overlay is used
     assert page.count("Detections per frame") == 2 and page.count("Metrics against the frames' ground truth") == 1
+    assert "3 frames (3 camera+lidar)" in page and "<th>modality</th>" in page
+    assert "(score &gt; 0.300, at most 20 per frame)" in page
     m = inputs["metrics"]
     assert f"<td class=\"num\">{m['pixel_acc']:.4f}</td>" in page
-    # bench: both layouts, a latency chart each, saying where the curve comes from; the system description
-    assert "from the reported percentiles: the result has no per-frame latencies" in page
-    assert "Latency distribution per backend (from the per-frame latencies)" in page
-    assert "test CPU" in page and "cpu_model" in page
+    # bench: the new results (per-query latencies: a real CDF), the old flat one (percentiles), the scenarios
+    single, stream = (inputs[k]["rows"][0] for k in ("single", "stream"))
+    assert "Latency distribution per backend, single-stream (from the per-frame latencies)" in page
+    assert "Latency distribution per backend, constant-stream (from the per-frame latencies)" in page
+    assert "(from the reported percentiles: the result has no per-frame latencies)" in page
+    assert page.count("_latency.png") == 2 * 3                                    # one chart per result (img + link)
+    lat = single["latency"]
+    assert re.search(r"<td>onnxruntime</td><td>ok</td>" + "".join(
+        rf'<td class="num">{lat[k]:.4f}</td>' for k in ("mean", "p50", "p90", "p99", "p99.9")), page)
+    cs = stream["constant_stream"]
+    assert "a frame arrives every 25.0 ms" in page and "<th>over 50 ms</th>" in page
+    assert re.search(rf'<td>onnxruntime</td><td class="num">40.0000</td><td class="num">{cs["over_deadline"]["count"]}'
+                     rf'</td>.*?<td class="num">{cs["late_frames"]["count"]}</td>', page)
+    assert "<th>session_create</th>" in page and "<th>first_frame_ms</th>" in page           # cold start by step
+    system = json.loads((inputs["bench_dir"] / "system.json").read_text())
+    assert f"system: {html.escape(system['cpu']['model'])} (" in page and "<td>cpu.governor</td>" in page
+    assert "cpu_model" in page                                                    # the old result's device record
     # overview: every headline metric side by side
-    assert page.count('<a href="#') >= 6 and "Metrics side by side" in page and "inference on labelled frames" in page
+    assert page.count('<a href="#') >= 7 and "Metrics side by side" in page and "inference on labelled frames" in page
     assert "export metric gate, fp16" in page and "validation, best epoch" in page
 
 
@@ -238,7 +270,7 @@ def test_report_renders_in_headless_chromium(site, tmp_path):
     result, console = render(site, tmp_path)
     assert result["images"] == len(_refs(site).src) >= 20
     assert result["broken"] == [] and result["problems"] == [] and console == []
-    assert result["sections"] == 7                                          # overview + 6 inputs
+    assert result["sections"] == 8                                          # overview + 7 inputs
 
 
 def test_browser_check_catches_a_missing_image(site, tmp_path):
@@ -329,3 +361,57 @@ def test_report_overview_shows_the_gap(inputs, tmp_path):
     assert f"Pixel accuracy ranges from <b>{accs[0]:.3f}</b>" in page and f"to <b>{accs[1]:.3f}</b>" in page
     assert f"a gap of {accs[1] - accs[0]:.3f}" in page
     assert np.isfinite(accs).all()
+
+
+def test_infer_eval_on_the_real_a2d2_sample_and_the_gap_in_the_report(a2d2_sample, tmp_path):
+    """`mtl infer --eval` of one model on synthetic frames and on the real A2D2 sample, as a raw tree and as
+    chunks converted with --partial: the real numbers agree between the two and with `mtl eval`, every frame is
+    scored on the labels it has (3 camera + semantic label frames, 1 LiDAR + 3D boxes frame), and the report
+    puts the synthetic and the real pixel accuracy side by side with the gap between them."""
+    from test_runtime import export_tiny, save_tiny_checkpoint
+
+    from mtl.config import Config
+    from mtl.data.convert import convert
+    from mtl.evaluate import evaluate_checkpoint
+
+    cfg = Config().override(**{"model.cam_channels": (4, 8, 8, 8), "model.bev_channels": (8, 8, 8),
+                               "model.cam_depth": 1, "model.bev_depth": 1, "model.bev_decoder_channels": 8,
+                               "model.fuse_channels": 4, "model.head_channels": 8, "model.sem_decoder_channels": 8})
+    ckpt = save_tiny_checkpoint(cfg, tmp_path / "ckpt.pt")
+    onnx = export_tiny(ckpt, tmp_path / "export" / "model.onnx")
+    runner = CliRunner()
+    r = runner.invoke(main, ["data", "synth", "--out", str(tmp_path / "synth"), "--frames", "2", "--seed", "1",
+                             "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    chunks = tmp_path / "real_chunks"
+    convert(a2d2_sample, chunks, cfg, partial=True, workers=1, progress=False, log=lambda m: None)
+
+    def infer_eval(data, out):
+        r = runner.invoke(main, ["infer", "--model", str(onnx), "--data", str(data), "--out", str(out), "--eval",
+                                 "--backend", "onnxruntime", "--threads", "1", "--overlay"])
+        assert r.exit_code == 0, r.output
+        return r.output, json.loads((out / "summary.json").read_text())
+
+    _, synth = infer_eval(tmp_path / "synth", tmp_path / "i_synth")
+    printed, raw = infer_eval(a2d2_sample, tmp_path / "i_real")
+    _, conv = infer_eval(chunks, tmp_path / "i_chunks")
+    assert raw["modalities"] == conv["modalities"] == {"camera+lidar": 0, "camera-only": 3, "lidar-only": 1}
+    assert raw["frames_skipped"] == {"no camera image and no LiDAR": 4}                   # label files alone
+    m, mc = raw["metrics"], conv["metrics"]
+    assert (m["frames"], m["semantic_frames"], m["detection_frames"]) == (4, 3, 1)
+    assert m["n_gt"] == {"car": 1, "truck": 1, "pedestrian": 0, "cyclist": 2}
+    ev, _ = evaluate_checkpoint(str(ckpt), str(chunks), batch_size=2, progress=False)
+    for key in ("miou", "pixel_acc", "map"):
+        assert m[key] == pytest.approx(mc[key], abs=1e-9) == pytest.approx(ev[key], abs=1e-9), key
+    assert f"pixel accuracy {m['pixel_acc']:.4f} over 3 frames" in printed
+    lidar_only = json.loads((tmp_path / "i_real" / "frames" / "20180810_142822__000015196.json").read_text())
+    assert lidar_only["modality"] == "lidar-only" and lidar_only["points"] == 8196                # the whole sweep
+    assert synth["metrics"]["semantic_frames"] == synth["metrics"]["detection_frames"] == 2
+
+    build_report([tmp_path / "i_synth", tmp_path / "i_real"], tmp_path / "site")
+    page = (tmp_path / "site" / "index.html").read_text()
+    accs = sorted([synth["metrics"]["pixel_acc"], m["pixel_acc"]])
+    assert f"Pixel accuracy ranges from <b>{accs[0]:.3f}</b>" in page and f"to <b>{accs[1]:.3f}</b>" in page
+    assert f"a gap of {accs[1] - accs[0]:.3f}" in page
+    assert f"inference on labelled frames of {a2d2_sample}" in page and "lidar-only" in page
+    assert "no camera image: a LiDAR-only frame" not in page                  # drawn into the card's picture

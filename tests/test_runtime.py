@@ -472,7 +472,7 @@ def test_mtl_infer_writes_json_png_overlay_and_summary(art, tmp_path):
                                   "--backend", "onnxruntime", "--overlay", "--limit", "2", "--threads", "1",
                                   "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "2 frames ->" in r.output
+    assert "2 frames (2 camera+lidar) ->" in r.output and "(score > 0.3, at most 20 per frame)" in r.output
     docs = sorted((out / "frames").glob("tiny__3_*.json"))
     assert [p.name for p in docs] == ["tiny__3_000.json", "tiny__3_001.json"]
     doc = json.loads(docs[0].read_text())
@@ -486,16 +486,73 @@ def test_mtl_infer_writes_json_png_overlay_and_summary(art, tmp_path):
     sem = np.asarray(Image.open(out / "frames" / doc["semantic_png"]))
     assert sem.shape == tuple(art["cfg"].camera.image_hw) and sem.dtype == np.uint8
     assert sem.max() < art["cfg"].classes.n_sem
+    # the coloured twin for people: each class id in its palette colour
+    from mtl.draw import semantic_palette
+
+    colour = np.asarray(Image.open(out / "frames" / doc["semantic_color_png"]))
+    assert doc["semantic_color_png"] == "tiny__3_000_sem_color.png" and colour.shape == (*sem.shape, 3)
+    assert np.array_equal(colour, semantic_palette(art["cfg"].classes)[sem])
+    assert doc["modality"] == "camera+lidar" and doc["decode"] == {"score_threshold": 0.3, "max_detections": 20}
+    assert "eval" not in doc
     ov = np.asarray(Image.open(out / "frames" / doc["overlay_png"]))
     h, w = art["cfg"].camera.image_hw                  # 32 x 64, drawn 8x (>= 512 px) under a title, legend below
     assert ov.shape[1] == w * 8 and ov.shape[0] > h * 8 and ov.shape[2] == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_written"] == 2 and summary["backend"] == "onnxruntime"
+    assert summary["modalities"] == {"camera+lidar": 2, "camera-only": 0, "lidar-only": 0}
+    assert summary["eval"] is False and "metrics" not in summary
+    assert summary["decode"] == {"score_threshold": 0.3, "max_detections": 20, "eval_score_threshold": 0.05,
+                                 "overrides": {}}
     assert not list(out.rglob(".*tmp*"))                                     # atomic writes left no temp files
 
     r = CliRunner().invoke(main, ["infer", "--model", str(art["onnx"]), "--data", str(art["chunks"]), "--out",
                                   str(tmp_path / "o2"), "--backend", "tensorrt", "--no-progress"])
     assert r.exit_code == 6 and "error:" in r.output and "needs a .engine file" in r.output
+
+
+def test_infer_score_threshold_and_max_detections_override_the_models_decode(art, pipe, tmp_path):
+    """--score-threshold / --max-detections cut this run's boxes (recorded per frame and in the summary);
+    out-of-range values and more boxes than an in-graph decode returns are refused (exit 2)."""
+    base = ["infer", "--model", str(art["onnx"]), "--data", str(art["chunks"]), "--backend", "onnxruntime",
+            "--threads", "1"]
+    out = tmp_path / "cut"
+    r = CliRunner().invoke(main, base + ["--out", str(out), "--score-threshold", "0.35", "--max-detections", "3"])
+    assert r.exit_code == 0 and "(score > 0.35, at most 3 per frame)" in r.output, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decode"] == {"score_threshold": 0.35, "max_detections": 3, "eval_score_threshold": 0.05,
+                                 "overrides": {"score_threshold": 0.35, "max_detections": 3}}
+    docs = [json.loads((out / "frames" / f"{n}.json").read_text()) for n in summary["files"]]
+    above = []
+    for d, f in zip(docs, iter_frames(art["chunks"], pipe.cfg)):
+        scores = pipe.run_frame(f).scores                    # the model's own cut: 0.3, at most 20
+        above.append(int((scores > 0.35).sum()))
+        assert [x["score"] for x in d["detections"]] == pytest.approx(list(scores[scores > 0.35][:3]), abs=1e-6)
+        assert d["decode"] == {"score_threshold": 0.35, "max_detections": 3} and len(scores) == 20
+    assert max(above) > 3 and min(above) >= 1                # both cuts at work
+    for flag, value, msg in (("--score-threshold", "0", "0<x<1"), ("--score-threshold", "1", "0<x<1"),
+                             ("--max-detections", "0", "1<=x<=4096")):
+        r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), flag, value])
+        assert r.exit_code == 2 and msg in r.output and not (tmp_path / "x").exists(), r.output
+
+
+def test_set_decode_on_a_model_that_decodes_in_its_graph(art, tmp_path):
+    from mtl.errors import ConfigError
+
+    onnx = export_tiny(art["ckpt"], tmp_path / "dec" / "model.onnx", decode=True)
+    frame = next(iter_frames(art["chunks"], art["cfg"]))
+    with Pipeline.open(onnx, "onnxruntime", threads=1) as p:
+        full = p.run_frame(frame)
+        p.set_decode(score_threshold=0.31, max_detections=2)
+        cut = p.run_frame(frame)
+        assert len(full.boxes) > 2 and len(cut.boxes) == 2 and p.cfg.decode.score_threshold == 0.31
+        assert np.array_equal(cut.boxes, full.boxes[:2]) and p.cfg.decode.eval_score_threshold == 0.05
+        with pytest.raises(ConfigError, match="max_detections 21: this model decodes at most 20 boxes in its graph"):
+            p.set_decode(max_detections=21)
+        with pytest.raises(ConfigError, match="decode.score_threshold: must be > 0 and < 1"):
+            p.set_decode(score_threshold=1.0)
+    r = CliRunner().invoke(main, ["infer", "--model", str(onnx), "--data", str(art["chunks"]), "--out",
+                                  str(tmp_path / "o"), "--backend", "onnxruntime", "--max-detections", "50"])
+    assert r.exit_code == 2 and r.output.startswith(f"error: {onnx}: max_detections 50: this model decodes at most")
 
 
 # ------------------------------------------------------------------------------------- no torch
@@ -505,7 +562,7 @@ def test_runtime_never_imports_torch(art, tmp_path):
     code = f"""
 import sys, json
 from mtl.runtime import Pipeline, iter_frames
-from mtl.runtime.pipeline import infer_directory
+from mtl.runtime.infer import infer_directory
 p = Pipeline.open({str(art['onnx'])!r}, "onnxruntime", threads=1)
 n = 0
 for f in iter_frames({str(art['chunks'])!r}, p.cfg, with_gt=True):

@@ -218,3 +218,126 @@ def test_mtl_eval_scores_the_real_partial_a2d2_sample(a2d2_sample, tmp_path):
     assert (doc["frames"], doc["semantic_frames"], doc["detection_frames"], doc["partial_frames"]) == (4, 3, 1, 4)
     assert 0.0 <= doc["pixel_acc"] <= 1.0 and "loss" not in doc
     assert doc["n_gt"] == {"car": 1, "truck": 1, "pedestrian": 0, "cyclist": 2}   # the LiDAR frame's 4 boxes
+
+
+# ------------------------------------------------------------------------------ mtl infer --eval
+
+
+def _infer_eval(art, out, *extra):
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+
+    r = CliRunner().invoke(main, ["infer", "--model", str(art["onnx"]), "--data", str(art["partial"]), "--out",
+                                  str(out), "--backend", "onnxruntime", "--threads", "1", "--eval", *extra])
+    assert r.exit_code == 0, r.output
+    return r.output, json.loads((out / "summary.json").read_text())
+
+
+def test_mtl_infer_eval_equals_mtl_eval_on_partial_chunks(model_and_partial, tmp_path):
+    """`mtl infer --eval` (onnxruntime, per-frame records) and `mtl eval` (torch) on the same partial chunks: the
+    same frames scored per task, the same mIoU / pixel accuracy / mAP. Frames are marked by modality; the
+    LiDAR-only frame runs on the stand-in image and predicts no semantics (all 255)."""
+    from PIL import Image
+
+    from mtl.evaluate import evaluate_checkpoint
+
+    art = model_and_partial
+    with pytest.warns(UserWarning, match="skipped 1 frame"):
+        ev, _ = evaluate_checkpoint(str(art["ckpt"]), str(art["partial"]), batch_size=2, progress=False)
+    output, s = _infer_eval(art, tmp_path / "o")
+    m = s["metrics"]
+    assert s["eval"] is True and s["modalities"] == {"camera+lidar": 1, "camera-only": 1, "lidar-only": 1}
+    assert s["frames_skipped"] == {"no camera image and no LiDAR": 1} and s["frames_written"] == 3
+    assert (m["frames"], m["semantic_frames"], m["detection_frames"]) == (ev["frames"], 2, 2) == (3, 2, 2)
+    for key in ("miou", "pixel_acc", "map"):
+        assert m[key] == pytest.approx(ev[key], abs=1e-9), key
+    assert m["n_gt"] == ev["n_gt"] and m["per_class_iou"] == pytest.approx(ev["per_class_iou"], abs=1e-9)
+    assert m["ap"] == pytest.approx(ev["ap"], abs=1e-9) and m["map"] > 0.3
+    assert m["boxes_scored"] == ["heatmap decoded at the evaluation cut (score > 0.05)"]
+    assert set(m["per_frame"]) == {"tiny/0", "tiny/1", "tiny/2"}
+    assert m["per_frame"]["tiny/1"] == {"pixel_acc": None, "gt_boxes": 2}       # LiDAR only: boxes, no pixels
+    assert output.splitlines()[0].startswith("3 frames (1 camera+lidar, 1 camera-only, 1 lidar-only) -> ")
+    assert f"eval: mIoU {m['miou']:.4f}, pixel accuracy {m['pixel_acc']:.4f} over 2 frames" in output
+    assert f"mAP {m['map']:.4f} over 2 frames with LiDAR + 3D boxes" in output
+    frames = tmp_path / "o" / "frames"
+    docs = {p.stem: json.loads(p.read_text()) for p in frames.glob("*.json")}
+    assert {k: d["modality"] for k, d in docs.items()} == {"tiny__0": "camera-only", "tiny__1": "lidar-only",
+                                                            "tiny__2": "camera+lidar"}
+    assert set(docs["tiny__0"]["eval"]) == {"semantic"} and set(docs["tiny__1"]["eval"]) == {"detection"}
+    assert "timing_ms" in docs["tiny__1"] and "decode_png" not in docs["tiny__1"]["timing_ms"]
+    assert (np.asarray(Image.open(frames / "tiny__1_sem.png")) == 255).all()
+    assert docs["tiny__1"]["semantic"]["pixels_per_class"] == {}
+
+
+def test_infer_eval_resume_counts_kept_frames_exactly(model_and_partial, tmp_path):
+    """A run stopped after 2 frames and resumed gives exactly the metrics of one uninterrupted run: the kept
+    frames count from the records in their JSONs. Frames written without --eval, or cut with another
+    --max-detections, are run again."""
+    art = model_and_partial
+    _, full = _infer_eval(art, tmp_path / "full")
+    _, part = _infer_eval(art, tmp_path / "part", "--limit", "2")
+    assert part["frames_written"] == 2 and part["metrics"]["frames"] == 2
+    _, resumed = _infer_eval(art, tmp_path / "part", "--resume")
+    assert resumed["frames_resumed"] == 2 and resumed["frames_written"] == 3
+    assert resumed["metrics"] == full["metrics"]                                  # bit for bit, per_frame included
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+
+    plain = tmp_path / "plain"
+    r = CliRunner().invoke(main, ["infer", "--model", str(art["onnx"]), "--data", str(art["partial"]), "--out",
+                                  str(plain), "--backend", "onnxruntime", "--threads", "1"])
+    assert r.exit_code == 0 and "metrics" not in json.loads((plain / "summary.json").read_text()), r.output
+    _, redone = _infer_eval(art, plain, "--resume")
+    assert redone["frames_resumed"] == 0 and redone["metrics"] == full["metrics"]
+    _, kept = _infer_eval(art, plain, "--resume")
+    assert kept["frames_resumed"] == 3 and kept["metrics"] == full["metrics"]
+    _, cut = _infer_eval(art, plain, "--resume", "--max-detections", "1")
+    assert cut["frames_resumed"] == 0 and cut["decode"]["overrides"] == {"max_detections": 1}
+    assert cut["metrics"]["n_gt"] == full["metrics"]["n_gt"] and cut["metrics"]["map"] <= full["metrics"]["map"]
+
+
+def test_a_stored_record_scores_like_the_frame_itself():
+    """frame_record -> JSON -> Scorer gives what MetricsAccumulator gives on the arrays (hand-worked frames of
+    test_score_results_hand_worked_partial_frames), and check_record refuses malformed records."""
+    from mtl.runtime.scoring import Scorer, check_record, frame_record
+
+    cfg = tiny_cfg()
+    res, frame = (_result("lidar", semantic=[[3, 3], [3, 3]], boxes=[(10.3, 0.0, 0.9, 0)]),
+                  _frame("lidar", image=False, points=100, gt=[(10.0, 0.0, 0)]))
+    rec = json.loads(json.dumps(frame_record(res, frame, cfg)))
+    assert rec["detection"]["boxes"] == [[pytest.approx(10.3), 0.0, -1.0, 4.0, 2.0, 1.5, 0.0]]
+    assert rec["detection"]["gt_labels"] == [0] and "semantic" not in rec
+    cam = frame_record(_result("cam", semantic=[[0, 1], [1, 2]]), _frame("cam", gt_semantic=[[0, 0], [1, 255]]), cfg)
+    assert sorted(cam["semantic"]["confusion"]) == [[0, 0, 1], [0, 1, 1], [1, 1, 1]]
+    s = Scorer(cfg)
+    s.add("cam", json.loads(json.dumps(cam)))
+    s.add("lidar", rec)
+    s.add("none", {})
+    m = s.compute()
+    assert m["pixel_acc"] == pytest.approx(2 / 3) and m["miou"] == pytest.approx(0.5) and m["map"] == pytest.approx(1)
+    assert m["unscored_frames"] == ["none"] and m["per_frame"]["cam"]["pixel_acc"] == pytest.approx(2 / 3)
+    assert check_record(rec, cfg) and check_record(cam, cfg) and check_record({}, cfg)
+    bad = [None, [], {"semantic": {"confusion": [[0, 99, 1]]}}, {"semantic": {"confusion": [[0, 0, -1]]}},
+           {"semantic": {}}, {"detection": {**rec["detection"], "labels": [7]}},
+           {"detection": {**rec["detection"], "scores": []}},
+           {"detection": {**rec["detection"], "boxes": [[float("nan")] * 7]}}]
+    assert [check_record(b, cfg) for b in bad] == [False] * len(bad)
+
+
+def test_accumulator_takes_a_frames_confusion_matrix():
+    """add_frame(semantic_confmat=) adds what add_frame(semantic_pred=, semantic_gt=) adds; bad input refused."""
+    from mtl.metrics import MetricsAccumulator, confusion_matrix
+
+    cfg = tiny_cfg()
+    gt, pred = np.array([[0, 0], [1, 255]]), np.array([[0, 1], [1, 2]])
+    a, b = MetricsAccumulator.from_config(cfg), MetricsAccumulator.from_config(cfg)
+    a.add_frame("f", semantic_pred=pred, semantic_gt=gt)
+    b.add_frame("f", semantic_confmat=confusion_matrix(gt, pred, cfg.classes.n_sem))
+    assert np.array_equal(a.confmat, b.confmat) and a.n_semantic_frames == b.n_semantic_frames == 1
+    assert a.compute()["pixel_acc"] == b.compute()["pixel_acc"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="not both"):
+        b.add_frame("g", semantic_pred=pred, semantic_gt=gt, semantic_confmat=b.confmat)
+    with pytest.raises(ValueError, match="non-negative integers of shape"):
+        b.add_frame("h", semantic_confmat=np.zeros((2, 2), np.int64))

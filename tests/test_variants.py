@@ -93,6 +93,13 @@ def _opts(**kw) -> ExportOptions:
                           "--no-parity")),
     ({"val_data": None, "calib_data": "calib", "variants": ("fp16",)},
      "--fp16/--int8/--int8-cpu are gated on mIoU/mAP over --val-data DIR: pass it (or --no-parity)"),
+    ({"calib_method": "kl"}, "--calib-method 'kl': choose from minmax, percentile, entropy, mse"),
+    ({"calib_percentile": 0.0}, "--calib-percentile must be in (0, 100], got 0"),
+    ({"sensitivity_top": -1}, "--sensitivity-frames must be >= 1 and --sensitivity-top >= 0, got 4 / -1"),
+    ({"sensitivity": True, "variants": ("fp16",)}, "--sensitivity ranks the layers of an INT8 variant: add "
+                                                    "--int8/--int8-cpu"),
+    ({"sensitivity": True, "variants": ("int8",), "calib_data": "c", "parity": False},
+     "--sensitivity measures on --val-data frames: it cannot run with --no-parity"),
 ])
 def test_export_options_validation_errors(kw, message):
     with pytest.raises(ConfigError) as e:
@@ -115,6 +122,9 @@ def test_export_options_valid_combinations_and_derived_values():
     assert list(rep)[:5] == ["opset", "fp16", "int8", "int8_cpu", "decode"]
     assert (rep["fp16"], rep["int8"], rep["int8_cpu"]) == (True, False, True)
     assert rep["trt_profile"] == [1, 2, 4] and rep["batch"] == "dynamic" and rep["calib_data"] == "calib"
+    assert (rep["calib_method"], rep["max_drop_miou"], rep["max_drop_map"], rep["mixed_precision"]) == (
+        "minmax", 0.005, 0.005, True)
+    _opts(variants=("int8",), calib_data="c", sensitivity=True, calib_method="mse").validate()
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.opset = 19
 

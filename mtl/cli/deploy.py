@@ -4,8 +4,9 @@ from __future__ import annotations
 import click as _ck
 
 # the variant table is import-light (no torch / onnx): the export flags and the bench columns come from it
+from ..export.options import CALIB_METHODS, DEFAULT_MAX_DROP
 from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, GATED_PRECISIONS, OPTIONAL
-from .options import progress_option, want_progress
+from .options import note_printer, progress_option, verbose_option, want_progress
 
 COMMANDS: list = []
 
@@ -30,15 +31,30 @@ def _variant_flags(f):
             help="ONNX opset (dynamo exporter: >= 18).")
 @_variant_flags
 @_ck.option("--calib-data", type=_ck.Path(file_okay=False), default=None, help="Chunks for INT8 calibration.")
-@_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True, help="Calibration frames.")
+@_ck.option("--calib-frames", type=_ck.IntRange(min=1), default=32, show_default=True,
+            help="Calibration frames, sampled evenly across the scenes (frame id <scene>/<id>) of --calib-data.")
+@_ck.option("--calib-method", type=_ck.Choice(CALIB_METHODS), default="minmax", show_default=True,
+            help="INT8 activation ranges: observed min/max, a percentile of |x|, TensorRT's entropy (KL) "
+                 "calibration, or the least quantization MSE. Cached in OUT/calibration_cache.json.")
+@_ck.option("--calib-percentile", type=_ck.FloatRange(0, 100, min_open=True), default=99.99, show_default=True,
+            help="The |x| percentile of --calib-method percentile.")
 @_ck.option("--val-data", type=_ck.Path(file_okay=False), default=None,
             help=f"Chunks for the parity report and the {GATED_PRECISIONS} metric gates.")
 @_ck.option("--gate-frames", type=_ck.IntRange(min=0), default=128, show_default=True,
             help="Frames for the metric gate (evenly spaced; 0 = all of --val-data).")
-@_ck.option("--max-drop-miou", type=float, default=0.02, show_default=True,
+@_ck.option("--max-drop-miou", type=float, default=DEFAULT_MAX_DROP, show_default=True,
             help="Allowed mIoU drop of a variant vs fp32.")
-@_ck.option("--max-drop-map", type=float, default=0.02, show_default=True,
+@_ck.option("--max-drop-map", type=float, default=DEFAULT_MAX_DROP, show_default=True,
             help="Allowed mAP drop of a variant vs fp32.")
+@_ck.option("--mixed-precision/--no-mixed-precision", default=True, show_default=True,
+            help="An INT8 variant that fails its gate keeps its most sensitive layers in float (fp16 for "
+                 "TensorRT, fp32 for the CPU) until it passes; rejected when no mix does.")
+@_ck.option("--sensitivity", is_flag=True,
+            help="Per-layer sensitivity table of the INT8 variants in export_report.md (also when they pass).")
+@_ck.option("--sensitivity-frames", type=_ck.IntRange(min=1), default=4, show_default=True,
+            help="Validation frames of the per-layer output-error ranking.")
+@_ck.option("--sensitivity-top", type=_ck.IntRange(min=0), default=6, show_default=True,
+            help="With --sensitivity: the most sensitive layers whose mIoU / mAP effect is measured.")
 @_ck.option("--decode", is_flag=True, help="Add det_scores/det_labels/det_boxes (peak NMS + top-K + box decode) "
                                            "to the graph; the score threshold is applied by the runtime.")
 @_ck.option("--slim/--no-slim", default=True, show_default=True, help="onnxslim the fp32 graph (kept only if outputs "
@@ -92,32 +108,66 @@ _SCENARIOS = ("single-stream", "constant-stream", "offline")
 @_ck.option("--out", required=True, type=_ck.Path(file_okay=False),
             help="Output directory (absent or empty, unless --resume / --overwrite; never inside --data).")
 @_ck.option("--backend", type=_ck.Choice(_RUNTIME_BACKENDS), default="auto", show_default=True,
-            help="auto: TensorRT EP -> CUDA EP -> CPU, each fallback reported. Explicit GPU backends never fall back.")
+            help="auto: TensorRT EP -> CUDA EP -> CPU (-v says which and why). Explicit GPU backends never fall back.")
 @_ck.option("--threads", type=int, default=None, help="CPU intra-op threads (default: onnxruntime's choice).")
-@_ck.option("--overlay", is_flag=True, help="Also write frames/<id>_overlay.png (semantic colours + projected boxes).")
+@_ck.option("--overlay", is_flag=True, help="Also write frames/<id>_overlay.png (semantic colours + labelled boxes on "
+                                            "the camera image; a bird's-eye view for LiDAR-only frames).")
+@_ck.option("--eval", "evaluate", is_flag=True,
+            help="Score every frame on the labels it carries (camera + semantic label: mIoU, pixel accuracy; LiDAR + "
+                 "3D boxes: mAP) with mtl eval's metric code: printed and stored in summary.json['metrics'].")
+@_ck.option("--score-threshold", type=_ck.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+            help="Keep boxes scoring above this instead of the model's decode.score_threshold (0 < t < 1). The "
+                 "--eval mAP always uses decode.eval_score_threshold.")
+@_ck.option("--max-detections", type=_ck.IntRange(1, 4096), default=None,
+            help="At most this many boxes per frame instead of the model's decode.max_detections (also the --eval "
+                 "top-K).")
 @_ck.option("--limit", type=int, default=None, help="Process at most N frames.")
 @_ck.option("--resume", is_flag=True,
-            help="Continue an interrupted run in --out: frames already written by this model are kept, the rest run.")
+            help="Continue an interrupted run in --out: frames already written by this model (with these decode "
+                 "settings, and metric records for --eval) are kept, the rest run.")
 @_ck.option("--overwrite", is_flag=True,
             help="Replace the results in --out: the new run replaces them in one commit once complete.")
 @_ck.option("--skip-bad", is_flag=True,
             help="Skip and count chunks / frames that do not read (summary.json lists why) instead of stopping.")
-@_ck.option("--no-progress", is_flag=True, help="No progress bar.")
-def infer_cmd(model, data, out, backend, threads, overlay, limit, resume, overwrite, skip_bad, no_progress):
+@progress_option
+@verbose_option
+def infer_cmd(model, data, out, backend, threads, overlay, evaluate, score_threshold, max_detections, limit, resume,
+              overwrite, skip_bad, progress, verbose):
     """Run the torch-free runtime on every frame: OUT/frames/<id>.json (boxes in metres with class names, scores,
-    timing, the model's sha256), OUT/frames/<id>_sem.png (class-id PNG), optional overlays, then
-    OUT/summary.json and OUT/manifest.json. A non-empty OUT is refused (exit 9) without --resume / --overwrite."""
-    from ..runtime.pipeline import infer_directory
+    timing, modality, the model's sha256), OUT/frames/<id>_sem.png (class ids, for machines),
+    OUT/frames/<id>_sem_color.png (the same in colour, for people), optional overlays, then OUT/summary.json and
+    OUT/manifest.json. LiDAR-only frames run with a mean-colour stand-in image (as mtl eval does). A non-empty OUT
+    is refused (exit 9) without --resume / --overwrite."""
+    from ..runtime.infer import infer_directory
 
     s = infer_directory(model, data, out, backend=backend, threads=threads, overlay_images=overlay, limit=limit,
-                        progress=not no_progress, log=lambda m: _ck.echo(m, err=True), overwrite=overwrite,
-                        resume=resume, skip_bad=skip_bad)
+                        progress=want_progress(progress), log=lambda m: _ck.echo(m, err=True), overwrite=overwrite,
+                        resume=resume, skip_bad=skip_bad, evaluate=evaluate, score_threshold=score_threshold,
+                        max_detections=max_detections, note=note_printer(verbose))
+    for line in infer_lines(s, out):
+        _ck.echo(line)
+
+
+def infer_lines(s: dict, out: str) -> list[str]:
+    """What ``mtl infer`` prints: frames (by modality), detections, skips, timing; the metrics with --eval."""
     t = s["mean_timing_ms"]
     skipped = ", ".join(f"{v} {k}" for k, v in s["frames_skipped"].items()) or "none"
-    resumed = f" ({s['frames_resumed']} kept from an earlier run)" if s["frames_resumed"] else ""
-    _ck.echo(f"{s['frames_written']} frames{resumed} -> {out} ({s['backend']}: {', '.join(s['providers'])}); "
-             f"{s['detections']} detections; skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame")
-    _ck.echo(f"summary: {out}/summary.json")
+    kinds = ", ".join(f"{v} {k}" for k, v in s["modalities"].items() if v)
+    resumed = f", {s['frames_resumed']} kept from an earlier run" if s["frames_resumed"] else ""
+    d = s["decode"]
+    lines = [f"{s['frames_written']} frames ({kinds or 'none'}{resumed}) -> {out} ({s['backend']}: "
+             f"{', '.join(s['providers'])}); {s['detections']} detections (score > {d['score_threshold']:g}, at most "
+             f"{d['max_detections']} per frame); skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame"]
+    m = s.get("metrics")
+    if m is not None:
+        sem = (f"mIoU {m['miou']:.4f}, pixel accuracy {m['pixel_acc']:.4f} over {m['semantic_frames']} frames with a "
+               "camera image + semantic label" if m["semantic_frames"] else "no frame with a camera image + semantic "
+                                                                            "label (mIoU, pixel accuracy: -)")
+        det = (f"mAP {m['map']:.4f} over {m['detection_frames']} frames with LiDAR + 3D boxes"
+               if m["detection_frames"] else "no frame with LiDAR + 3D boxes (mAP: -)")
+        lines.append(f"eval: {sem}; {det}")
+    lines.append(f"summary: {out}/summary.json")
+    return lines
 
 
 @_ck.command("bench")

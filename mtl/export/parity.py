@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,35 @@ class FrameSource:
     """Evenly spaced frames of a chunk directory as numpy samples (image, bev, semantic, boxes, box_class,
     frame_id), loaded lazily through ``mtl.dataset.ChunkDataset`` (no augmentation)."""
 
-    def __init__(self, data_dir: str | Path, cfg: Config, max_frames: int = 0):
+    def __init__(self, data_dir: str | Path, cfg: Config, max_frames: int = 0,
+                 select: Callable[[list[str], int], list[int]] | None = None):
         from ..dataset import ChunkDataset
 
         self.data_dir = str(data_dir)
         self.ds = ChunkDataset(data_dir, cfg, augment=False)
         n = len(self.ds)
         k = n if max_frames <= 0 else min(max_frames, n)
-        self.indices = sorted({round(float(i)) for i in np.linspace(0, n - 1, k)}) if k else []
+        if select is not None:        # e.g. calibration.sample_across_scenes(frame ids, k)
+            self.indices = select(self.frame_ids(), k)
+        else:
+            self.indices = sorted({round(float(i)) for i in np.linspace(0, n - 1, k)}) if k else []
+
+    def frame_ids(self) -> list[str]:
+        """Every frame id of the dataset in dataset order (reads only each chunk's small id array)."""
+        per_file: dict[int, np.ndarray] = {}
+        ids = []
+        for ci, fi in self.ds.index:
+            if ci not in per_file:
+                with np.load(self.ds.files[ci], allow_pickle=False) as z:
+                    per_file[ci] = z["frame_id"]
+            ids.append(str(per_file[ci][fi]))
+        return ids
+
+    @property
+    def selected_ids(self) -> list[str]:
+        """The ids of the frames this source yields."""
+        ids = self.frame_ids()
+        return [ids[i] for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -42,8 +42,10 @@ def wrote_line(report: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """export_report.md: header, failures, the variants table, parity, TensorRT check, engines, timings."""
-    lines = _header(report) + _variants_table(report) + _parity_sections(report) + _trt_sections(report)
+    """export_report.md: header, failures, the variants table, INT8 calibration / sensitivity / mixed precision,
+    parity, TensorRT check, engines, timings."""
+    lines = _header(report) + _variants_table(report) + _calibration_section(report)
+    lines += _precision_sections(report) + _parity_sections(report) + _trt_sections(report)
     lines += _engines_table(report)
     lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
     return "\n".join(lines)
@@ -80,6 +82,79 @@ def _variants_table(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | `{v['path']}` | {v['status']} | {v['nodes']} | {v['size_bytes'] / 1e6:.2f} MB | "
                      f"{'FAIL' if n_err else 'ok'} ({n_err} err, {n_warn} warn) | {fmt(m.get('miou'))} | "
                      f"{fmt(m.get('map'))} | {gate} |")
+    return lines
+
+
+def _calibration_section(report: dict[str, Any]) -> list[str]:
+    c = report.get("calibration")
+    if not c:
+        return []
+    method = c["method"] + (f" (percentile {c['percentile']:g})" if c["method"] == "percentile" else "")
+    return ["", "## INT8 calibration", "",
+            f"- {method} over {c['frames']} frame(s) from {c['scenes']} scene(s) of `{c['data']}` (sampled evenly "
+            f"across scenes), {c['tensors']} activation tensors; {c.get('pre_process', '')}",
+            f"- cache `{c.get('cache_file', '-')}`: {c['cache']}"
+            + (f"; statistics collected in {c['collect_s']} s" if c.get("collect_s") is not None else ""), ""]
+
+
+def _precision_sections(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for name, v in report["variants"].items():
+        if v.get("sensitivity"):
+            lines += _sensitivity_table(name, v["sensitivity"])
+        if v.get("mixed_precision"):
+            lines += _mixed_section(name, v["mixed_precision"])
+    return lines
+
+
+def _sensitivity_table(name: str, s: dict[str, Any]) -> list[str]:
+    p = s["proxy"]
+    kf = s.get("keep_float") or {}
+    measured = {r["node"]: r for r in kf.get("rows", [])}
+    lines = ["", f"## INT8 sensitivity ({name})", "",
+             f"{s['units']} quantizable units. Output error with ONLY that unit in INT8 (noise-to-signal vs fp32 "
+             f"on {p['frames']} frame(s): heatmap, box regression at object cells, semantic logits; score = their "
+             f"mean; {p['seconds']} s). Reference: nothing in INT8 scores {p['none_int8']['score']:.3g}, "
+             f"everything in INT8 {p['all_int8']['score']:.3g}."]
+    if kf:
+        lines.append(f"Last column: the full INT8 model with only that unit kept in float, on {kf['frames']} gate "
+                     f"frame(s) ({kf['seconds']} s).")
+    lines += ["", "| rank | unit | op | layer | MACs | score | heatmap | regression | sem logits | sem flips | "
+                  "only this float: drop mIoU / mAP |", "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in p["rows"]:
+        m = measured.get(r["node"])
+        meas = "-" if m is None else (f"{m['drop_miou']:+.4f} / {m['drop_map']:+.4f}"
+                                      f"{' (passes)' if m['passes_gate'] else ''}")
+        lines.append(f"| {r['rank']} | `{r['node']}` | {r['op']} | {r.get('layer', '-')} | "
+                     f"{100 * r['mac_share']:.1f}% | {r['score']:.3g} | {r['hm']:.3g} | {r['reg']:.3g} | "
+                     f"{r['sem']:.3g} | {100 * r['sem_flip']:.2f}% | {meas} |")
+    return lines
+
+
+def _mixed_section(name: str, mp: dict[str, Any]) -> list[str]:
+    full, g = mp["full_int8_gate"], mp["gate"]
+    lines = ["", f"## Mixed precision ({name})", "",
+             f"- full INT8 ({100 * mp['int8_mac_share_full']:.1f}% of MACs): drop mIoU {full['drop_miou']:+.4f}, "
+             f"mAP {full['drop_map']:+.4f} -> FAIL"]
+    if mp["passed"]:
+        layers = mp.get("keep_float_layers") or ["-"] * len(mp["keep_float"])
+        lines += [f"- kept in float: {', '.join(f'`{u}` ({x})' for u, x in zip(mp['keep_float'], layers))}",
+                  f"- {100 * mp['int8_mac_share']:.1f}% of MACs still INT8; drop mIoU {g['drop_miou']:+.4f}, mAP "
+                  f"{g['drop_map']:+.4f} -> PASS"]
+    else:
+        lines.append(f"- no mix passes: with every unit in float, drop mIoU {g['drop_miou']:+.4f}, mAP "
+                     f"{g['drop_map']:+.4f} -> the variant is rejected")
+    lines += [f"- search: {mp['evaluations']} gate evaluation(s), {mp['seconds']} s", "",
+              "| step | units in float | unit added (grow, bisect) / put back in INT8 (prune) | drop mIoU | drop mAP | "
+              "gate |", "|---|---:|---|---:|---:|---|"]
+    lines += [f"| {t['step']} | {t['kept_float']} | `{t['unit']}` | "
+              f"{t['drop_miou']:+.4f} | {t['drop_map']:+.4f} | {'pass' if t['passed'] else 'FAIL'} |"
+              for t in mp["trace"]]
+    lat = mp.get("latency")
+    if lat:
+        ref = lat["fp32"]["median_ms"]
+        lines += ["", "| model (onnxruntime CPU, interleaved) | median ms | speed-up vs fp32 |", "|---|---:|---:|"]
+        lines += [f"| {k} | {t['median_ms']:.2f} | {ref / t['median_ms']:.2f}x |" for k, t in lat.items()]
     return lines
 
 

@@ -9,9 +9,14 @@ its line(s) through ``echo``:
 - ``export_fp32``       torch -> ONNX (dynamo) -> onnxslim (kept only if outputs are identical) -> metadata,
                         ``onnx.checker``, atomic write (``save_variant``), static TensorRT check (``check_tensorrt``)
 - ``fp32_parity``       torch vs onnxruntime, gated on --atol: a failure rejects model.onnx and stops the export
-- ``build_variants``    each requested row's builder (calibration frames loaded once), saved and checked like fp32
+- ``calibration``       INT8 activation ranges (``mtl.export.calibration``: frames sampled across scenes,
+                        --calib-method), once for every calibrated row, reused from OUT/calibration_cache.json
+                        when the fp32 model, the frames and the method are unchanged
+- ``build_variants``    each requested row's builder, saved and checked like fp32
 - ``variant_parity``    parity of each variant vs torch (informational for metric-gated rows)
 - ``metric_gate``       mIoU / mAP drop vs fp32 of the metric-gated rows, one pass over --val-data
+- ``int8_precision``    per-unit sensitivity (--sensitivity) and, for an INT8 row that failed its gate, the mixed
+                        precision search (``mtl.export.mixed``); a passing mix replaces the row's file
 - ``reject_failed``     failed variants are renamed ``*.rejected`` so no runtime picks them up
 - ``build_engines``     TensorRT engines of the rows whose target is TensorRT (--trt)
 - ``write_report``      always, also when a step raised; that error is re-raised afterwards
@@ -180,7 +185,8 @@ def run_steps(job: Job) -> None:
     proto, meta = export_fp32(job, samples)
     fp32_sess = ort_session(job.work / FP32.file)
     fp32_parity(job, fp32_sess, samples)
-    built = build_variants(job, proto, meta)
+    calib = calibration(job, proto)
+    built = build_variants(job, proto, meta, calib)
     sessions = {"fp32": fp32_sess}
     for v, path, vproto, info in built:
         check_tensorrt(job, v, vproto, path, info)
@@ -188,6 +194,7 @@ def run_steps(job: Job) -> None:
         if job.opts.parity:
             variant_parity(job, v, sessions[v.name], samples)
     metric_gate(job, [v for v, *_ in built if v.check == "metrics"], sessions)
+    int8_precision(job, built, sessions, calib, meta, samples)
     reject_failed(job.report, built)
     if job.opts.trt:
         build_engines(job)
@@ -269,8 +276,10 @@ def save_variant(v: Variant, proto: Any, fp32_meta: dict[str, Any], out_dir: Pat
     import onnx
 
     from ..contract import write_onnx_metadata
+    from .onnx_export import opset_of
 
-    write_onnx_metadata(proto, v.metadata(fp32_meta))
+    # a variant may raise the opset (the TensorRT INT8 recipe: 19 for fp16 Q/DQ): record its own
+    write_onnx_metadata(proto, {**v.metadata(fp32_meta), "opset": opset_of(proto)})
     onnx.checker.check_model(proto, full_check=True)
     return save_proto_atomic(proto, out_dir / v.file)
 
@@ -317,29 +326,53 @@ def variant_parity(job: Job, v: Variant, sess: Any, samples: list[dict]) -> dict
     return rep
 
 
-def build_variants(job: Job, fp32_proto: Any, fp32_meta: dict[str, Any]) -> list[Built]:
+def calibration(job: Job, fp32_proto: Any) -> Any:
+    """The calibrated rows' ``Calibration`` (pre-processed fp32 model + activation ranges), None when no row
+    needs one. Frames are sampled across the scenes of --calib-data; loaded only when the cache misses."""
+    o = job.opts
+    if not any(v.calibrated for v in o.selected):
+        return None
+    from .calibration import CACHE_FILE, calibrate, sample_across_scenes
+    from .quantize import pre_process
+
+    t0 = time.perf_counter()
+    model, pre = pre_process(fp32_proto)
+    frames = par.FrameSource(o.calib_data, job.cfg, max_frames=o.calib_frames, select=sample_across_scenes)
+    ids = frames.selected_ids
+    # read from the committed set, write into the new one (staging): a re-export keeps the cache
+    calib = calibrate(model, lambda: [f for f, _ in par.batched(frames, o.run_batch)], ids,
+                      job.report["variants"][FP32.name]["sha256"], o.calib_method, o.calib_percentile,
+                      o.out_dir / CACHE_FILE, job.work / CACHE_FILE)
+    calib.info.update(pre)
+    job.report["calibration"] = {**calib.info, "data": str(o.calib_data), "frame_ids": ids}
+    job.report["timings_s"]["calibration"] = round(time.perf_counter() - t0, 3)
+    job.echo(f"calibration: {o.calib_method} over {len(ids)} frame(s) from {calib.info['scenes']} scene(s) of "
+             f"{o.calib_data}, {calib.info['tensors']} tensors; cache {calib.info['cache']} "
+             f"({job.report['timings_s']['calibration']:.1f} s)")
+    return calib
+
+
+def build_variants(job: Job, fp32_proto: Any, fp32_meta: dict[str, Any], calib: Any = None) -> list[Built]:
     """Each requested row built from the fp32 proto and saved; its build time lands in "timings_s"."""
     o = job.opts
     built: list[Built] = []
-    calib: tuple[list[dict], int] | None = None
     for v in o.selected:
-        if v.calibrated and calib is None:
-            calib = calibration_feeds(job)
-        feeds, n_frames = calib if v.calibrated and calib else ([], 0)
         t0 = time.perf_counter()
-        proto, info = v.build(fp32_proto, feeds, o.exclude_heads_int8)
+        proto, info = v.build(fp32_proto, calib if v.calibrated else None, o.exclude_heads_int8)
         if v.calibrated:
-            info.update(calibration_data=str(o.calib_data), calibration_frames=n_frames)
-        path = save_variant(v, proto, fp32_meta, job.work)
+            info.update(calibration_data=str(o.calib_data), calibration_frames=calib.info["frames"])
+        path = save_variant(v, proto, {**fp32_meta, **int8_metadata(info)}, job.work)
         job.report["timings_s"][v.timing_key] = round(time.perf_counter() - t0, 3)
         built.append((v, path, proto, info))
     return built
 
 
-def calibration_feeds(job: Job) -> tuple[list[dict], int]:
-    """(batched feeds, number of frames) of --calib-data, loaded once for every calibrated row."""
-    frames = par.FrameSource(job.opts.calib_data, job.cfg, max_frames=job.opts.calib_frames)
-    return [f for f, _ in par.batched(frames, job.opts.run_batch)], len(frames)
+def int8_metadata(info: dict[str, Any]) -> dict[str, Any]:
+    """ONNX metadata entries of an INT8 build (none for other rows): calibration method, float units, MAC share."""
+    if "int8_mac_share" not in info:
+        return {}
+    return {"int8_calibration": info["calibration"].get("method"), "int8_float_nodes": list(info["float_nodes"]),
+            "int8_mac_share": info["int8_mac_share"]}
 
 
 def metric_gate(job: Job, gated: list[Variant], sessions: dict[str, Any]) -> None:
@@ -366,6 +399,46 @@ def metric_gate(job: Job, gated: list[Variant], sessions: dict[str, Any]) -> Non
         variants[v.name]["gate"] = gate
         job.echo(gate_line(v.name, gate))
         job.report["failures"].extend(f"{v.name} gate: {f}" for f in gate["failures"])
+
+
+def int8_precision(job: Job, built: list[Built], sessions: dict[str, Any], calib: Any, fp32_meta: dict[str, Any],
+                   samples: list[dict]) -> None:
+    """Per-unit sensitivity (--sensitivity) and mixed precision (a calibrated row that failed its gate) by
+    ``mtl.export.mixed.tune_int8``; the tables go into the row's report entry. A passing mix replaces the
+    row's file, which is then checked, parity-tested and gated again like a freshly built row."""
+    o = job.opts
+    for i, (v, path, _, _) in enumerate(built):
+        gate = job.report["variants"][v.name].get("gate")
+        if not v.calibrated or not gate or not (o.sensitivity or (o.mixed_precision and not gate["passed"])):
+            continue
+        from .mixed import tune_int8
+        from .quantize import plan_int8
+
+        t0 = time.perf_counter()
+        tables, mix, info = tune_int8(
+            plan_int8(calib, v.target, o.exclude_heads_int8), fp32_session=sessions[FP32.name],
+            int8_session=sessions[v.name], probe=list(par.FrameSource(o.val_data, job.cfg, o.sensitivity_frames)),
+            gate_frames=par.FrameSource(o.val_data, job.cfg, max_frames=o.gate_frames), cfg=job.cfg,
+            batch=o.run_batch, fp32_metrics=job.report["variants"][FP32.name]["metrics"], full_gate=gate,
+            max_drop_miou=o.max_drop_miou, max_drop_map=o.max_drop_map, sensitivity=o.sensitivity,
+            mixed=o.mixed_precision, top=o.sensitivity_top, echo=job.echo, name=v.name)
+        if mix is not None:
+            info.update(calibration_data=str(o.calib_data), calibration_frames=calib.info["frames"])
+            path = save_variant(v, mix, {**fp32_meta, **int8_metadata(info)}, job.work)
+            check_tensorrt(job, v, mix, path, info)               # a fresh report entry for the new file
+            new_gate = dict(tables["mixed_precision"]["gate"])
+            job.report["variants"][v.name].update(metrics=new_gate.pop("metrics"), gate=new_gate)
+            job.report["failures"] = [f for f in job.report["failures"]
+                                      if not f.startswith((f"{v.name} gate:", f"{v.name} parity:"))]
+            job.report["failures"].extend(f"{v.name} gate: {f}" for f in new_gate["failures"])
+            sessions[v.name] = ort_session(path)
+            variant_parity(job, v, sessions[v.name], samples)
+            job.echo(gate_line(v.name, new_gate))
+            built[i] = (v, path, mix, info)
+        entry = job.report["variants"][v.name]
+        entry["sensitivity"] = {k: tables[k] for k in ("units", "proxy", "keep_float") if k in tables}
+        entry["mixed_precision"] = tables.get("mixed_precision")
+        job.report["timings_s"][f"{v.name}_precision"] = round(time.perf_counter() - t0, 3)
 
 
 def reject_failed(report: dict[str, Any], built: list[Built]) -> None:

@@ -20,28 +20,30 @@ from ..contract import EXPORT_FP32_FILE
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-# builder(fp32 proto, calibration feeds ([] unless the row is calibrated), exclude_heads) -> (proto, info);
-# exclude_heads: keep the final head convs in float (``mtl.export.quantize.final_convs``)
-Builder = Callable[[Any, list, bool], tuple]
+# builder(fp32 proto, calibration (``mtl.export.calibration.Calibration``; None unless the row is calibrated),
+# exclude_heads) -> (proto, info); exclude_heads: keep the final head convs in float
+# (``mtl.export.quantize.final_convs``). A calibrated row's builder is its full INT8 model; the exporter's
+# mixed precision step rebuilds it with more units in float (``mtl.export.quantize.build_int8``).
+Builder = Callable[[Any, Any, bool], tuple]
 TARGETS = ("tensorrt", "cpu")      # static TensorRT check + engine build / onnxruntime CPU only
 CHECKS = ("parity", "metrics")     # gated on torch parity (atol) / on the mIoU + mAP drop vs fp32
 
 
-def build_fp16(proto: ModelProto, calib: list[dict], exclude_heads: bool) -> tuple[ModelProto, dict[str, Any]]:
+def build_fp16(proto: ModelProto, calib: Any, exclude_heads: bool) -> tuple[ModelProto, dict[str, Any]]:
     """fp16 weights and compute, float32 I/O; the decode tail stays fp32 (no calibration, heads included)."""
     from .quantize import convert_fp16
 
     return convert_fp16(proto)
 
 
-def build_int8(proto: ModelProto, calib: list[dict], exclude_heads: bool) -> tuple[ModelProto, dict[str, Any]]:
-    """INT8 Q/DQ for TensorRT: symmetric activations, convolutions only."""
+def build_int8(proto: ModelProto, calib: Any, exclude_heads: bool) -> tuple[ModelProto, dict[str, Any]]:
+    """INT8 for TensorRT: symmetric Q/DQ on conv inputs and weights in the fp16 model (opset >= 19)."""
     from .quantize import quantize_int8
 
     return quantize_int8(proto, calib, exclude_heads=exclude_heads, target="tensorrt")
 
 
-def build_int8_cpu(proto: ModelProto, calib: list[dict], exclude_heads: bool) -> tuple[ModelProto, dict[str, Any]]:
+def build_int8_cpu(proto: ModelProto, calib: Any, exclude_heads: bool) -> tuple[ModelProto, dict[str, Any]]:
     """INT8 for onnxruntime's x86 kernels: UINT8 activations, int32 biases, adds / concats / resizes too."""
     from .quantize import quantize_int8
 
@@ -80,7 +82,8 @@ VARIANTS: tuple[Variant, ...] = (
             "Also write model_fp16.onnx (I/O stay float32), gated on --val-data metrics.",
             build_fp16, "fp16", "tensorrt", "metrics", "onnxruntime-fp16", "ort-fp16"),
     Variant("int8", "model_int8.onnx", "--int8",
-            "Also write model_int8.onnx (Q/DQ, symmetric INT8, calibrated on --calib-data).",
+            "Also write model_int8.onnx for TensorRT (explicit symmetric INT8 Q/DQ in the fp16 model, calibrated on "
+            "--calib-data).",
             build_int8, "int8", "tensorrt", "metrics", "onnxruntime-int8", "ort-int8",
             calibrated=True, extra_metadata=(("int8_target", "tensorrt"),)),
     Variant("int8_cpu", "model_int8_cpu.onnx", "--int8-cpu",

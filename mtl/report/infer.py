@@ -1,9 +1,12 @@
 """The report section of an ``mtl infer`` output directory: a contact sheet (camera overlay and BEV view side
 by side per frame), a per-frame detections table, and the metrics when the frames had ground truth.
 
-``read_infer`` is the one place that knows infer's output layout (``<id>.json`` per frame with its boxes,
-``<id>_sem.png`` class ids, optional ``<id>_overlay.png``, ``summary.json``; metrics, when present, under
-``summary["metrics"]`` in the shape of ``mtl.runtime.scoring.score_results``)."""
+``read_infer`` is the one place that knows infer's output layout (``mtl.runtime.results``): per frame
+``frames/<id>.json`` (boxes, ``modality``, ``decode``), ``frames/<id>_sem.png`` (class ids),
+``frames/<id>_sem_color.png`` (colours) and optional ``frames/<id>_overlay.png``, then ``summary.json``
+(``files`` names the frames in order; ``modalities``, ``decode``, and with ``mtl infer --eval`` the metrics
+under ``metrics`` in the shape of ``mtl.runtime.scoring.score_results``). Outputs of older versions, with the
+per-frame files beside ``summary.json``, are read too."""
 from __future__ import annotations
 
 import json
@@ -36,24 +39,28 @@ def _local(path: Path, name: Any) -> Path | None:
 
 
 def read_infer(path: Path) -> dict[str, Any]:
-    """``{"path", "summary", "frames": [{"name", "doc", "semantic_png", "overlay_png"}], "metrics"}`` of an
-    infer output folder (layout in the module docstring). Raises ``DataError`` when it holds no frame."""
+    """``{"path", "summary", "frames": [{"name", "doc", "modality", "semantic_png", "semantic_color_png",
+    "overlay_png"}], "metrics"}`` of an infer output folder (layout in the module docstring). Raises
+    ``DataError`` when it holds no frame, or when ``summary.json`` lists a frame whose JSON is missing."""
     summary = _json(path / "summary.json") if (path / "summary.json").is_file() else {}
-    names = summary.get("files") if isinstance(summary.get("files"), list) else \
-        sorted(p.stem for p in path.glob("*.json") if p.name not in ("summary.json", "manifest.json"))
+    base = path / "frames" if (path / "frames").is_dir() else path          # the flat layout of older versions
+    listed = summary.get("files") if isinstance(summary.get("files"), list) else None
+    names = listed if listed is not None else sorted(
+        p.stem for p in base.glob("*.json") if base != path or p.name not in ("summary.json", "manifest.json"))
     frames = []
     for name in names:
-        p = _local(path, f"{name}.json")
-        if p is None and isinstance(summary.get("files"), list):
+        p = _local(base, f"{name}.json")
+        if p is None and listed is not None:
             raise DataError(path / "summary.json", f"lists frame {name!r} but {name}.json is not there")
         doc = _json(p) if p else None
         if not isinstance(doc, dict) or not isinstance(doc.get("detections"), list):
             continue
-        frames.append({"name": name, "doc": doc,
-                       "semantic_png": _local(path, doc.get("semantic_png", f"{name}_sem.png")),
-                       "overlay_png": _local(path, doc.get("overlay_png"))})
+        frames.append({"name": name, "doc": doc, "modality": doc.get("modality"),
+                       "semantic_png": _local(base, doc.get("semantic_png", f"{name}_sem.png")),
+                       "semantic_color_png": _local(base, doc.get("semantic_color_png")),
+                       "overlay_png": _local(base, doc.get("overlay_png"))})
     if not frames:
-        raise DataError(path, "no mtl infer frames here (<id>.json with 'detections')")
+        raise DataError(path, "no mtl infer frames here (frames/<id>.json with 'detections')")
     metrics = summary.get("metrics")
     return {"path": path, "summary": summary, "frames": frames,
             "metrics": metrics if isinstance(metrics, dict) else None}
@@ -84,7 +91,7 @@ def infer_section(path: Path, anchor: str) -> Section:
     m = run["metrics"]
     if m:
         parts.append(_metrics(m))
-        sec.key_metrics.append({"source": str(path), "what": "inference on labelled frames",
+        sec.key_metrics.append({"source": str(path), "what": f"inference on labelled frames of {s.get('data', '-')}",
                                 "frames": m.get("frames"), "miou": m.get("miou") if m.get("semantic_frames") else None,
                                 "pixel_acc": m.get("pixel_acc") if m.get("semantic_frames") else None,
                                 "map": m.get("map") if m.get("detection_frames") else None})
@@ -99,13 +106,20 @@ def infer_section(path: Path, anchor: str) -> Section:
 
 def _header(s: dict, n_frames: int) -> str:
     skipped = ", ".join(f"{v} {k}" for k, v in (s.get("frames_skipped") or {}).items()) or "none"
+    kinds = ", ".join(f"{v} {k}" for k, v in (s.get("modalities") or {}).items() if v)
+    d = s.get("decode") or {}
+    cut = (f" (score &gt; {fmt(d.get('score_threshold'), 3)}, at most {fmt(d.get('max_detections'))} per frame"
+           f"{', set for this run' if d.get('overrides') else ''})" if d else "")
     t = s.get("mean_timing_ms") or {}
     timing = table(["stage"] + list(t), [["mean ms"] + list(t.values())]) if t else ""
-    return (f"<p>{n_frames} frames &middot; model <code>{esc(s.get('model', '-'))}</code> "
-            f"({esc(s.get('precision', '-'))}) &middot; backend {esc(s.get('backend', '-'))} "
-            f"({esc(', '.join(s.get('providers') or []))}) &middot; "
+    stand_in = ((s.get("modalities") or {}).get("lidar-only") or 0) > 0
+    return (f"<p>{n_frames} frames{f' ({esc(kinds)})' if kinds else ''} &middot; model "
+            f"<code>{esc(s.get('model', '-'))}</code> ({esc(s.get('precision', '-'))}) &middot; backend "
+            f"{esc(s.get('backend', '-'))} ({esc(', '.join(s.get('providers') or []))}) &middot; "
             f"data <code>{esc(s.get('data', '-'))}</code> ({esc(s.get('source', '-'))}) &middot; skipped: "
-            f"{esc(skipped)} &middot; {fmt(s.get('detections'))} detections</p>" + timing)
+            f"{esc(skipped)} &middot; {fmt(s.get('detections'))} detections{cut}</p>" +
+            ('<p class="muted">LiDAR-only frames ran with a mean-colour stand-in camera image (as mtl eval feeds '
+             "them): their boxes are predictions, their semantic map is empty.</p>" if stand_in else "") + timing)
 
 
 def _model_config(s: dict) -> tuple[Config, str]:
@@ -155,7 +169,11 @@ def _card(fr: dict, frame: Any, cfg: Config, s: dict, base: str, files: dict[str
     doc = fr["doc"]
     fid = doc.get("frame_id", fr["name"])
     boxes, labels, scores = _detections(doc)
-    if fr["overlay_png"] is not None:
+    if fr["modality"] == "lidar-only":
+        files[f"{base}_camera.png"] = draw.encode(draw.with_title(draw.placeholder(
+            "no camera image: a LiDAR-only frame (run with a stand-in image; no semantic prediction)", (320, 512)),
+            f"{fid} \u00b7 LiDAR only"))
+    elif fr["overlay_png"] is not None:
         files[f"{base}_camera.png"] = fr["overlay_png"].read_bytes()
     else:
         files[f"{base}_camera.png"] = draw.encode(_camera(fr, frame, cfg, s, (boxes, labels, scores)))
@@ -166,7 +184,8 @@ def _card(fr: dict, frame: Any, cfg: Config, s: dict, base: str, files: dict[str
     files[f"{base}_bev.png"] = draw.encode(draw.bev_view(
         cfg.grid, points=pts, boxes=boxes, labels=labels, scores=scores, gt_boxes=gt[0], gt_labels=gt[1],
         det_names=cfg.classes.det_classes, title=f"{fid}: {len(boxes)} predicted{n_gt}"))
-    return (f'<div class="card"><h4>{esc(fid)} &middot; {len(boxes)} detections</h4><div class="pair">'
+    kind = f" &middot; {esc(fr['modality'])}" if fr["modality"] else ""
+    return (f'<div class="card"><h4>{esc(fid)} &middot; {len(boxes)} detections{kind}</h4><div class="pair">'
             f'<a href="{base}_camera.png"><img src="{base}_camera.png" alt="camera overlay of {esc(fid)}"></a>'
             f'<a href="{base}_bev.png"><img src="{base}_bev.png" alt="bird\'s-eye view of {esc(fid)}"></a></div></div>')
 
@@ -225,12 +244,12 @@ def _frames_table(frames: list[dict], m: dict | None) -> str:
         for d in dets:
             counts[str(d.get("class"))] = counts.get(str(d.get("class")), 0) + 1
         top = max((float(d.get("score", 0)) for d in dets), default=None)
-        row = [fid, len(dets), ", ".join(f"{k} {v}" for k, v in counts.items()) or "-", top,
-               (doc.get("timing_ms") or {}).get("total"), doc.get("points")]
+        row = [fid, fr.get("modality") or "-", len(dets), ", ".join(f"{k} {v}" for k, v in counts.items()) or "-",
+               top, (doc.get("timing_ms") or {}).get("total"), doc.get("points")]
         if per:
             row += [(per.get(fid) or {}).get("pixel_acc"), (per.get(fid) or {}).get("gt_boxes")]
         rows.append(row)
-    head = ["frame", "detections", "per class", "top score", "total ms", "LiDAR points"]
+    head = ["frame", "modality", "detections", "per class", "top score", "total ms", "LiDAR points"]
     head += ["pixel acc", "GT boxes"] if per else []
     more = f'<p class="muted">first {MAX_TABLE} of {len(frames)} frames</p>' if len(frames) > MAX_TABLE else ""
     return "<h3>Detections per frame</h3>" + table(head, rows) + more

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +51,6 @@ from .preprocess import (
     image_input,
 )
 from .sensor import sensor_remap
-
-if TYPE_CHECKING:
-    from .results import ResultSet
 
 
 def _use_worker(threads: int | None) -> bool:
@@ -95,6 +92,7 @@ class Pipeline:
 
     def __init__(self, spec: ModelSpec, backend: Backend, overlap: bool | None = None):
         self.spec, self.backend = spec, backend
+        self.model_decode = spec.cfg.decode      # the exported model's own decode settings (set_decode changes cfg)
         # the worker only runs between inferences, so it never competes with the backend's threads
         use = _use_worker(None) if overlap is None else overlap
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mtl-runtime") if use else None
@@ -148,6 +146,23 @@ class Pipeline:
         return {"model": self.spec.path, "precision": self.spec.precision, "decode_in_graph": self.spec.decode,
                 "image_hw": list(self.spec.image_hw), "bev_shape": list(self.spec.bev_shape[1:]),
                 **self.backend.describe()}
+
+    def set_decode(self, score_threshold: float | None = None, max_detections: int | None = None) -> None:
+        """Keep boxes scoring > ``score_threshold``, at most ``max_detections`` per frame, instead of the model's
+        ``decode`` settings (None: keep the model's). The config's rules apply (``0 < score_threshold < 1``,
+        ``1 <= max_detections <= 4096``; ``ConfigError`` naming the key otherwise); a model that decodes in its
+        graph (``mtl export --decode``) returns at most its own ``decode.max_detections`` boxes, so more is
+        refused. The evaluation cut (``decode.eval_score_threshold``) is never changed."""
+        from dataclasses import replace
+
+        from ..errors import ConfigError
+
+        own = self.model_decode.max_detections
+        if self.spec.decode and max_detections is not None and max_detections > own:
+            raise ConfigError(self.spec.path, f"max_detections {max_detections}: this model decodes at most {own} "
+                                              "boxes in its graph (exported with --decode); ask for at most that")
+        cfg = self.cfg.override(**{"decode.score_threshold": score_threshold, "decode.max_detections": max_detections})
+        self.spec = replace(self.spec, cfg=cfg)
 
     # ------------------------------------------------------------------------------------ stages
     def check_frame(self, frame: RuntimeFrame) -> None:
@@ -419,113 +434,4 @@ class Pipeline:
         self.close()
 
 
-# ------------------------------------------------------------------------------- a whole directory
-
-
-def infer_directory(model: str | Path, data: str | Path, out: str | Path, backend: str = "auto",
-                    threads: int | None = None, overlay_images: bool = False, limit: int | None = None,
-                    progress: bool = True, log: Any = None, overwrite: bool = False, resume: bool = False,
-                    skip_bad: bool = False) -> dict:
-    """``mtl infer``: every frame of ``data`` (chunks or raw A2D2 tree) through the model, written as one set
-    (layout and modes: ``mtl.runtime.results``): ``OUT/frames/<id>.json`` (detections, timing, the model's
-    sha256, the source), ``OUT/frames/<id>_sem.png`` (class ids), optionally ``OUT/frames/<id>_overlay.png``,
-    then ``OUT/summary.json`` and ``OUT/manifest.json``. A non-empty ``out`` is refused unless ``overwrite`` or
-    ``resume``; ``out`` inside ``data`` always. Frames without a camera image are skipped and counted; with
-    ``skip_bad`` so are chunks / raw frames / images that do not read; a calibration / class mismatch stops the
-    run (ModelMismatchError). Every write is atomic; ``OUT/.mtl.lock`` is held while writing."""
-    from ..contract import MAX_ENGINE_BYTES, check_export_set, sha256_capped
-    from ..io import OutputLock
-    from .frames import detect_source
-    from .results import ResultSet, check_request
-
-    out, t_start = Path(out), time.perf_counter()
-    check_request(out, data, overwrite, resume)
-    check_export_set([Path(model)])
-    model_sha = sha256_capped(model, MAX_ENGINE_BYTES, "model")
-    source_kind = detect_source(data)
-    pipe = Pipeline.open(model, backend, threads)
-    try:
-        if pipe.fallback and log:
-            log(f"note: {pipe.fallback}")
-        with OutputLock(out, "mtl infer"):
-            results = ResultSet.open(out, model_sha, overlay_images, overwrite, resume)
-            try:
-                summary = _infer_frames(pipe, data, results, overlay_images, limit, progress, log, skip_bad)
-                summary = {"model": str(model), "model_sha256": model_sha, "data": str(data), "source": source_kind,
-                           "out": str(out), **pipe.describe(), **summary,
-                           "wall_s": round(time.perf_counter() - t_start, 3)}
-                results.commit(summary)
-            except BaseException:
-                results.abandon()
-                raise
-    finally:
-        pipe.close()
-    return summary
-
-
-def _infer_frames(pipe: Pipeline, data: str | Path, results: ResultSet, overlay_images: bool, limit: int | None,
-                  progress: bool, log: Any, skip_bad: bool) -> dict:
-    """The frame loop of ``infer_directory``: skips finished frames (resume), writes each new one."""
-    from ..errors import ChunkError
-    from ..io import encode_png
-    from .frames import iter_frames
-    from .postprocess import overlay
-    from .results import unique_name
-
-    skipped: dict[str, int] = {}
-    bad: list[str] = []
-
-    def on_bad(kind: str, err: Exception) -> None:
-        skipped[kind] = skipped.get(kind, 0) + 1
-        if len(bad) < 1000:                 # the count is exact; the reasons of the first 1000 are kept
-            bad.append(f"{kind}: {err}")
-        if log:
-            log(f"skipped {kind}: {err}")
-
-    frames = iter_frames(data, pipe.cfg, with_gt=False, limit=limit, on_bad=on_bad if skip_bad else None)
-    bar = None
-    if progress:
-        import sys
-
-        from tqdm import tqdm
-
-        frames = bar = tqdm(frames, unit="frame", desc="infer", total=limit, file=sys.stderr)
-    sem_classes = tuple(pipe.cfg.classes.sem_classes)
-    written, used, totals, n_dets, n_kept = [], set(), {}, 0, 0
-    try:
-        for frame in frames:
-            if not frame.has_image:
-                skipped["no camera image"] = skipped.get("no camera image", 0) + 1
-                continue
-            name = unique_name(frame.frame_id, used)
-            doc = results.finished(name, frame.frame_id)
-            if doc is None:
-                try:
-                    res = pipe.run_frame(frame, keep_image=overlay_images, keep_outputs=False)
-                except (DataError, ChunkError) as e:
-                    if not skip_bad:
-                        raise
-                    on_bad("bad frame", e)
-                    continue
-                doc = res.to_json(sem_classes)
-                doc.update(source=frame.source, model_sha256=results.model_sha256, semantic_png=f"{name}_sem.png")
-                images = {"_sem.png": encode_png(res.semantic)}
-                if overlay_images:
-                    images["_overlay.png"] = encode_png(overlay(res, pipe.cfg))
-                    doc["overlay_png"] = f"{name}_overlay.png"
-                results.write_frame(name, images, doc)
-                for k, v in res.timings_ms.items():
-                    totals.setdefault(k, []).append(v)
-            else:
-                n_kept += 1
-            written.append(name)
-            n_dets += int(doc.get("n_detections", 0))
-    finally:
-        if bar is not None:
-            bar.close()
-    return {"frames_written": len(written), "frames_resumed": n_kept, "frames_skipped": skipped, "bad": bad,
-            "detections": n_dets, "mean_timing_ms": {k: round(float(np.mean(v)), 4) for k, v in totals.items()},
-            "files": written}
-
-
-__all__ = ["Pipeline", "infer_directory"]
+__all__ = ["Pipeline"]

@@ -106,7 +106,7 @@ def _boxes(outputs: dict[str, np.ndarray], cfg: Config, heatmap_activation: str,
         labels = np.asarray(outputs["det_labels"]).reshape(-1).astype(np.int64)
         boxes = np.asarray(outputs["det_boxes"], np.float32).reshape(-1, 7)
         keep = scores > d.score_threshold
-        order = np.argsort(-scores[keep], kind="stable")
+        order = np.argsort(-scores[keep], kind="stable")[: d.max_detections]   # fewer than K: Pipeline.set_decode
         return {"boxes": boxes[keep][order], "scores": scores[keep][order], "labels": labels[keep][order]}
     heat = np.asarray(outputs["bbox_heatmap"][0], np.float32)
     if heatmap_activation == "none":

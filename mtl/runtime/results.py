@@ -4,7 +4,8 @@ Layout of ``--out`` (per-frame files live under ``frames/``, so no frame id, ``s
 with the run's own files)::
 
     frames/<name>.json          detections, timing, frame_id, source, model_sha256 (the frame's commit marker)
-    frames/<name>_sem.png       class ids at the model image size
+    frames/<name>_sem.png       class ids at the model image size (for machines: looks black)
+    frames/<name>_sem_color.png the same map in the class colours (for people)
     frames/<name>_overlay.png   with --overlay
     summary.json                the run: model, counts, skipped / bad frames, mean timings, frame names
     manifest.json               every file's name, size and sha256 and the model's sha256 (written last)
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,7 @@ FRAMES = "frames"
 SUMMARY, MANIFEST = "summary.json", "manifest.json"
 INFER_KIND = "mtl infer"
 STAGING_PREFIX = ".infer-staging-"
-IMAGE_SUFFIXES = ("_sem.png", "_overlay.png")
+IMAGE_SUFFIXES = ("_sem.png", "_sem_color.png", "_overlay.png")
 MAX_FRAME_JSON = 16 << 20        # a frame's JSON is kilobytes (at most max_detections boxes)
 
 
@@ -159,16 +161,19 @@ class ResultSet:
             if stem is None or not (p.parent / f"{stem}.json").is_file():
                 p.unlink()
 
-    def finished(self, name: str, frame_id: str) -> dict | None:
-        """The frame's JSON when --resume finds it done by this model (with every image asked for)."""
+    def finished(self, name: str, frame_id: str, accept: Callable[[dict], bool] | None = None) -> dict | None:
+        """The frame's JSON when --resume finds it done by this model (with every image asked for) and
+        ``accept(doc)`` agrees (e.g. cut with the same settings); None: the frame runs (again)."""
         if self.mode != "resume":
             return None
         d = self.out / FRAMES
         doc = _json(d / f"{name}.json")
         if doc.get("model_sha256") != self.model_sha256 or doc.get("frame_id") != frame_id:
             return None
-        images = [f"{name}_sem.png"] + ([f"{name}_overlay.png"] if self.overlay else [])
-        if not all((d / i).is_file() for i in images) or (self.overlay and doc.get("overlay_png") != images[1]):
+        images = [f"{name}_sem.png", f"{name}_sem_color.png"] + ([f"{name}_overlay.png"] if self.overlay else [])
+        if not all((d / i).is_file() for i in images) or (self.overlay and doc.get("overlay_png") != images[-1]):
+            return None
+        if accept is not None and not accept(doc):
             return None
         for f in [f"{name}.json", *images, *([] if self.overlay else [f"{name}_overlay.png"])]:
             if (d / f).is_file():
