@@ -73,8 +73,9 @@ def ray_cluster(address: str, workers: int | None) -> Iterator[int]:
         quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
         if address == "local":
             workers = workers or default_workers()
-            # the object store only carries task arguments and small records (data goes through files)
-            ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=256 << 20, **quiet)
+            # address="local": always a new cluster (a bare init would join one a stale
+            # /tmp/ray/ray_current_cluster names); the object store only carries task arguments and small records
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, object_store_memory=256 << 20, **quiet)
         else:
             _check_reachable(address)
             try:

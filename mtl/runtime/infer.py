@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import Config
 from ..errors import ChunkError, DataError
 from .frames import KIND_CHUNK, RuntimeFrame
 from .pipeline import Pipeline
@@ -69,9 +70,9 @@ def frame_modality(frame: RuntimeFrame) -> str | None:
     return LIDAR_ONLY if lidar else None
 
 
-def decode_settings(pipe: Pipeline) -> dict[str, Any]:
+def decode_settings(pipe: Pipeline | Config) -> dict[str, Any]:
     """The cut the frame's boxes were made with (recorded in every frame's JSON and the summary)."""
-    d = pipe.cfg.decode
+    d = (pipe if isinstance(pipe, Config) else pipe.cfg).decode
     return {"score_threshold": d.score_threshold, "max_detections": d.max_detections}
 
 
@@ -129,12 +130,12 @@ def infer_frame(pipe: Pipeline, frame: RuntimeFrame, name: str, model_sha256: st
     return FrameOutput(images, doc, res.timings_ms)
 
 
-def keeps(doc: dict, pipe: Pipeline, opts: InferOptions) -> bool:
+def keeps(doc: dict, cfg: Config, opts: InferOptions) -> bool:
     """Whether a finished frame from an earlier run can stay (``--resume``): cut with these decode settings
-    and, with ``evaluate``, carrying a well-formed metric record."""
-    if doc.get("decode") != decode_settings(pipe) or doc.get("modality") not in MODALITIES:
+    (``cfg``: the model's, after ``set_decode``) and, with ``evaluate``, carrying a well-formed metric record."""
+    if doc.get("decode") != decode_settings(cfg) or doc.get("modality") not in MODALITIES:
         return False
-    return not opts.evaluate or check_record(doc.get("eval"), pipe.cfg)
+    return not opts.evaluate or check_record(doc.get("eval"), cfg)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -198,7 +199,8 @@ def infer_directory(model: str | Path, data: str | Path, out: str | Path, backen
                     threads: int | None = None, overlay_images: bool = False, limit: int | None = None,
                     progress: bool = True, log: Log | None = None, overwrite: bool = False, resume: bool = False,
                     skip_bad: bool = False, evaluate: bool = False, score_threshold: float | None = None,
-                    max_detections: int | None = None, note: Log | None = None) -> dict:
+                    max_detections: int | None = None, note: Log | None = None, ray_address: str | None = None,
+                    ray_workers: int | None = None) -> dict:
     """``mtl infer``: every frame of ``data`` (chunks or raw A2D2 tree) through the model, written as one set
     (``mtl.runtime.results``): ``OUT/frames/<id>.json``, ``<id>_sem.png``, ``<id>_sem_color.png``, optionally
     ``<id>_overlay.png``, then ``OUT/summary.json`` and ``OUT/manifest.json``. Returns the summary.
@@ -208,40 +210,85 @@ def infer_directory(model: str | Path, data: str | Path, out: str | Path, backen
     for this run (``Pipeline.set_decode``; recorded in ``summary["decode"]``). ``log`` gets the skipped-frame
     lines, ``note`` the backend fallback. A non-empty ``out`` is refused unless ``overwrite`` or ``resume``;
     ``out`` inside ``data`` always; with ``skip_bad`` chunks / frames that do not read are skipped and counted;
-    a calibration / class mismatch stops the run (ModelMismatchError). ``OUT/.mtl.lock`` is held while writing."""
+    a calibration / class mismatch stops the run (ModelMismatchError). ``OUT/.mtl.lock`` is held while writing.
+
+    ``ray_address`` (``"local"`` or a cluster address) runs the frames on Ray actors instead
+    (``mtl.runtime.infer_fleet``: the same files and summary, plus ``summary["fleet"]``), ``ray_workers`` of
+    them; ``BackendUnavailableError`` (exit 6) without the ``[fleet]`` extra."""
     from ..contract import MAX_ENGINE_BYTES, check_export_set, sha256_capped
-    from ..io import OutputLock
+    from ..errors import ConfigError
     from .frames import detect_source
     from .results import check_request
 
+    if ray_address is not None:
+        from ..fleet import import_ray
+
+        import_ray()                       # without ray: one line, before anything is read or written
+    elif ray_workers is not None:
+        raise ConfigError(None, "--ray-workers needs --ray ADDRESS|local")
     out, t_start = Path(out), time.perf_counter()
     check_request(out, data, overwrite, resume)
     check_export_set([Path(model)])
     model_sha = sha256_capped(model, MAX_ENGINE_BYTES, "model")
-    source_kind = detect_source(data)
+    job = InferJob(model=str(model), data=str(data), out=out, model_sha256=model_sha, source=detect_source(data),
+                   opts=InferOptions(overlay=overlay_images, evaluate=evaluate), backend=backend, threads=threads,
+                   overrides={k: v for k, v in (("score_threshold", score_threshold),
+                                                ("max_detections", max_detections)) if v is not None},
+                   limit=limit, skip_bad=skip_bad, overwrite=overwrite, resume=resume, t_start=t_start)
+    if ray_address is not None:
+        from .infer_fleet import infer_on_ray
+
+        return infer_on_ray(job, ray_address, ray_workers, progress, log, note)
     pipe = Pipeline.open(model, backend, threads)
     try:
-        overrides = {k: v for k, v in (("score_threshold", score_threshold), ("max_detections", max_detections))
-                     if v is not None}
-        pipe.set_decode(**overrides)
+        pipe.set_decode(**job.overrides)
         if pipe.fallback and note:
             note(f"note: {pipe.fallback}")
-        opts = InferOptions(overlay=overlay_images, evaluate=evaluate)
-        with OutputLock(out, "mtl infer"):
-            results = ResultSet.open(out, model_sha, overlay_images, overwrite, resume)
-            try:
-                tally = _run_frames(pipe, data, results, opts, limit, progress, log, skip_bad)
-                summary = {"model": str(model), "model_sha256": model_sha, "data": str(data), "source": source_kind,
-                           "out": str(out), **pipe.describe(), "eval": evaluate,
-                           "decode": {**decode_settings(pipe), "eval_score_threshold":
-                                      pipe.cfg.decode.eval_score_threshold, "overrides": overrides},
-                           **tally.summary(), "wall_s": round(time.perf_counter() - t_start, 3)}
-                results.commit(summary)
-            except BaseException:
-                results.abandon()
-                raise
+        return write_results(job, pipe.cfg, pipe.describe(), lambda results: (
+            _run_frames(pipe, data, results, job.opts, limit, progress, log, skip_bad), {}))
     finally:
         pipe.close()
+
+
+@dataclass(frozen=True)
+class InferJob:
+    """One ``mtl infer`` request, checked (``infer_directory``): what both engines (one machine, Ray) run."""
+
+    model: str
+    data: str
+    out: Path
+    model_sha256: str
+    source: str                          # frames.KIND_CHUNK | KIND_RAW
+    opts: InferOptions
+    backend: str
+    threads: int | None
+    overrides: dict                      # decode settings replaced for this run
+    limit: int | None
+    skip_bad: bool
+    overwrite: bool
+    resume: bool
+    t_start: float
+
+
+def write_results(job: InferJob, cfg: Config, described: dict,
+                  run: Callable[[ResultSet], tuple[Tally, dict]]) -> dict:
+    """Open the result set under the output lock, ``run(results)`` -> (tally, extra summary keys), then write
+    summary.json + manifest.json (``ResultSet.commit``); a run that stops leaves what ``abandon`` keeps."""
+    from ..io import OutputLock
+
+    with OutputLock(job.out, "mtl infer"):
+        results = ResultSet.open(job.out, job.model_sha256, job.opts.overlay, job.overwrite, job.resume)
+        try:
+            tally, extra = run(results)
+            summary = {"model": job.model, "model_sha256": job.model_sha256, "data": job.data, "source": job.source,
+                       "out": str(job.out), **described, "eval": job.opts.evaluate,
+                       "decode": {**decode_settings(cfg), "eval_score_threshold": cfg.decode.eval_score_threshold,
+                                  "overrides": job.overrides},
+                       **tally.summary(), **extra, "wall_s": round(time.perf_counter() - job.t_start, 3)}
+            results.commit(summary)
+        except BaseException:
+            results.abandon()
+            raise
     return summary
 
 
@@ -278,7 +325,7 @@ def _run_frames(pipe: Pipeline, data: str | Path, results: ResultSet, opts: Infe
             tally.skip(NO_INPUT)
             continue
         name = unique_name(frame.frame_id, used)
-        doc = results.finished(name, frame.frame_id, accept=lambda d: keeps(d, pipe, opts))
+        doc = results.finished(name, frame.frame_id, accept=lambda d: keeps(d, pipe.cfg, opts))
         if doc is not None:
             tally.add(name, doc, None)
             continue
@@ -296,5 +343,6 @@ def _run_frames(pipe: Pipeline, data: str | Path, results: ResultSet, opts: Infe
     return tally
 
 
-__all__ = ["CAMERA_LIDAR", "CAMERA_ONLY", "LIDAR_ONLY", "FrameOutput", "InferOptions", "Tally", "decode_settings",
-           "frame_images", "frame_modality", "infer_directory", "infer_frame", "keeps", "run_modality"]
+__all__ = ["CAMERA_LIDAR", "CAMERA_ONLY", "LIDAR_ONLY", "NO_INPUT", "FrameOutput", "InferJob", "InferOptions", "Tally",
+           "decode_settings", "frame_images", "frame_modality", "infer_directory", "infer_frame", "keeps",
+           "run_modality", "write_results"]
