@@ -150,13 +150,14 @@ def run_tasks(submit: Callable[[Any], Any], items: Iterable, window: int, on_don
     from ray.exceptions import RayError, RayTaskError
 
     pending: dict[Any, Any] = {}
-    todo = iter(items)
+    todo, end = iter(items), object()
     try:
         while True:
-            for item in todo:
-                pending[submit(item)] = item
-                if len(pending) >= window:
+            while len(pending) < window:           # checked first: a wait that timed out adds nothing
+                item = next(todo, end)
+                if item is end:
                     break
+                pending[submit(item)] = item
             if not pending:
                 return
             # a timeout keeps the driver responsive to Ctrl-C / SIGTERM while it waits
@@ -175,7 +176,10 @@ def run_tasks(submit: Callable[[Any], Any], items: Iterable, window: int, on_don
                 on_done(item, unwrap(result))
     finally:
         for ref in pending:
-            ray.cancel(ref, force=True)
+            try:
+                ray.cancel(ref, force=True)
+            except ValueError:                     # an actor task: the caller stops its actors
+                ray.cancel(ref)
 
 
 def item_label(item: Any) -> str:

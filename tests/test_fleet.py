@@ -33,7 +33,7 @@ RAW_FRAMES = ([(SCENE_A, f"{i:09d}", ALL) for i in (91, 100, 105, 110)] + [(SCEN
 @pytest.fixture(scope="module")
 def cluster():
     """A private local cluster of 2 CPUs; mtl's --ray calls keep this connection. Yields its address."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
              object_store_memory=100 << 20)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -254,6 +254,40 @@ def test_infer_worker_killed_mid_job_is_retried(cluster, art, tmp_path, monkeypa
     assert (out / ".fault-1").exists()                                 # the fault did happen
     assert s["fleet"]["shards_run"] == 4
     assert_same_results(art["ref"], out)
+
+
+def test_infer_gpu_backend_on_a_cluster_without_gpus_is_one_line(cluster, art, tmp_path):
+    from mtl.errors import BackendUnavailableError
+    from mtl.runtime.infer import infer_directory
+
+    with pytest.raises(BackendUnavailableError, match="needs a GPU; the Ray cluster has none"):
+        infer_directory(art["onnx"], art["data"], tmp_path / "o", backend="onnxruntime-cuda", progress=False,
+                        ray_address="local")
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_tasks_keeps_at_most_window_tasks_in_flight(cluster):
+    """Tasks slower than the driver's 1 s wait: a wait that times out must not submit one more."""
+    import time
+
+    from mtl.fleet import remote, run_tasks
+
+    task = remote()
+    live, peak, results = 0, 0, []
+
+    def submit(i):
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        return task.remote(time.sleep, 1.3)
+
+    def done(i, value):
+        nonlocal live
+        live -= 1
+        results.append(i)
+
+    run_tasks(submit, range(3), 1, done, "sleep")
+    assert peak == 1 and results == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------------------------ without ray

@@ -22,9 +22,11 @@ trace. A driver that dies leaves every finished frame: the same command with ``-
 ``MTL_FAULT_SHARD=k`` (tests) makes the first attempt of shard ``k`` SIGKILL its actor (``fleet.fault_point``;
 the marker ``.fault-k`` stays in the output folder, hidden).
 
-One difference from one machine, only under ``--skip-bad``: a chunk whose frame ids read but whose frames do
-not (``read_chunk``'s checks) still holds its frames' names and counts toward ``--limit`` (one machine never
-saw those ids): visible only when two frame ids of the set sanitise alike, or with ``--limit``.
+One difference from one machine: the driver names frames before any is read, so a frame one machine never
+names (in a chunk whose ids read but whose frames fail ``read_chunk``'s checks under ``--skip-bad``, a raw frame
+whose files do not read, a frame with neither camera nor LiDAR) still holds its name, and (the first two) counts
+toward ``--limit``. Visible only when two frame ids of the set sanitise alike (``_2`` suffixes), or with
+``--limit`` over bad input.
 """
 from __future__ import annotations
 
