@@ -33,8 +33,8 @@ RAW_FRAMES = ([(SCENE_A, f"{i:09d}", ALL) for i in (91, 100, 105, 110)] + [(SCEN
 @pytest.fixture(scope="module")
 def cluster():
     """A private local cluster of 2 CPUs; mtl's --ray calls keep this connection. Yields its address."""
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-             object_store_memory=100 << 20)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False, object_store_memory=100 << 20)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
