@@ -39,7 +39,17 @@ from typing import Any
 from ..config import Config
 from ..errors import ChunkError, DataError, MtlError
 from .frames import KIND_CHUNK, RuntimeFrame
-from .infer import NO_INPUT, InferJob, InferOptions, Log, Tally, frame_modality, infer_frame, keeps, write_results
+from .infer_core import (
+    NO_INPUT,
+    InferJob,
+    InferOptions,
+    Log,
+    Tally,
+    frame_modality,
+    infer_frame,
+    keeps,
+    write_results,
+)
 from .results import ResultSet
 
 RAW_SHARD_FRAMES = 64                 # raw frames per shard: a few seconds of work, like a chunk
