@@ -210,3 +210,26 @@ def test_list_chunks_sorted_and_ignores_temp_files(tmp_path, frames):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ChunkError, match="no \\*.npz"):
         list_chunks(tmp_path / "empty")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")     # no second error from ZipFile.__del__
+def test_an_interrupt_inside_the_zip_write_stays_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C while zipfile closes a member: numpy's cleanup then raises ValueError ("Can't close the ZIP file while
+    there is an open writing handle"); write_chunk raises the interrupt (the CLI's exit 130) and nothing else, and
+    leaves no file."""
+    import zipfile
+
+    from conftest import tiny_cfg, tiny_frame
+
+    cfg = tiny_cfg()
+    frames = [tiny_frame(cfg, np.random.default_rng(0), "a/000")]
+    close = zipfile._ZipWriteFile.close
+
+    def interrupted_close(self):
+        monkeypatch.setattr(zipfile._ZipWriteFile, "close", close)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        write_chunk(tmp_path / "c.npz", frames, {})
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".npz")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..config import build_config
-from .options import progress_option, want_progress
+from .options import progress_option, ray_options, want_progress
 from .train import set_option
 
 
@@ -30,21 +30,26 @@ def data() -> None:
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Config JSON (classes, camera.image_hw); default config when omitted.")
 @set_option("Applied after --config; --image-size wins over camera.image_hw.")
+@ray_options
 @progress_option
 def convert_cmd(root, out, chunk_size, image_size, partial, skip_bad, overwrite, workers, config_path, assignments,
-                progress):
+                ray_address, ray_workers, progress):
     """Convert a raw A2D2 front-centre tree into NPZ chunks (images undistorted + resized).
 
     Frames are paired by scene and frame id; by default a frame needs camera, label, lidar and label3D
     (others are skipped and counted per reason). Writes DIR/summary.json and DIR/manifest.json (every file
     of the set with its size and sha256) and prints a one-line summary. The whole set is switched in by one
     commit once the conversion succeeded: a failed, interrupted or killed run leaves DIR as it was.
+
+    With --ray the frames are converted by Ray tasks, one per scene piece of at most --chunk-size frames: the
+    same chunks as one machine, byte for byte. A failed, interrupted or killed --ray run keeps its finished
+    shards in a hidden folder of DIR; the same command again converts only the missing ones.
     """
     from ..data.convert import convert, format_summary
 
     summary = convert(root, out, build_config(config_path, assignments), chunk_size=chunk_size, image_size=image_size,
                       partial=partial, skip_bad=skip_bad, overwrite=overwrite, workers=workers,
-                      progress=want_progress(progress))
+                      progress=want_progress(progress), ray_address=ray_address, ray_workers=ray_workers)
     click.echo(format_summary(summary))
 
 

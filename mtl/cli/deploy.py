@@ -6,7 +6,7 @@ import click as _ck
 # the variant table is import-light (no torch / onnx): the export flags and the bench columns come from it
 from ..export.options import CALIB_METHODS, DEFAULT_MAX_DROP
 from ..export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, GATED_PRECISIONS, OPTIONAL
-from .options import note_printer, progress_option, verbose_option, want_progress
+from .options import note_printer, progress_option, ray_options, verbose_option, want_progress
 
 COMMANDS: list = []
 
@@ -129,21 +129,27 @@ _SCENARIOS = ("single-stream", "constant-stream", "offline")
             help="Replace the results in --out: the new run replaces them in one commit once complete.")
 @_ck.option("--skip-bad", is_flag=True,
             help="Skip and count chunks / frames that do not read (summary.json lists why) instead of stopping.")
+@ray_options
 @progress_option
 @verbose_option
 def infer_cmd(model, data, out, backend, threads, overlay, evaluate, score_threshold, max_detections, limit, resume,
-              overwrite, skip_bad, progress, verbose):
+              overwrite, skip_bad, ray_address, ray_workers, progress, verbose):
     """Run the torch-free runtime on every frame: OUT/frames/<id>.json (boxes in metres with class names, scores,
     timing, modality, the model's sha256), OUT/frames/<id>_sem.png (class ids, for machines),
     OUT/frames/<id>_sem_color.png (the same in colour, for people), optional overlays, then OUT/summary.json and
     OUT/manifest.json. LiDAR-only frames run with a mean-colour stand-in image (as mtl eval does). A non-empty OUT
-    is refused (exit 9) without --resume / --overwrite."""
+    is refused (exit 9) without --resume / --overwrite.
+
+    With --ray each chunk (raw tree: each piece of a scene) is a task for one of --ray-workers actors that hold
+    the model (--threads each, default 1): the same files and summary as one machine. After a killed --ray run
+    the same command with --resume runs only the frames still missing."""
     from ..runtime.infer import infer_directory
 
     s = infer_directory(model, data, out, backend=backend, threads=threads, overlay_images=overlay, limit=limit,
                         progress=want_progress(progress), log=lambda m: _ck.echo(m, err=True), overwrite=overwrite,
                         resume=resume, skip_bad=skip_bad, evaluate=evaluate, score_threshold=score_threshold,
-                        max_detections=max_detections, note=note_printer(verbose))
+                        max_detections=max_detections, note=note_printer(verbose), ray_address=ray_address,
+                        ray_workers=ray_workers)
     for line in infer_lines(s, out):
         _ck.echo(line)
 
@@ -155,7 +161,9 @@ def infer_lines(s: dict, out: str) -> list[str]:
     kinds = ", ".join(f"{v} {k}" for k, v in s["modalities"].items() if v)
     resumed = f", {s['frames_resumed']} kept from an earlier run" if s["frames_resumed"] else ""
     d = s["decode"]
-    lines = [f"{s['frames_written']} frames ({kinds or 'none'}{resumed}) -> {out} ({s['backend']}: "
+    f = s.get("fleet")
+    on = f" on Ray ({f['workers']} workers, {f['shards_run']}/{f['shards']} shards run)" if f else ""
+    lines = [f"{s['frames_written']} frames ({kinds or 'none'}{resumed}) -> {out}{on} ({s['backend']}: "
              f"{', '.join(s['providers'])}); {s['detections']} detections (score > {d['score_threshold']:g}, at most "
              f"{d['max_detections']} per frame); skipped: {skipped}; mean total {t.get('total', 0):.2f} ms/frame"]
     m = s.get("metrics")

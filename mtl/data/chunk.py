@@ -181,8 +181,27 @@ def write_chunk(path: str | Path, frames: Sequence[Frame], meta: dict) -> Path:
     arrays["meta"] = np.array(json.dumps(full_meta))
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            try:
+                np.savez(fh, **arrays)
+            except ValueError as e:
+                # Ctrl-C / SIGTERM inside zipfile's member write: numpy's cleanup then fails with "Can't close the
+                # ZIP file while there is an open writing handle", which would hide the interrupt (exit 1)
+                if e.__context__ is not None and not isinstance(e.__context__, Exception):
+                    _drop_zip(e)
+                    raise e.__context__ from None
+                raise
     return path
+
+
+def _drop_zip(err: BaseException) -> None:
+    """Detach the ZipFile numpy left half-written (found in the traceback of ``err``) from its file, so that its
+    ``__del__`` does not print a second error ("Exception ignored ...") after the one-line interrupt."""
+    tb = err.__traceback__
+    while tb is not None:
+        z = tb.tb_frame.f_locals.get("zipf")
+        if isinstance(z, zipfile.ZipFile):
+            z._writing, z.fp = False, None
+        tb = tb.tb_next
 
 
 def _check_offsets(path: str, name: str, off: np.ndarray, k: int, total: int) -> None:
@@ -369,10 +388,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def make_manifest(directory: Path, names: Sequence[str], **about) -> dict:
-    """The manifest of the files ``directory/<name>`` (name, size, sha256) plus what the set is (``about``)."""
-    files = [{"name": n, "size": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)}
-             for n in names]
+def make_manifest(directory: Path, names: Sequence[str], known: dict[str, dict] | None = None, **about) -> dict:
+    """The manifest of the files ``directory/<name>`` (name, size, sha256) plus what the set is (``about``);
+    ``known`` entries (name -> {name, size, sha256}) are taken as they are instead of hashing the file again."""
+    known = known or {}
+    files = [known[n] if n in known else
+             {"name": n, "size": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)} for n in names]
     return {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, **about, "files": files}
 
 

@@ -28,49 +28,19 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from ..config import CameraConfig, ClassesConfig, Config, a2d2_classes
-from ..errors import ConfigError, DataError, MtlError, OutputError, StorageError
-from ..geometry import cam_matrix, scale_cam_matrix
-from ..io import (
-    OutputLock,
-    commit_files,
-    encode_png,
-    pending_commit,
-    recover_commit,
-    remove_stale_temps,
-    write_json_atomic,
-)
+from ..errors import ConfigError, DataError, OutputError, StorageError
+from ..io import OutputLock, commit_files, pending_commit, recover_commit, remove_stale_temps, write_json_atomic
 from ..limits import limits
-from .a2d2 import (
-    RawFramePaths,
-    find_frames,
-    prepare_image,
-    prepare_label,
-    read_boxes,
-    read_camera_config,
-    read_camera_png,
-    read_json,
-    read_label_png,
-    read_lidar,
-)
-from .chunk import (
-    HAS_BOXES,
-    HAS_IMAGE,
-    HAS_LIDAR,
-    HAS_SEMANTIC,
-    INTERRUPTED,
-    MANIFEST,
-    Frame,
-    make_manifest,
-    write_chunk,
-)
+from .a2d2 import RawFramePaths, find_frames, read_camera_config, read_json
+from .chunk import INTERRUPTED, MANIFEST, Frame, make_manifest, write_chunk
+from .convert_fleet import FLEET_PREFIX
+from .convert_frame import FrameJob, Totals, chunk_name, run_job, select_frame
 from .output import (
     cleanup_staging,
     die_with_parent,
@@ -83,91 +53,6 @@ from .output import (
 # bump when the same raw input would produce different chunk contents
 CONVERTER_VERSION = 1
 CHUNK_PATTERN = "chunk_*.npz"
-
-
-def chunk_name(index: int) -> str:
-    return f"chunk_{index:05d}.npz"
-
-
-# ------------------------------------------------------------------------------------- selection
-
-
-def select_frame(paths: RawFramePaths, partial: bool) -> tuple[RawFramePaths | None, str | None]:
-    """Which files of a frame to convert, or (None, skip reason)."""
-    missing = paths.missing()
-    if not partial:
-        return (paths, None) if not missing else (None, "missing " + "+".join(missing))
-    if paths.camera is None and paths.lidar is None:
-        return None, "no camera image or lidar"
-    if paths.camera is None and paths.label is not None:
-        paths = replace(paths, label=None)
-    return paths, None
-
-
-# ------------------------------------------------------------------------------ one frame (worker)
-
-
-@dataclass(frozen=True)
-class _Job:
-    paths: RawFramePaths
-    camera: CameraConfig          # calibration of the raw files; image_hw = stored size
-    classes: ClassesConfig
-
-
-@dataclass
-class FrameStats:
-    sem_hist: np.ndarray          # (256,) int64 pixels per stored semantic id
-    n_points: int
-    pmin: np.ndarray              # (4,) per-column min of the points (inf when none)
-    pmax: np.ndarray              # (4,)
-
-
-def load_frame(paths: RawFramePaths, camera: CameraConfig, classes: ClassesConfig) -> tuple[Frame, FrameStats]:
-    """Read, undistort, resize and encode the present files of one frame. Raises ``DataError``."""
-    out_hw = tuple(camera.image_hw)
-    mask = 0
-    image_png = semantic_png = b""
-    sem_hist = np.zeros(256, np.int64)
-    if paths.camera is not None:
-        image = prepare_image(read_camera_png(paths.camera), camera, out_hw, paths.camera)   # (H, W, 3)
-        image_png, mask = encode_png(image), mask | HAS_IMAGE
-        if paths.label is not None:
-            ids = read_label_png(paths.label, classes)
-            sem = prepare_label(ids, camera, out_hw, classes.ignore_index, paths.label)      # (H, W)
-            # label maps are flat: a higher zlib level costs little and shrinks them a lot
-            semantic_png, mask = encode_png(sem, compress_level=6), mask | HAS_SEMANTIC
-            sem_hist = np.bincount(sem.ravel(), minlength=256).astype(np.int64)
-    points = np.zeros((0, 4), np.float32)
-    if paths.lidar is not None:
-        points, mask = read_lidar(paths.lidar), mask | HAS_LIDAR
-    boxes, box_class = np.zeros((0, 7), np.float32), np.zeros(0, np.int16)
-    if paths.label3D is not None:
-        (boxes, box_class), mask = read_boxes(paths.label3D, classes), mask | HAS_BOXES
-    k = scale_cam_matrix(cam_matrix(camera), camera.resolution_wh, out_hw).astype(np.float32)
-    frame = Frame(frame_id=paths.key, image_png=image_png, semantic_png=semantic_png, points=points,
-                  boxes=boxes, box_class=box_class, cam_matrix=k, modality_mask=mask)
-    inf = np.full(4, np.inf, np.float32)
-    stats = FrameStats(sem_hist, len(points), points.min(0) if len(points) else inf,
-                       points.max(0) if len(points) else -inf)
-    return frame, stats
-
-
-def _bad_kind(paths: RawFramePaths, err: MtlError) -> str:
-    for kind in ("camera", "label", "lidar", "label3D"):
-        p = getattr(paths, kind)
-        if p is not None and str(p) == err.path:
-            return kind
-    return "file"
-
-
-def _run_job(job: _Job) -> tuple:
-    # errors travel back as plain tuples: MtlError(path, reason) does not survive pickling
-    try:
-        return ("ok", *load_frame(job.paths, job.camera, job.classes))
-    except StorageError as e:              # the machine refused a read: not a bad file to skip
-        return ("storage", "", e.path, e.reason)
-    except MtlError as e:
-        return ("bad", _bad_kind(job.paths, e), e.path, e.reason)
 
 
 def _make_pool(workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor | None:
@@ -187,57 +72,13 @@ def _make_pool(workers: int, log: Callable[[str], None]) -> ProcessPoolExecutor 
     return pool
 
 
-def _results(jobs: list[_Job], pool: ProcessPoolExecutor | None, window: int) -> Iterator[tuple]:
+def _results(jobs: list[FrameJob], pool: ProcessPoolExecutor | None, window: int) -> Iterator[tuple]:
     """Results in job order (deterministic), at most ``window`` frames in flight."""
     if pool is None:
-        yield from map(_run_job, jobs)
+        yield from map(run_job, jobs)
         return
     for start in range(0, len(jobs), window):
-        yield from pool.map(_run_job, jobs[start: start + window])
-
-
-# ------------------------------------------------------------------------------------ statistics
-
-
-class _Totals:
-    """Running summary numbers (class histograms, modality counts, point stats)."""
-
-    def __init__(self, classes: ClassesConfig):
-        self.classes = classes
-        self.sem_hist = np.zeros(256, np.int64)
-        self.box_hist = np.zeros(classes.n_det + 1, np.int64)    # last bin = ignore (-1)
-        self.modalities = {"image": 0, "semantic": 0, "lidar": 0, "boxes": 0}
-        self.points: list[int] = []
-        self.pmin = np.full(4, np.inf)
-        self.pmax = np.full(4, -np.inf)
-
-    def add(self, frame: Frame, stats: FrameStats) -> None:
-        for name, bit in (("image", HAS_IMAGE), ("semantic", HAS_SEMANTIC), ("lidar", HAS_LIDAR),
-                          ("boxes", HAS_BOXES)):
-            self.modalities[name] += bool(frame.modality_mask & bit)
-        self.sem_hist += stats.sem_hist
-        cls = np.where(frame.box_class < 0, self.classes.n_det, frame.box_class)
-        self.box_hist += np.bincount(cls, minlength=self.classes.n_det + 1)[: self.classes.n_det + 1]
-        if frame.modality_mask & HAS_LIDAR:
-            self.points.append(stats.n_points)
-            self.pmin = np.minimum(self.pmin, stats.pmin)
-            self.pmax = np.maximum(self.pmax, stats.pmax)
-
-    def to_dict(self) -> dict:
-        c = self.classes
-        sem = {name: int(self.sem_hist[i]) for i, name in enumerate(c.sem_classes)}
-        sem["ignore"] = int(self.sem_hist[c.ignore_index])
-        boxes = {name: int(self.box_hist[i]) for i, name in enumerate(c.det_classes)}
-        boxes["ignore"] = int(self.box_hist[-1])
-        n = np.asarray(self.points, np.int64)
-        pts: dict = {"frames": int(n.size), "total": int(n.sum())}
-        if n.size:
-            pts.update(per_frame_min=int(n.min()), per_frame_mean=round(float(n.mean()), 1),
-                       per_frame_max=int(n.max()))
-            for i, axis in enumerate(("x", "y", "z", "reflectance")):
-                pts[axis] = [round(float(self.pmin[i]), 4), round(float(self.pmax[i]), 4)]
-        return {"modalities": dict(self.modalities), "boxes_per_class": boxes, "semantic_pixels": sem,
-                "points": pts}
+        yield from pool.map(run_job, jobs[start: start + window])
 
 
 # ------------------------------------------------------------------------------------ output dir
@@ -246,9 +87,9 @@ class _Totals:
 STAGING_PREFIX = ".convert-staging-"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Under the output lock: finish a commit an earlier run was killed in, drop what dead runs left, refuse
-    to replace a conversion without ``overwrite``, and create this run's hidden staging folder."""
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Under the output lock: finish a commit an earlier run was killed in, drop what dead runs left and refuse
+    to replace a conversion without ``overwrite``."""
     recover_commit(out)
     remove_stale_temps(out)
     remove_stale_staging(out, STAGING_PREFIX)
@@ -256,18 +97,24 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     if (old or (out / "summary.json").exists() or (out / MANIFEST).exists()) and not overwrite:
         raise OutputError(out, f"already holds a conversion ({len(old)} chunks); pass --overwrite to replace it "
                                "(the old one stays until the new one is complete)")
+
+
+def _local_staging(out: Path) -> Path:
+    """This run's hidden staging folder (a local convert never resumes: a dead run's folder is removed)."""
     staging = out / f"{STAGING_PREFIX}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
 
 
-def _commit(staging: Path, out: Path, chunk_names: list[str], summary: dict, about: dict) -> None:
+def _commit(staging: Path, out: Path, chunk_names: list[str], summary: dict, about: dict,
+            known: dict[str, dict] | None = None) -> None:
     """Switch ``out`` to the new set in one commit: chunks, summary.json, manifest.json last; old chunks the
-    new set lacks are removed by the commit itself (never before it)."""
+    new set lacks are removed by the commit itself (never before it). ``known``: manifest entries of chunks
+    whose size and sha256 the writer already recorded (a fleet convert's workers)."""
     write_json_atomic(staging / "summary.json", summary)
     names = [*chunk_names, "summary.json"]
-    write_json_atomic(staging / MANIFEST, make_manifest(staging, names, **about))
+    write_json_atomic(staging / MANIFEST, make_manifest(staging, names, known=known, **about))
     old = [p.name for p in out.glob(CHUNK_PATTERN)] + ["summary.json", MANIFEST]
     commit_files(staging, out, [*names, MANIFEST], remove=old)
 
@@ -315,42 +162,29 @@ def _default_log(msg: str) -> None:
 
 
 def _plan(root: Path, camera: CameraConfig, classes: ClassesConfig, partial: bool
-          ) -> tuple[list[RawFramePaths], list[_Job], dict[str, int]]:
+          ) -> tuple[list[RawFramePaths], list[FrameJob], dict[str, int]]:
     """(frames found, the jobs to convert, skip reason -> count); DataError when nothing can be converted."""
     found = find_frames(root)
     if not found:
         raise DataError(root, "no front-centre frames found (expected <scene>/<camera|label|lidar|label3D>/"
                               "cam_front_center/<scene14>_<kind>_frontcenter_<id9>.<ext>)")
     skipped: dict[str, int] = {}
-    jobs: list[_Job] = []
+    jobs: list[FrameJob] = []
     for paths in found:
         chosen, reason = select_frame(paths, partial)
         if chosen is None:
             skipped[reason] = skipped.get(reason, 0) + 1
         else:
-            jobs.append(_Job(chosen, camera, classes))
+            jobs.append(FrameJob(chosen, camera, classes))
     if not jobs:
         raise DataError(root, f"no frame could be converted: {len(found)} found, skipped {_fmt_counts(skipped)}"
                               + ("" if partial else "; --partial keeps frames that have a camera image or LiDAR"))
     return found, jobs, skipped
 
 
-def convert(
-    root: str | Path, out: str | Path, cfg: Config | None = None, *, chunk_size: int = 64,
-    image_size: str | tuple[int, int] | None = None, partial: bool = False, skip_bad: bool = False,
-    overwrite: bool = False, workers: int | None = None, progress: bool = True,
-    log: Callable[[str], None] = _default_log,
-) -> dict:
-    """Convert the raw A2D2 tree ``root`` into chunks under ``out``; returns the summary (also written to
-    ``out/summary.json``). Raises ``DataError`` on a bad file (unless ``skip_bad``) or when no frame could
-    be converted, ``ConfigError`` on bad options, ``OutputError`` when ``out`` holds a conversion (without
-    ``overwrite``) or another convert is writing it; in every case ``out`` is left as it was."""
-    t0 = time.perf_counter()
-    cfg = cfg or Config()
-    root, out = Path(root), Path(out)
-    if chunk_size < 1:
-        raise ConfigError(None, f"--chunk-size must be >= 1, got {chunk_size}")
-    workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+def _inputs(root: Path, cfg: Config, image_size: str | tuple[int, int] | None, partial: bool
+            ) -> tuple[CameraConfig, list[RawFramePaths], list[FrameJob], dict[str, int], dict]:
+    """Check the raw tree and plan the work: (camera, frames found, jobs, skip counts, chunk meta)."""
     limits()                               # a bad MTL_MAX_* value: refused here, not once per frame in a worker
     if not root.is_dir():
         raise DataError(root, "A2D2 root is not a directory")
@@ -368,28 +202,73 @@ def convert(
         "camera": camera.to_dict(),
         "classes": cfg.classes.to_dict(),
     }
+    return camera, found, jobs, skipped, meta
+
+
+def convert(
+    root: str | Path, out: str | Path, cfg: Config | None = None, *, chunk_size: int = 64,
+    image_size: str | tuple[int, int] | None = None, partial: bool = False, skip_bad: bool = False,
+    overwrite: bool = False, workers: int | None = None, progress: bool = True,
+    log: Callable[[str], None] = _default_log, ray_address: str | None = None, ray_workers: int | None = None,
+) -> dict:
+    """Convert the raw A2D2 tree ``root`` into chunks under ``out``; returns the summary (also written to
+    ``out/summary.json``). Raises ``DataError`` on a bad file (unless ``skip_bad``) or when no frame could
+    be converted, ``ConfigError`` on bad options, ``OutputError`` when ``out`` holds a conversion (without
+    ``overwrite``) or another convert is writing it; in every case ``out`` is left as it was.
+
+    ``ray_address`` (``"local"`` or a cluster address) converts on Ray instead of ``workers`` local processes
+    (``mtl.data.convert_fleet``): the same chunks, ``ray_workers`` tasks in flight, and a failed or killed run
+    leaves its finished shards for the same call to resume; ``BackendUnavailableError`` without ray."""
+    t0 = time.perf_counter()
+    cfg = cfg or Config()
+    root, out = Path(root), Path(out)
+    if chunk_size < 1:
+        raise ConfigError(None, f"--chunk-size must be >= 1, got {chunk_size}")
+    if ray_address is not None:
+        from ..fleet import import_ray
+
+        if workers is not None:
+            raise ConfigError(None, "--workers sets local worker processes; with --ray use --ray-workers")
+        import_ray()                       # without ray: one line, before anything is read or written
+    elif ray_workers is not None:
+        raise ConfigError(None, "--ray-workers needs --ray ADDRESS|local")
+    workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+    camera, found, jobs, skipped, meta = _inputs(root, cfg, image_size, partial)
     if out.exists() and not out.is_dir():
         raise OutputError(out, "output exists and is not a directory")
     created = not out.exists()
+    options = {"chunk_size": chunk_size, "image_hw": list(camera.image_hw), "partial": partial, "skip_bad": skip_bad,
+               "workers": workers}
     with OutputLock(out, "mtl data convert"), sigterm_as_interrupt():
-        staging, ok = None, False
+        staging, ok, fleet = None, False, None
         try:
-            staging = _prepare_out(out, overwrite)
-            names, bad_files, totals = _write_all(jobs, staging, meta, chunk_size, workers, skip_bad, skipped,
-                                                  progress, log, cfg.classes)
+            _prepare_out(out, overwrite)
+            if ray_address is None:
+                staging = _local_staging(out)
+                names, bad_files, totals = _write_all(jobs, staging, meta, chunk_size, workers, skip_bad, skipped,
+                                                      progress, log, cfg.classes)
+                known = None
+            else:
+                staging, names, bad_files, totals, known, fleet = _write_on_ray(
+                    ray_address, ray_workers, out, jobs, meta, chunk_size, skip_bad, skipped, progress, log,
+                    cfg.classes)
+                options.update(workers=fleet.pop("workers"), engine="ray", ray=ray_address)
             if not names:
                 raise DataError(root, f"no frame could be converted: {len(found)} found, "
                                       f"skipped {_fmt_counts(skipped)}")
-            summary = _summary(root, out, found, names, skipped, bad_files, totals, t0, len(jobs),
-                               {"chunk_size": chunk_size, "image_hw": list(camera.image_hw), "partial": partial,
-                                "skip_bad": skip_bad, "workers": workers})
+            summary = _summary(root, out, found, names, skipped, bad_files, totals, t0, len(jobs), options)
+            if fleet is not None:
+                summary["fleet"] = fleet
             about = {"written_by": "mtl data convert", "converter_version": CONVERTER_VERSION,
                      "source": summary["source"], "frames": summary["frames_written"]}
             with signals_deferred():
-                _commit(staging, out, [name for name, _ in names], summary, about)
+                _commit(staging, out, [name for name, _ in names], summary, about, known)
             ok = True
+            for stale in out.glob(f"{FLEET_PREFIX}*"):     # a killed fleet run of other options: superseded now
+                shutil.rmtree(stale, ignore_errors=True)
         finally:
-            cleanup_staging(staging, out)
+            if ray_address is None:
+                cleanup_staging(staging, out)   # a fleet stage stays: the same command resumes from it
             if not ok and created:
                 drop_if_only_lock(out)
     for reason, n in sorted(skipped.items()):
@@ -397,8 +276,24 @@ def convert(
     return summary
 
 
+def _write_on_ray(address: str, ray_workers: int | None, out: Path, jobs: list[FrameJob], meta: dict,
+                  chunk_size: int, skip_bad: bool, skipped: dict[str, int], progress: bool,
+                  log: Callable[[str], None], classes: ClassesConfig) -> tuple:
+    """The fleet convert (``mtl.data.convert_fleet``): (stage, names, bad files, totals, manifest entries,
+    fleet counts + the number of workers)."""
+    from ..fleet import ray_cluster
+    from .convert_fleet import merge_records, plan_shards, prepare_stage, run_fleet, staging_key
+
+    shards = plan_shards(jobs, chunk_size)
+    with ray_cluster(address, ray_workers) as window:
+        stage = prepare_stage(out, staging_key(meta, chunk_size, skip_bad))
+        res = run_fleet(shards, stage, meta, chunk_size, skip_bad, window, progress, log)
+    bad_files, totals = merge_records(res.records, classes, skipped)
+    return stage, res.names, bad_files, totals, res.entries, {**res.counts, "workers": window}
+
+
 def _summary(root: Path, out: Path, found: list, names: list[tuple[str, int]], skipped: dict[str, int],
-             bad_files: list[dict], totals: _Totals, t0: float, n_jobs: int, options: dict) -> dict:
+             bad_files: list[dict], totals: Totals, t0: float, n_jobs: int, options: dict) -> dict:
     elapsed = time.perf_counter() - t0
     written = sum(n for _, n in names)
     return {
@@ -412,9 +307,9 @@ def _summary(root: Path, out: Path, found: list, names: list[tuple[str, int]], s
     }
 
 
-def _write_all(jobs: list[_Job], staging: Path, meta: dict, chunk_size: int, workers: int, skip_bad: bool,
+def _write_all(jobs: list[FrameJob], staging: Path, meta: dict, chunk_size: int, workers: int, skip_bad: bool,
                skipped: dict[str, int], progress: bool, log: Callable[[str], None],
-               classes: ClassesConfig) -> tuple[list[tuple[str, int]], list[dict], _Totals]:
+               classes: ClassesConfig) -> tuple[list[tuple[str, int]], list[dict], Totals]:
     """Convert every job in order and write full chunks to ``staging``; bad files abort or are counted."""
     from tqdm import tqdm
 
@@ -423,7 +318,7 @@ def _write_all(jobs: list[_Job], staging: Path, meta: dict, chunk_size: int, wor
 
     names: list[tuple[str, int]] = []
     bad_files: list[dict] = []
-    totals = _Totals(classes)
+    totals = Totals(classes)
     buffer: list[Frame] = []
 
     def flush() -> None:
@@ -470,6 +365,12 @@ def format_summary(summary: dict) -> str:
     """One readable line for the terminal."""
     s = summary
     skipped = f", skipped {s['frames_skipped']} ({_fmt_counts(s['skipped'])})" if s["frames_skipped"] else ""
+    fleet = s.get("fleet")
+    on = ""
+    if fleet is not None:
+        reused = f", {fleet['shards_reused']}/{fleet['shards']} shards kept from an earlier run" \
+            if fleet["shards_reused"] else ""
+        on = f" on Ray ({s['options']['workers']} workers{reused})"
     return (f"converted {s['frames_written']}/{s['frames_found']} frames into {len(s['chunks'])} chunk(s) "
-            f"in {s['elapsed_s']:.1f} s{skipped} -> {s['out']}")
+            f"in {s['elapsed_s']:.1f} s{on}{skipped} -> {s['out']}")
 

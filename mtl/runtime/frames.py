@@ -126,7 +126,7 @@ def iter_frames(path: str | Path, cfg: Config | None = None, with_gt: bool = Fal
 
 
 def _chunk_frames(path: Path, with_gt: bool, on_bad: OnBad | None = None) -> Iterator[RuntimeFrame]:
-    from ..data.chunk import HAS_IMAGE, HAS_LIDAR, list_chunks, read_chunk
+    from ..data.chunk import list_chunks, read_chunk
 
     files = list_chunks(path)          # checks the directory's manifest (pending, missing, mixed)
     for cf in files:
@@ -137,31 +137,35 @@ def _chunk_frames(path: Path, with_gt: bool, on_bad: OnBad | None = None) -> Ite
                 raise
             on_bad("bad chunk", e)
             continue
-        for f in chunk:
-            fr = RuntimeFrame(
-                frame_id=f.frame_id, kind=KIND_CHUNK,
-                points=f.points if f.modality_mask & HAS_LIDAR else np.zeros((0, 4), np.float32),
-                image_png=f.image_png if f.modality_mask & HAS_IMAGE else None,
-                cam_matrix=np.asarray(f.cam_matrix, np.float64), meta=chunk.meta, source=str(cf))
-            if with_gt:
-                from ..data.chunk import HAS_BOXES, HAS_SEMANTIC
+        yield from chunk_frames(chunk, str(cf), with_gt)
 
-                if f.modality_mask & HAS_BOXES:
-                    fr.gt_boxes, fr.gt_labels = np.asarray(f.boxes), np.asarray(f.box_class, np.int64)
-                if f.modality_mask & HAS_SEMANTIC:
-                    fr.gt_semantic = f.semantic()
-            yield fr
+
+def chunk_frames(chunk, source: str, with_gt: bool) -> Iterator[RuntimeFrame]:
+    """The ``RuntimeFrame``s of a read chunk (``data.chunk.Chunk``), in its order."""
+    from ..data.chunk import HAS_BOXES, HAS_IMAGE, HAS_LIDAR, HAS_SEMANTIC
+
+    for f in chunk:
+        fr = RuntimeFrame(
+            frame_id=f.frame_id, kind=KIND_CHUNK,
+            points=f.points if f.modality_mask & HAS_LIDAR else np.zeros((0, 4), np.float32),
+            image_png=f.image_png if f.modality_mask & HAS_IMAGE else None,
+            cam_matrix=np.asarray(f.cam_matrix, np.float64), meta=chunk.meta, source=source)
+        if with_gt:
+            if f.modality_mask & HAS_BOXES:
+                fr.gt_boxes, fr.gt_labels = np.asarray(f.boxes), np.asarray(f.box_class, np.int64)
+            if f.modality_mask & HAS_SEMANTIC:
+                fr.gt_semantic = f.semantic()
+        yield fr
 
 
 def _raw_frames(root: Path, cfg: Config | None, with_gt: bool, on_bad: OnBad | None = None
                 ) -> Iterator[RuntimeFrame]:
     from ..data import a2d2
 
-    camera = a2d2.read_camera_config(root / "cams_lidars.json", (cfg.camera.name if cfg else "front_center"),
-                                     cfg.camera if cfg else None)
+    camera = raw_camera(root, cfg)
     for paths in a2d2.find_frames(root):
         try:
-            fr = _raw_frame(root, paths, camera, cfg, with_gt)
+            fr = raw_frame(root, paths, camera, cfg, with_gt)
         except DataError as e:
             if on_bad is None:
                 raise
@@ -170,7 +174,15 @@ def _raw_frames(root: Path, cfg: Config | None, with_gt: bool, on_bad: OnBad | N
         yield fr
 
 
-def _raw_frame(root: Path, paths, camera: CameraConfig, cfg: Config | None, with_gt: bool) -> RuntimeFrame:
+def raw_camera(root: Path, cfg: Config | None) -> CameraConfig:
+    """The calibration of the model's camera (default ``front_center``) from the tree's cams_lidars.json."""
+    from ..data import a2d2
+
+    return a2d2.read_camera_config(root / "cams_lidars.json", (cfg.camera.name if cfg else "front_center"),
+                                   cfg.camera if cfg else None)
+
+
+def raw_frame(root: Path, paths, camera: CameraConfig, cfg: Config | None, with_gt: bool) -> RuntimeFrame:
     """One raw A2D2 frame read from its files (``DataError`` naming a file that does not read)."""
     from ..data import a2d2
 
@@ -194,5 +206,5 @@ def _raw_frame(root: Path, paths, camera: CameraConfig, cfg: Config | None, with
     return fr
 
 
-__all__ = ["KIND_CHUNK", "KIND_RAW", "RuntimeFrame", "clip", "describe_array", "describe_size", "detect_source",
-           "iter_frames", "sanitise_frame_id"]
+__all__ = ["KIND_CHUNK", "KIND_RAW", "RuntimeFrame", "chunk_frames", "clip", "describe_array", "describe_size",
+           "detect_source", "iter_frames", "raw_camera", "raw_frame", "sanitise_frame_id"]

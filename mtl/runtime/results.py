@@ -140,6 +140,14 @@ class ResultSet:
         (rs.dest / FRAMES).mkdir(parents=True, exist_ok=True)
         return rs
 
+    @classmethod
+    def writer(cls, dest: Path, model_sha256: str, overlay: bool) -> ResultSet:
+        """A worker's view of a set another process opened (``mtl infer --ray``): frames go into ``dest``
+        (``out`` or its ``--overwrite`` staging folder), ``files`` records what it wrote for the driver."""
+        rs = cls(dest, model_sha256, overlay, "fresh")
+        rs.dest = dest
+        return rs
+
     # ---------------------------------------------------------------------------------------- resume
     def refuse_other_model(self) -> None:
         """--resume continues results of this model only (each frame's JSON names its model)."""
