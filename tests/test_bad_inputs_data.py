@@ -384,12 +384,13 @@ def test_limits_come_from_the_environment_and_a_bad_value_is_one_line(monkeypatc
     assert r.stderr.strip().splitlines() == ["error: MTL_MAX_COORDINATE='inf': expected a positive number"]
 
 
-def test_docs_list_every_cap_with_its_variable_and_default():
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "DATA.md").read_text()
+@pytest.mark.parametrize("page", ["README.md", "docs/DATA.md"])
+def test_docs_list_every_cap_with_its_variable_and_default(page):
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
     for name, var in ENV.items():
         default = getattr(Limits(), name)
-        row = next((ln for ln in readme.splitlines() if ln.startswith("|") and f"`{var}`" in ln), None)
-        assert row is not None, f"docs/DATA.md has no caps row for {var}"
+        row = next((ln for ln in text.splitlines() if ln.startswith("|") and f"`{var}`" in ln), None)
+        assert row is not None, f"{page} has no caps row for {var}"
         assert f"{default:g}" in row.replace(",", "") or str(default) in row.replace(",", ""), row
 
 
