@@ -83,9 +83,10 @@ def run(a: argparse.Namespace, out: Path) -> dict:
                     queries=n["single"], **common)
     png = _bench(a, out, "2_png_single_stream", compare=("onnxruntime",), input_kind="png", queries=n["png"],
                  **common)
-    const = _bench(a, out, "3_sensor_constant_stream", compare=("onnxruntime",), input_kind="sensor",
-                   scenario="constant-stream", queries=n["constant"], rate_hz=10.0, deadline_ms=100.0,
-                   find_rate=True, probe_queries=n["probe"], **common)
+    const = [_bench(a, out, f"3_sensor_constant_stream_{serve}", compare=("onnxruntime",), input_kind="sensor",
+                    scenario="constant-stream", queries=n["constant"], rate_hz=10.0, deadline_ms=100.0,
+                    find_rate=True, probe_queries=n["probe"], serve=serve, **common)
+             for serve in ("stream", "frame")]
     offline = [_bench(a, out, f"4_sensor_offline_t{t}_s{s}", compare=("onnxruntime",), input_kind="sensor",
                       scenario="offline", queries=n["offline"], rounds=4, threads=t, sessions=s, **common)
                for t, s in ((a.threads, 1), (1, 2), (a.threads, 2))]
@@ -99,9 +100,12 @@ def run(a: argparse.Namespace, out: Path) -> dict:
     return summarise(single, png, const, offline, peer)
 
 
-def summarise(single: dict, png: dict, const: dict, offline: list[dict], peer: dict) -> dict:
+def summarise(single: dict, png: dict, consts: list[dict], offline: list[dict], peer: dict) -> dict:
     ort = _row(single)
     lat = ort["latency"]
+    # a sensor-rate node picks how it serves arrivals: the bar is judged on the serving mode that misses fewer
+    const = min(consts, key=lambda r: (_row(r)["constant_stream"]["over_deadline"]["count"],
+                                       _row(r)["latency"]["p99.9"]))
     c = _row(const)
     over = c["constant_stream"]["over_deadline"]["count"]
     ref_fps = _row(offline[0])["offline"]["single_stream_fps"]         # run_frame back to back, 2 threads
@@ -118,10 +122,12 @@ def summarise(single: dict, png: dict, const: dict, offline: list[dict], peer: d
              f"p50 {lat['p50']:.2f} ms, p99.9 {lat['p99.9']:.2f} ms over {lat['n']} queries "
              f"(95% upper bound {lat.get('p99.9_upper95')})"),
         _bar("constant-stream 10 Hz: frames over the 100 ms deadline", over, 0,
-             over == 0 and c["latency"]["n"] >= BARS["constant_frames"], const,
-             f"{c['latency']['n']} frames, p99.9 {c['latency']['p99.9']:.2f} ms, max {c['latency']['max']:.2f} ms, "
-             f"late {c['constant_stream']['late_frames']['count']}; max rate "
-             f"{(c.get('max_rate') or {}).get('max_rate_hz')} Hz"),
+             over == 0 and c["latency"]["n"] >= BARS["constant_frames"], consts,
+             "; ".join(f"served by {_row(r)['constant_stream']['serve']}: {_row(r)['latency']['n']} frames, over "
+                       f"{_row(r)['constant_stream']['over_deadline']['count']}, mean {_row(r)['latency']['mean']:.2f}"
+                       f" ms, p99.9 {_row(r)['latency']['p99.9']:.2f} ms, max {_row(r)['latency']['max']:.2f} ms, "
+                       f"late {_row(r)['constant_stream']['late_frames']['count']}, max rate "
+                       f"{(_row(r).get('max_rate') or {}).get('max_rate_hz')} Hz" for r in consts)),
         _bar("offline frames/s / single-stream frames/s", round(best_o["stream_fps"] / ref_fps, 4),
              BARS["offline_over_single"], best_o["stream_fps"] / ref_fps >= BARS["offline_over_single"], offline,
              f"best: {best['threads']} thread(s) x {best_o['sessions']} session(s) {best_o['stream_fps']:.2f} "

@@ -55,7 +55,7 @@ import numpy as np
 
 from .bench_peers import PEERS, TorchBackend, open_peer, torch_pipeline
 from .bench_report import terminal_summary, to_markdown
-from .bench_scenarios import constant_stream, find_max_rate, offline
+from .bench_scenarios import SERVE, constant_stream, find_max_rate, offline
 from .bench_stats import latency_stats, stats
 from .bench_system import cpu_model, device_state, load_avg, peak_rss_mb, system_description
 from .contract import OUTPUTS
@@ -343,7 +343,7 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
               threads: int | None = None, n_frames: int = 8, out_dir: str | Path | None = DEFAULT_OUT,
               rounds: int = 5, scenario: str = "single-stream", input_kind: str = "png", rate_hz: float = 10.0,
               deadline_ms: float = 100.0, find_rate: bool = False, probe_queries: int = 300, sessions: int = 1,
-              progress: bool = True, log: Callable[[str], None] = print) -> dict:
+              serve: str = "stream", progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """``mtl bench``: open + warm up every backend (cold start measured), run the scenario, then parity vs torch;
     returns the report (with its markdown table and terminal summary) and writes it to a new folder under
     ``out_dir`` unless that is None."""
@@ -351,7 +351,8 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
 
     model = Path(model)
     checkpoint = Path(checkpoint) if checkpoint else None
-    _check_args(compare, queries, warmup, rounds, scenario, input_kind, rate_hz, deadline_ms, probe_queries, sessions)
+    _check_args(compare, queries, warmup, rounds, scenario, input_kind, rate_hz, deadline_ms, probe_queries, sessions,
+                serve)
     # every column's file comes from one export: same source checkpoint as the fp32 model, no unfinished commit
     check_export_set([model, *(p for c in compare if (p := _model_paths(model).get(c)) is not None and p.is_file())])
     system = system_description(threads)
@@ -373,7 +374,7 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     rows: list[dict] = []
     pipes: dict[str, Pipeline] = {}
     settings = {"queries": queries, "rounds": rounds, "rate_hz": rate_hz, "deadline_ms": deadline_ms,
-                "find_rate": find_rate, "probe_queries": probe_queries, "sessions": sessions}
+                "find_rate": find_rate, "probe_queries": probe_queries, "sessions": sessions, "serve": serve}
     try:
         for name in order:                      # open + warm up in order (peak RSS is cumulative)
             rows.append(_open_backend(name, lambda n: open_bench_pipeline(n, model, checkpoint, threads), cfg,
@@ -395,14 +396,14 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
         "mtl_bench": 2, "scenario": scenario, "input": input_kind, "model": str(model), "data": str(data),
         "frames": len(frames), "frames_without_image_skipped": no_image, "frame_ids": [f.frame_id for f in frames],
         "queries": queries, "warmup": warmup, "rounds": max(1, min(rounds, queries)), "threads": threads,
-        "sessions": sessions, "rate_hz": rate_hz, "deadline_ms": deadline_ms, "find_max_rate": find_rate,
-        "probe_queries": probe_queries, "compare": list(compare),
+        "sessions": sessions, "serve": serve, "rate_hz": rate_hz, "deadline_ms": deadline_ms,
+        "find_max_rate": find_rate, "probe_queries": probe_queries, "compare": list(compare),
         "ran": [r["backend"] for r in rows if r["status"] == "ok"],
         "model_config": {"image_hw": list(cfg.camera.image_hw), "grid": list(cfg.grid.shape),
                          "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem,
                          "camera_resolution_wh": list(cfg.camera.resolution_wh)},
         "remap_table_build_ms": remap_ms, **_checkpoint_info(checkpoint, meta), "parity_note": parity_note,
-        "harness": _harness(scenario),
+        "harness": _harness(scenario, serve),
         "system": system, "rows": rows,
     }
     report["markdown"] = to_markdown(report)
@@ -438,13 +439,13 @@ def run_scenario(scenario: str, pipes: dict[str, Pipeline], frames: list[Runtime
                 out[name] = {"offline": r, "latency": r["stream_latency"], "latencies_ms": r.pop("latencies_ms"),
                              "stages": r["stages"], "throughput_fps": r["stream_fps"]}
             else:
-                r = constant_stream(pipe, frames, s["queries"], s["rate_hz"], s["deadline_ms"], n, tick)
+                r = constant_stream(pipe, frames, s["queries"], s["rate_hz"], s["deadline_ms"], n, tick, s["serve"])
                 out[name] = {"constant_stream": r, "latency": r["latency"], "latencies_ms": r.pop("latencies_ms"),
                              "stages": r["stages"], "throughput_fps": r["achieved_rate_hz"]}
                 if s["find_rate"]:
                     start = 0.9 * 1000.0 / max(r["latency"]["p50"], 1e-3)
                     out[name]["max_rate"] = find_max_rate(pipe, frames, s["deadline_ms"], s["probe_queries"], start,
-                                                          n, tick=tick)
+                                                          n, tick=tick, serve=s["serve"])
             if note:
                 out[name]["sessions_note"] = note
         except MtlError as e:
@@ -462,10 +463,11 @@ def usable_sessions(pipe: Pipeline, sessions: int) -> tuple[int, str | None]:
     return sessions, None
 
 
-def _harness(scenario: str) -> dict:
+def _harness(scenario: str, serve: str = "stream") -> dict:
+    served = "Pipeline.run_stream" if serve == "stream" else "Pipeline.run_frame, one frame at a time"
     latency = {"single-stream": "from calling Pipeline.run_frame to its return, frames back to back",
-               "constant-stream": "from the frame's scheduled arrival to its Result (Pipeline.run_stream), so "
-                                  "waiting for the runtime counts",
+               "constant-stream": f"from the frame's scheduled arrival to its Result ({served}), so waiting for "
+                                  "the runtime counts",
                "offline": "per frame, from its preprocess start to its postprocess end inside run_stream"}[scenario]
     return {"latency": latency, "percentiles": "nearest rank: the ceil(q/100*n)-th smallest",
             "p99.9_upper95": "95% upper confidence bound on the true p99.9 (order statistic, binomial)",
@@ -477,7 +479,7 @@ def _harness(scenario: str) -> dict:
 
 def _check_args(compare: tuple[str, ...], queries: int, warmup: int, rounds: int, scenario: str = "single-stream",
                 input_kind: str = "png", rate_hz: float = 10.0, deadline_ms: float = 100.0,
-                probe_queries: int = 300, sessions: int = 1) -> None:
+                probe_queries: int = 300, sessions: int = 1, serve: str = "stream") -> None:
     unknown = [c for c in compare if c not in BENCH_BACKENDS]
     if unknown:
         raise BackendUnavailableError(None, f"unknown --compare entries {unknown} "
@@ -491,6 +493,9 @@ def _check_args(compare: tuple[str, ...], queries: int, warmup: int, rounds: int
     if not (rate_hz > 0 and deadline_ms > 0 and probe_queries >= 1 and sessions >= 1):
         raise DataError(None, f"--rate-hz and --deadline-ms must be > 0, --probe-queries and --sessions >= 1, got "
                               f"{rate_hz} / {deadline_ms} / {probe_queries} / {sessions}")
+    if serve not in SERVE or (serve == "frame" and sessions > 1):
+        raise DataError(None, f"--serve must be one of {', '.join(SERVE)} (and --serve frame runs one session), got "
+                              f"{serve!r} with --sessions {sessions}")
 
 
 def _checkpoint_info(checkpoint: Path | None, meta: dict) -> dict[str, Any]:

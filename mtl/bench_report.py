@@ -92,7 +92,9 @@ def _run_line(report: dict) -> str:
     sc = report["scenario"]
     how = {"single-stream": f"{report['queries']} queries back to back (interleaved in {report['rounds']} rounds)",
            "constant-stream": f"{report['queries']} queries at {report['rate_hz']:g} Hz on a fixed schedule, "
-                              f"deadline {report['deadline_ms']:g} ms, {report['sessions']} session(s)",
+                              f"deadline {report['deadline_ms']:g} ms, served by "
+                              + ("run_frame, one frame at a time" if report.get("serve") == "frame" else
+                                 f"run_stream, {report['sessions']} session(s)"),
            "offline": f"{report['queries']} frames all available, run_stream vs run_frame interleaved in "
                       f"{report['rounds']} rounds, {report['sessions']} session(s)"}[sc]
     return (f"{sc}, input {report['input']}: model `{report['model']}` (image {cfgd['image_hw'][0]}x"

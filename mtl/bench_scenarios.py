@@ -4,8 +4,11 @@
   from handing the frame to ``Pipeline.run_frame`` to getting its ``Result``. Backends are timed
   interleaved in rounds.
 - **constant-stream** (``constant_stream``): frames arrive at ``rate_hz`` on a schedule fixed before the
-  run starts (arrival i at t0 + i / rate), whether or not the runtime is done with the one before; they go
-  through ``Pipeline.run_stream``. A query's latency is from its scheduled arrival to its ``Result``, so
+  run starts (arrival i at t0 + i / rate), whether or not the runtime is done with the one before. They are
+  *served* (``SERVE``) through ``Pipeline.run_stream`` (``stream``: the next frame is preprocessed while one
+  is in inference: throughput) or one at a time through ``Pipeline.run_frame`` in arrival order (``frame``:
+  every frame gets all cores, a frame arriving while one runs waits for it: latency at a sensor rate). A
+  query's latency is from its scheduled arrival to its ``Result``, so
   the time a frame waits for the runtime counts. A frame is *late* when the runtime could start on it only
   more than ``LATE_MS`` after its arrival (it queued behind the previous one).
 - **find-max-rate** (``find_max_rate``): the highest rate whose constant-stream p99.9 stays under the
@@ -29,6 +32,7 @@ from .runtime.pipeline import Pipeline
 
 LATE_MS = 1.0               # a frame the runtime starts on later than this after its arrival queued behind another
 START_DELAY_S = 0.05        # the first arrival is this far in the future when the schedule is fixed
+SERVE = ("stream", "frame")  # how constant-stream arrivals reach the runtime: run_stream / run_frame in turn
 
 
 def arrival_schedule(n: int, rate_hz: float, t0: float) -> np.ndarray:
@@ -46,19 +50,26 @@ def _scheduled(frames: list[RuntimeFrame], arrivals: np.ndarray, pulled: list[fl
         yield frames[i % len(frames)]
 
 
+def _served(pipe: Pipeline, frames: Iterator[RuntimeFrame], serve: str, sessions: int) -> Iterator:
+    """Results of ``frames`` in order: through ``run_stream`` (``stream``) or ``run_frame`` one at a time."""
+    if serve == "stream":
+        return pipe.run_stream(frames, keep_outputs=False, sessions=sessions)
+    return (pipe.run_frame(f, keep_outputs=False) for f in frames)
+
+
 def _stage_stats(per_stage: dict[str, list[float]]) -> dict:
     return {k: stats(v) for k, v in per_stage.items()}
 
 
 def constant_stream(pipe: Pipeline, frames: list[RuntimeFrame], queries: int, rate_hz: float, deadline_ms: float,
-                    sessions: int = 1, tick: Callable[[], None] | None = None) -> dict:
-    """``queries`` frames at ``rate_hz`` on a fixed schedule through ``pipe.run_stream``; see the module doc."""
+                    sessions: int = 1, tick: Callable[[], None] | None = None, serve: str = "stream") -> dict:
+    """``queries`` frames at ``rate_hz`` on a fixed schedule, served by ``serve`` (``SERVE``); see the module
+    doc."""
     arrivals = arrival_schedule(queries, rate_hz, time.perf_counter() + START_DELAY_S)
     pulled: list[float] = []
     done = np.empty(queries, np.float64)
     per_stage: dict[str, list[float]] = {}
-    for i, res in enumerate(pipe.run_stream(_scheduled(frames, arrivals, pulled), keep_outputs=False,
-                                            sessions=sessions)):
+    for i, res in enumerate(_served(pipe, _scheduled(frames, arrivals, pulled), serve, sessions)):
         done[i] = time.perf_counter()
         for k, v in res.timings_ms.items():
             per_stage.setdefault(k, []).append(v)
@@ -68,7 +79,8 @@ def constant_stream(pipe: Pipeline, frames: list[RuntimeFrame], queries: int, ra
     start_delay = (np.asarray(pulled) - arrivals) * 1e3
     over = int((latency > deadline_ms).sum())
     late = start_delay > LATE_MS
-    return {"rate_hz": float(rate_hz), "deadline_ms": float(deadline_ms), "queries": queries, "sessions": sessions,
+    return {"rate_hz": float(rate_hz), "deadline_ms": float(deadline_ms), "queries": queries, "serve": serve,
+            "sessions": sessions if serve == "stream" else 1,
             "latency": latency_stats(latency), "latencies_ms": np.round(latency, 3).tolist(),
             "over_deadline": {"count": over, "share": round(over / queries, 6)},
             "late_frames": {"count": int(late.sum()), "threshold_ms": LATE_MS,
@@ -101,13 +113,13 @@ def search_max_rate(passes: Callable[[float], bool], start_hz: float, steps: int
 
 def find_max_rate(pipe: Pipeline, frames: list[RuntimeFrame], deadline_ms: float, probe_queries: int,
                   start_hz: float, sessions: int = 1, steps: int = 8, tolerance: float = 0.03,
-                  tick: Callable[[], None] | None = None) -> dict:
+                  tick: Callable[[], None] | None = None, serve: str = "stream") -> dict:
     """The highest rate whose p99.9 over ``probe_queries`` constant-stream queries is under ``deadline_ms``
     (``search_max_rate`` from ``start_hz``). ``max_rate_hz`` is the best passing rate (None if none passed)."""
     probes: list[dict] = []
 
     def passes(rate: float) -> bool:
-        r = constant_stream(pipe, frames, probe_queries, rate, deadline_ms, sessions, tick)
+        r = constant_stream(pipe, frames, probe_queries, rate, deadline_ms, sessions, tick, serve)
         ok = r["latency"]["p99.9"] < deadline_ms
         probes.append({"rate_hz": round(rate, 3), "p50": r["latency"]["p50"], "p99.9": r["latency"]["p99.9"],
                        "max": r["latency"]["max"], "late_frames": r["late_frames"]["count"], "passed": ok})

@@ -302,6 +302,34 @@ def test_constant_stream_schedule_and_latency_accounting(art):
     assert flood["latency"]["max"] >= flood["latency"]["min"] + 5 * flood["stages"]["inference"]["min"]
 
 
+def test_constant_stream_served_one_frame_at_a_time(art, tmp_path):
+    """--serve frame: arrivals go through run_frame in turn; a frame that arrives while another runs waits for it
+    (late, and its wait is in its latency), and the results equal run_frame's."""
+    from mtl.bench import run_bench
+    from mtl.bench_scenarios import constant_stream
+    from mtl.errors import DataError
+    from mtl.runtime import Pipeline, iter_frames
+
+    frames = list(iter_frames(art["chunks"], None))
+    with Pipeline.open(art["onnx"], "onnxruntime", threads=1) as pipe:
+        pipe.run_frame(frames[0])
+        slow = constant_stream(pipe, frames, 6, rate_hz=5.0, deadline_ms=10_000.0, serve="frame")
+        flood = constant_stream(pipe, frames, 8, rate_hz=100_000.0, deadline_ms=1e-3, serve="frame")
+    assert slow["serve"] == "frame" and slow["sessions"] == 1 and slow["latency"]["n"] == 6
+    assert slow["over_deadline"]["count"] == 0 and slow["latency"]["min"] >= slow["stages"]["total"]["min"] - 1e-3
+    # served strictly in turn: frame i starts after frame i-1 ended, so the waits add up to the frames before it
+    assert flood["late_frames"]["count"] == 7 and flood["over_deadline"]["count"] == 8
+    assert flood["latency"]["max"] >= 7 * flood["stages"]["total"]["min"]
+    rep = run_bench(art["onnx"], art["chunks"], ("onnxruntime",), queries=3, warmup=1, threads=1, out_dir=None,
+                    progress=False, scenario="constant-stream", rate_hz=50.0, serve="frame")
+    assert rep["serve"] == "frame" and rep["rows"][0]["constant_stream"]["serve"] == "frame"
+    assert "served by run_frame, one frame at a time" in rep["markdown"]
+    assert "Pipeline.run_frame, one frame at a time" in rep["harness"]["latency"]
+    with pytest.raises(DataError, match="--serve must be one of stream, frame"):
+        run_bench(art["onnx"], art["chunks"], ("onnxruntime",), out_dir=None, scenario="constant-stream",
+                  serve="frame", sessions=2)
+
+
 def test_offline_compares_run_stream_with_back_to_back_frames(art):
     from mtl.bench_scenarios import offline
     from mtl.runtime import Pipeline, iter_frames
@@ -425,7 +453,7 @@ def test_openvino_column_runs_the_same_onnx_when_installed(art):
 
 def test_torch_compile_column_is_the_checkpoint_through_inductor(art):
     """The wiring only: compiling even the tiny model takes minutes on a loaded 2-core VM, so the first
-    call (timed by the bench as ``compile_s``) is left to benchmarks/vehicle_bench.sh."""
+    call (timed by the bench as ``compile_s``) is left to benchmarks/vehicle_bench.py."""
     from mtl.bench import open_bench_pipeline
 
     pipe = open_bench_pipeline("torch-compile", art["onnx"], art["ckpt"], 1)

@@ -213,6 +213,10 @@ def infer_lines(s: dict, out: str) -> list[str]:
             help="Queries per --find-max-rate probe.")
 @_ck.option("--sessions", type=int, default=1, show_default=True,
             help="constant-stream / offline: inference sessions run_stream runs concurrently (onnxruntime).")
+@_ck.option("--serve", type=_ck.Choice(("stream", "frame")), default="stream", show_default=True,
+            help="constant-stream: stream = Pipeline.run_stream (the next frame is preprocessed while one is in "
+                 "inference: throughput); frame = Pipeline.run_frame one frame at a time in arrival order (each "
+                 "frame gets every core; one arriving while another runs waits: latency at a sensor rate).")
 @_ck.option("--out", "out_dir", type=_ck.Path(file_okay=False), default="runs/bench", show_default=True,
             help="Results go to a new folder OUT/<date-time>_<scenario>/: bench_<backends that ran>.json / .md, "
                  "system.json.")
