@@ -34,13 +34,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import CameraConfig, ClassesConfig, Config, a2d2_classes
-from ..errors import ConfigError, DataError, OutputError, StorageError
+from ..errors import ConfigError, DataError, OutputError
 from ..io import OutputLock, commit_files, pending_commit, recover_commit, remove_stale_temps, write_json_atomic
 from ..limits import limits
 from .a2d2 import RawFramePaths, find_frames, read_camera_config, read_json
 from .chunk import INTERRUPTED, MANIFEST, Frame, make_manifest, write_chunk
 from .convert_fleet import FLEET_PREFIX
-from .convert_frame import FrameJob, Totals, chunk_name, run_job, select_frame
+from .convert_frame import FrameJob, Totals, bad_record, chunk_name, run_job, select_frame
 from .output import (
     cleanup_staging,
     die_with_parent,
@@ -333,15 +333,12 @@ def _write_all(jobs: list[FrameJob], staging: Path, meta: dict, chunk_size: int,
         with Bar(total=len(jobs), unit="frame", desc="convert", disable=not progress, file=sys.stderr) as bar:
             for job, res in zip(jobs, _results(jobs, pool, window)):
                 bar.update(1)
-                if res[0] == "storage":
-                    raise StorageError(res[2], res[3])
-                if res[0] == "bad":
-                    _, kind, path, reason = res
-                    if not skip_bad:
-                        raise DataError(path, reason)
-                    log(f"warning: skipping frame {job.paths.key}: {path}: {reason}")
+                bad = bad_record(job, res, skip_bad)
+                if bad:
+                    log(f"warning: skipping frame {job.paths.key}: {bad['path']}: {bad['reason']}")
+                    kind = bad.pop("kind")
                     skipped[f"bad {kind}"] = skipped.get(f"bad {kind}", 0) + 1
-                    bad_files.append({"frame": job.paths.key, "path": path, "reason": reason})
+                    bad_files.append(bad)
                     continue
                 _, frame, stats = res
                 totals.add(frame, stats)

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..config import ClassesConfig
 from ..io import remove_stale_temps, write_json_atomic, write_point
 from .chunk import file_sha256, read_chunk, write_chunk
-from .convert_frame import Totals, chunk_name, run_job
+from .convert_frame import Totals, bad_record, chunk_name, run_job
 
 FLEET_PREFIX = ".convert-fleet-"
 SHARDS, CHUNKS = "shards", "chunks"
@@ -112,7 +112,6 @@ def shard_name(index: int) -> str:
 def convert_shard(shard: Shard, stage: str, skip_bad: bool) -> dict:
     """Worker: convert one shard's frames into its shard file, then record it (last). A bad file raises its
     ``DataError`` unless ``skip_bad``; the record is what the driver and a rerun read."""
-    from ..errors import DataError, StorageError
     from ..fleet import fault_point
 
     root = Path(stage) / SHARDS
@@ -121,13 +120,9 @@ def convert_shard(shard: Shard, stage: str, skip_bad: bool) -> dict:
     totals = Totals(shard.jobs[0].classes)
     for job in shard.jobs:
         res = run_job(job)
-        if res[0] == "storage":
-            raise StorageError(res[2], res[3])
-        if res[0] == "bad":
-            _, kind, path, reason = res
-            if not skip_bad:
-                raise DataError(path, reason)
-            bad.append({"frame": job.paths.key, "path": path, "reason": reason, "kind": kind})
+        record = bad_record(job, res, skip_bad)
+        if record:
+            bad.append(record)
             continue
         totals.add(res[1], res[2])
         frames.append(res[1])

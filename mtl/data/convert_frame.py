@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..config import CameraConfig, ClassesConfig
-from ..errors import MtlError, StorageError
+from ..errors import DataError, MtlError, StorageError
 from ..geometry import cam_matrix, scale_cam_matrix
 from ..io import encode_png
 from .a2d2 import RawFramePaths, prepare_image, prepare_label, read_boxes, read_camera_png, read_label_png, read_lidar
@@ -96,6 +96,19 @@ def run_job(job: FrameJob) -> tuple:
         return ("storage", "", e.path, e.reason)
     except MtlError as e:
         return ("bad", _bad_kind(job.paths, e), e.path, e.reason)
+
+
+def bad_record(job: FrameJob, res: tuple, skip_bad: bool) -> dict | None:
+    """``run_job``'s result checked: None for a frame that loaded, the bad file's record (frame, kind, path,
+    reason) to skip under ``skip_bad``; a storage failure, or a bad file without ``skip_bad``, is raised."""
+    if res[0] == "storage":
+        raise StorageError(res[2], res[3])
+    if res[0] != "bad":
+        return None
+    _, kind, path, reason = res
+    if not skip_bad:
+        raise DataError(path, reason)
+    return {"frame": job.paths.key, "path": path, "reason": reason, "kind": kind}
 
 # ------------------------------------------------------------------------------------ statistics
 
