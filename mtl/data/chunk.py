@@ -10,7 +10,6 @@ map is an empty byte range, missing LiDAR is 0 points, missing label3D is 0 boxe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zipfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import sha256_file
 from ..errors import ChunkError, DataError, MtlError
 from ..io import atomic_path, decode_png, pending_commit, storage_error
 from ..limits import Limits, limits, over_limit
@@ -380,20 +380,12 @@ MANIFEST_KIND = "mtl chunks"
 INTERRUPTED = "an interrupted write was not finished: run the same command again to finish it"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def make_manifest(directory: Path, names: Sequence[str], known: dict[str, dict] | None = None, **about) -> dict:
     """The manifest of the files ``directory/<name>`` (name, size, sha256) plus what the set is (``about``);
     ``known`` entries (name -> {name, size, sha256}) are taken as they are instead of hashing the file again."""
     known = known or {}
     files = [known[n] if n in known else
-             {"name": n, "size": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)} for n in names]
+             {"name": n, "size": (directory / n).stat().st_size, "sha256": sha256_file(directory / n)} for n in names]
     return {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, **about, "files": files}
 
 
@@ -432,7 +424,7 @@ def _check_listed(directory: Path, entry: dict, sha256: bool) -> None:
     if size != entry["size"]:
         raise ChunkError(directory, f"{entry['name']} is {size} bytes but {MANIFEST} says {entry['size']} "
                                     "(changed or truncated after it was written)")
-    if sha256 and file_sha256(p) != entry["sha256"]:
+    if sha256 and sha256_file(p) != entry["sha256"]:
         raise ChunkError(directory, f"{entry['name']} sha256 differs from {MANIFEST} (changed after it was written)")
 
 

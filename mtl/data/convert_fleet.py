@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ClassesConfig
+from ..config import ClassesConfig, sha256_file
 from ..io import remove_stale_temps, write_json_atomic, write_point
-from .chunk import file_sha256, read_chunk, write_chunk
+from .chunk import read_chunk, write_chunk
 from .convert_frame import Totals, bad_record, chunk_name, run_job
 
 FLEET_PREFIX = ".convert-fleet-"
@@ -130,7 +130,7 @@ def convert_shard(shard: Shard, stage: str, skip_bad: bool) -> dict:
     if frames:
         path = root / f"{shard_name(shard.index)}.npz"
         write_chunk(path, frames, {"shard": shard.index})
-        partial = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        partial = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     record = {"shard": shard.index, "fingerprint": shard.fingerprint, "frames": [f.frame_id for f in frames],
               "partial": partial, "bad": bad, "totals": totals.state()}
     write_json_atomic(root / f"{shard_name(shard.index)}.json", record)
@@ -151,7 +151,7 @@ def assemble_chunk(plan: ChunkPlan, stage: str, meta: dict) -> dict:
     path = stage_dir / plan.name
     write_chunk(path, frames, {**meta, "chunk_index": plan.index})
     record = {"chunk": plan.index, "name": plan.name, "slices": [list(s) for s in plan.slices],
-              "frames": len(frames), "size": path.stat().st_size, "sha256": file_sha256(path)}
+              "frames": len(frames), "size": path.stat().st_size, "sha256": sha256_file(path)}
     write_json_atomic(stage_dir / CHUNKS / f"{plan.name[:-4]}.json", record)
     return record
 
