@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt", "tensorrt-cu12",
+LIBRARIES = ("numpy", "numba", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt", "tensorrt-cu12",
              "tensorrt-cu13", "cuda-python", "pillow", "onnx")
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                 "amx_int8", "avx_vnni", "neon", "asimd")

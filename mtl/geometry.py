@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -293,34 +294,38 @@ def max_pool3x3_peaks(heat: np.ndarray, kernel: int = 3) -> np.ndarray:
     return np.where(hmax == heat, heat, 0).astype(heat.dtype)
 
 
-def topk_peaks(heat: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Top-k over the flattened (C, H, W) map, sorted by score descending (ties: lower flat index
-    first, like torch.topk on CPU is not guaranteed to be; callers compare sets). Returns scores,
-    labels, rows, cols."""
-    c, h, w = heat.shape
-    flat = heat.reshape(-1)
-    k = min(k, flat.size)
-    idx = np.argpartition(-flat, k - 1)[:k]
-    order = np.lexsort((idx, -flat[idx]))
+def peak_candidates(heat: np.ndarray, score_threshold: float, kernel: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The peaks of (C, H, W) ``heat`` (``max_pool3x3_peaks``) scoring > ``score_threshold``: their scores
+    (n,) and flat indices into (C, H, W) (n,) int64, ascending. ``runtime.kernels`` has a compiled twin."""
+    flat = max_pool3x3_peaks(heat, kernel).reshape(-1)
+    idx = np.flatnonzero(flat > score_threshold)
+    return flat[idx], idx
+
+
+def select_peaks(scores: np.ndarray, idx: np.ndarray, k: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    """The ``k`` best candidates, ordered by score descending, ties by lower flat index (deterministic, unlike a
+    partial sort): scores, labels, rows, cols."""
+    order = np.lexsort((idx, -scores))[:k]
     idx = idx[order]
-    labels, rem = np.divmod(idx, h * w)
-    rows, cols = np.divmod(rem, w)
-    return flat[idx], labels, rows, cols
+    labels, rem = np.divmod(idx, shape[1] * shape[2])
+    rows, cols = np.divmod(rem, shape[2])
+    return scores[order], labels, rows, cols
 
 
 def decode_detections(
     heat_prob: np.ndarray, reg: np.ndarray, grid: GridConfig,
     k: int = 100, score_threshold: float = 0.1, kernel: int = 3,
+    candidates: Callable[[np.ndarray, float, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Peak decode for one frame: heat_prob (C, Hh, Ww) probabilities, reg (8, Hh, Ww).
 
-    Returns ``boxes`` (n, 7) in metres, ``scores`` (n,), ``labels`` (n,) int64, score-sorted,
-    n <= k, scores > score_threshold, and the head-map ``rows`` / ``cols`` (n,) int64 of each peak.
+    Returns ``boxes`` (n, 7) in metres, ``scores`` (n,), ``labels`` (n,) int64, score-sorted (ties: lower
+    flat index first), n <= k, scores > score_threshold, and the head-map ``rows`` / ``cols`` (n,) int64 of
+    each peak. ``candidates`` replaces ``peak_candidates`` (the runtime passes its compiled twin).
     """
-    peaks = max_pool3x3_peaks(np.asarray(heat_prob, np.float32), kernel)
-    scores, labels, rows, cols = topk_peaks(peaks, k)
-    keep = scores > score_threshold
-    scores, labels, rows, cols = scores[keep], labels[keep], rows[keep], cols[keep]
+    heat = np.asarray(heat_prob, np.float32)
+    scores, idx = (candidates or peak_candidates)(heat, score_threshold, kernel)
+    scores, labels, rows, cols = select_peaks(scores, idx, k, heat.shape)
     boxes = decode_boxes(rows, cols, reg[:, rows, cols].T, grid)
     return {"boxes": boxes, "scores": scores.astype(np.float32), "labels": labels.astype(np.int64),
             "rows": rows.astype(np.int64), "cols": cols.astype(np.int64)}
@@ -513,7 +518,7 @@ def bev_to_image_grid(grid: GridConfig, k: np.ndarray, image_hw: tuple[int, int]
 
 
 @functools.lru_cache(maxsize=8)
-def _normalise_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+def normalise_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(3, 256) float32: ((v / 255) - mean) / std for every uint8 value v, in the float32 arithmetic of a
     direct computation (x * float32(1/255) - mean) / std, so a lookup gives bit-identical values."""
     v = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
@@ -539,7 +544,7 @@ def normalise_image(image: np.ndarray, mean: tuple[float, ...], std: tuple[float
         img = image.astype(np.float32) * np.float32(1.0 / 255.0)
         img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         return np.ascontiguousarray(img.transpose(2, 0, 1))
-    lut = _normalise_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    lut = normalise_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
     out = np.empty((3, *image.shape[:2]), np.float32)
     for c in range(3):
         np.take(lut[c], image[..., c], out=out[c])

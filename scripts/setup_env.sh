@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv (if missing) and install mtl with the training, export, CPU runtime and dev extras, plus
-# fleet (ray) and openvino so their tests run here too (neither is needed to use mtl).
+# Create ./.venv (if missing) and install mtl with the training, export, CPU runtime, fast (numba) and dev
+# extras, plus fleet (ray) and openvino so their tests run here too (neither is needed to use mtl).
 # CPU torch 2.13.0 is installed explicitly first so pip never pulls a multi-GB CUDA build.
 # (An NVIDIA machine uses `gpu` instead of `runtime`, plus `trt-cu12` or `trt-cu13`: README, "Install".)
 set -euo pipefail
@@ -22,5 +22,5 @@ pip_install() {
 
 pip_install --upgrade pip
 pip_install "torch==2.13.0"
-pip_install -e ".[train,export,runtime,dev,fleet,openvino]"
+pip_install -e ".[train,export,runtime,fast,dev,fleet,openvino]"
 python -c "import mtl, torch, onnxruntime; print('mtl', mtl.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"

@@ -53,7 +53,20 @@ def _same_results(a, b) -> None:
 # ------------------------------------------------------------------------------------ sensor remap
 
 
-def test_fused_remap_is_bit_identical_to_the_training_preprocessing_at_full_resolution():
+@pytest.fixture(params=["numba", "numpy"])
+def stages(request, monkeypatch):
+    """Both implementations of the per-frame stages: the compiled kernels (skipped without numba) and numpy."""
+    from mtl.runtime import kernels
+
+    if request.param == "numpy":
+        monkeypatch.setenv(kernels.ENV, "numpy")
+    elif not kernels.available():
+        pytest.skip(f"numba kernels not usable here ({kernels.failure() or 'numba not installed'})")
+    assert kernels.name() == request.param
+    return request.param
+
+
+def test_fused_remap_is_bit_identical_to_the_training_preprocessing_at_full_resolution(stages):
     """Tolerance 0: the fused pass runs RemapTable's float32 operations in the same order, rounds like the
     uint8 image, and computes the values normalise_image's table holds; any difference would be a bug."""
     cam = Config().camera
@@ -71,7 +84,7 @@ def test_fused_remap_is_bit_identical_to_the_training_preprocessing_at_full_reso
     np.testing.assert_array_equal(split, want)
 
 
-def test_fused_remap_handles_border_and_outside_pixels_exactly():
+def test_fused_remap_handles_border_and_outside_pixels_exactly(stages):
     """Maps that run past every edge: taps clipped at the border (patched with RemapTable's formula) and
     positions outside the image (black, as in training), still bit-identical."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -81,6 +94,9 @@ def test_fused_remap_handles_border_and_outside_pixels_exactly():
     image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
     remap = SensorRemap(mx, my, (h, w), mean, std)
     assert len(remap.patch) > 0 and len(remap.outside) > 0       # both special cases are exercised
+    if stages == "numba":                                        # clipped right / lower taps, outside pixels
+        flags = {int(f) for f in np.unique(remap.flags)}
+        assert 0 in flags and 7 in flags and flags & {4, 5, 6}
     want = normalise_image(RemapTable(mx, my, (h, w)).apply(image, 0), mean, std)[None]
     np.testing.assert_array_equal(remap.apply(image), want)
     black = normalise_image(np.zeros((1, 1, 3), np.uint8), mean, std)[:, 0, 0]
@@ -114,7 +130,7 @@ def test_run_sensor_equals_run_on_the_prepared_image_and_refuses_bad_input(raw_a
 
 def test_raw_frames_use_the_fused_path_with_the_same_outputs(raw_art):
     """Also with the helper thread, which takes a share of the remap rows that changes from frame to frame
-    (running cost estimates): the values never depend on the split."""
+    (learned from the two threads' finishing times): the values never depend on the split."""
     with Pipeline.open(raw_art["onnx"], "onnxruntime", threads=1) as pipe, \
             Pipeline.open(raw_art["onnx"], "onnxruntime", threads=2, overlap=True) as par:
         frames = list(iter_frames(raw_art["raw"], pipe.cfg)) * 3
@@ -123,7 +139,25 @@ def test_raw_frames_use_the_fused_path_with_the_same_outputs(raw_art):
             assert "remap_normalise" in fused.timings_ms and "undistort_resize" in two_step.timings_ms
             _same_results(fused, two_step)
             _same_results(split, fused)
-        assert par._split.ms_per_row is not None and par._split.ms_per_point is not None
+        assert par._split.ms_per_row is not None and 1 <= par._split.split <= par.spec.image_hw[0] - 1
+
+
+def test_compiled_and_numpy_stages_give_identical_results(raw_art, art, monkeypatch):
+    """The whole frame (raster, remap, argmax, peaks) through both implementations: same outputs, boxes and
+    semantic maps, for raw (fused remap) and chunk frames, with and without the helper thread."""
+    from mtl.runtime import kernels
+
+    if not kernels.available():
+        pytest.skip(f"numba kernels not usable here ({kernels.failure() or 'numba not installed'})")
+    for model, data in ((raw_art["onnx"], raw_art["raw"]), (art["onnx"], art["chunks"])):
+        for threads in (1, 2):
+            with Pipeline.open(model, "onnxruntime", threads=threads) as pipe:
+                frames = list(iter_frames(data, pipe.cfg))
+                monkeypatch.delenv(kernels.ENV, raising=False)
+                compiled = [pipe.run_frame(f) for f in frames]
+                monkeypatch.setenv(kernels.ENV, "numpy")
+                for a, f in zip(compiled, frames):
+                    _same_results(a, pipe.run_frame(f))
 
 
 def test_argmax_channels_matches_numpy_with_ties_infinities_and_nan():

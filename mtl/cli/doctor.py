@@ -9,6 +9,7 @@ when the CPU runtime is usable (problems with the optional GPU parts are warning
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shutil
@@ -192,7 +193,16 @@ def collect() -> dict[str, Any]:
     facts["onnxruntime"] = probe_onnxruntime(gpu_visible)
     facts["torch"] = probe_torch()
     facts["tensorrt"] = probe_tensorrt("gpu" in cp)
+    facts["kernels"] = probe_kernels()
     return facts
+
+
+def probe_kernels() -> dict[str, Any]:
+    """numba's version and whether the runtime's compiled per-frame kernels work here (compiles them once)."""
+    from ..runtime import kernels
+
+    return {"numba": _version("numba"), "used": kernels.available(), "failure": kernels.failure(),
+            "disabled": os.environ.get(kernels.ENV, "").strip().lower() == "numpy"}
 
 
 # ------------------------------------------------------------------------------------------ verdicts
@@ -267,6 +277,10 @@ def _trt_problems(facts: dict, add) -> None:
     if (trt.get("version") or trt.get("packages")) and "is not installed" in str(cp.get("error", "")):
         add("warning", "TensorRT is installed without cuda-python (the native backend needs both)",
             "pip install 'mtl[trt-cu12]' or 'mtl[trt-cu13]'")
+    k = facts.get("kernels") or {}
+    if k.get("failure"):
+        add("warning", f"numba {k.get('numba')} is installed but the runtime's kernels do not compile "
+                       f"({k['failure']}); the slower numpy stages are used", "pip install 'numba>=0.68'")
 
 
 def paths(facts: dict) -> dict[str, tuple[bool, str]]:
@@ -286,6 +300,14 @@ def paths(facts: dict) -> dict[str, tuple[bool, str]]:
            or ("TensorRT not installed" if "version" not in trt else None)
            or cp.get("error") or cp.get("gpu_error") or trt.get("builder") or "no GPU")
     out["native TensorRT (export --trt, --backend tensorrt)"] = (trt_ok, why)
+    k = facts.get("kernels") or {}
+    if k.get("used"):
+        why = "remap, raster, argmax and peak kernels compiled"
+    elif not k.get("numba"):
+        why = "numba not installed: the numpy stages run (same results, slower; pip install 'mtl[fast]')"
+    else:
+        why = "disabled by MTL_KERNELS=numpy" if k.get("disabled") else f"compile failed: {k.get('failure')}"
+    out["compiled per-frame stages (numba)"] = (bool(k.get("used")), why)
     if torch is None:
         out["gpu training (torch CUDA)"] = (False, "torch not installed")
     else:
@@ -304,7 +326,8 @@ def component_lines(facts: dict) -> list[tuple[str, str]]:
                                 facts.get("torch"))
     pk = ", ".join(f"{k} {v}" for k, v in ort.get("packages", {}).items() if v) or "no package"
     rows = [("python", f"{facts['python']} ({facts['executable']})"), ("mtl", facts["mtl"]),
-            ("numpy", facts["numpy"] or "not installed")]
+            ("numpy", facts["numpy"] or "not installed"),
+            ("numba", (facts.get("kernels") or {}).get("numba") or "not installed")]
     rows.append(("onnxruntime", f"import failed: {ort['error']} [{pk}]" if "error" in ort else
                  f"{ort['version']} [{pk}]; providers: {', '.join(ort['providers'])}"))
     if torch is None:

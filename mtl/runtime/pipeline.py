@@ -33,6 +33,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import DataError, ModelMismatchError
+from . import kernels
 from .backends import Backend, open_backend
 from .frames import KIND_CHUNK, KIND_RAW, RuntimeFrame, clip
 from .postprocess import Result, decode_outputs
@@ -50,39 +51,13 @@ from .preprocess import (
     image_input,
 )
 from .sensor import sensor_remap
+from .split import RowSplit, finished_at
 
 
 def _use_worker(threads: int | None) -> bool:
     """One helper thread overlaps independent numpy stages (PNG decode || BEV raster, semantic argmax ||
     box decode) when there is a second core for it; both stages release the GIL in their C loops."""
     return (os.cpu_count() or 1) >= 2 and (threads is None or threads >= 2)
-
-
-class _RowSplit:
-    """How many rows of the fused remap the helper thread takes, from running averages (EMA) of the BEV
-    raster's milliseconds per point and the remap's milliseconds per row: the helper rasterises first, so
-    balancing (rows - s) * row = raster + s * row gives s = (rows * row - raster) / (2 * row), kept within
-    [rows / 8, rows / 2] (at least one block, so the raster's time keeps being observed)."""
-
-    def __init__(self) -> None:
-        self.ms_per_point: float | None = None
-        self.ms_per_row: float | None = None
-
-    def rows(self, h: int, n_points: int) -> int:
-        lo, hi = max(1, h // 8), h // 2
-        if self.ms_per_row is None:
-            return lo
-        raster = (self.ms_per_point or 0.0) * n_points
-        return int(min(max((h * self.ms_per_row - raster) / (2 * self.ms_per_row), lo), hi))
-
-    def observe(self, n_points: int, raster_ms: float | None, rows: int, remap_ms: float) -> None:
-        def ema(old: float | None, new: float) -> float:
-            return new if old is None else 0.8 * old + 0.2 * new
-
-        if rows:
-            self.ms_per_row = ema(self.ms_per_row, remap_ms / rows)
-        if n_points and raster_ms is not None:
-            self.ms_per_point = ema(self.ms_per_point, raster_ms / n_points)
 
 
 class Pipeline:
@@ -96,7 +71,9 @@ class Pipeline:
         use = _use_worker(None) if overlap is None else overlap
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mtl-runtime") if use else None
         self._extra: list[Backend] = []          # run_stream's additional inference sessions
-        self._split = _RowSplit()
+        kernels.available()                       # compile / load the numba kernels now, not on the first frame
+        self._split = RowSplit(0.25)          # remap rows of the helper (it rasterises first)
+        self._post_split = RowSplit(0.5)      # semantic argmax rows of the helper
 
     @classmethod
     def open(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
@@ -143,6 +120,7 @@ class Pipeline:
 
     def describe(self) -> dict:
         return {"model": self.spec.path, "precision": self.spec.precision, "decode_in_graph": self.spec.decode,
+                "stages": kernels.name(),
                 "image_hw": list(self.spec.image_hw), "bev_shape": list(self.spec.bev_shape[1:]),
                 **self.backend.describe()}
 
@@ -185,7 +163,7 @@ class Pipeline:
         points = check_points(frame.points, src)
         bev_job = self._submit(bev_input, points, self.spec, timer)   # (1, C, Hg, Wg) while the image decodes
         try:
-            image, img = self._image_input(frame, src, timer, keep_image, len(points))  # (1,3,H,W), uint8|None
+            image, img = self._image_input(frame, src, timer, keep_image)  # (1, 3, H, W), uint8 | None
         except BaseException:
             wait([bev_job])                                            # never leave it running on a failed frame
             raise
@@ -193,7 +171,7 @@ class Pipeline:
         info = {"points": len(points), "points_dropped_nonfinite": dropped}
         return {"image": image, "bev": bev}, info, (img if keep_image else None)
 
-    def _image_input(self, frame: RuntimeFrame, src: str, timer: StageTimer, keep_image: bool, n_points: int
+    def _image_input(self, frame: RuntimeFrame, src: str, timer: StageTimer, keep_image: bool
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """The (1, 3, H, W) model input and, for chunk frames or with ``keep_image``, the (H, W, 3) uint8
         model-size image. Raw frames (original distorted pixels) take the fused remap unless the uint8 image is
@@ -208,35 +186,34 @@ class Pipeline:
         w0, h0 = self.cfg.camera.resolution_wh
         img = check_image(img, (h0, w0), src, f"raw camera image of {frame.frame_id}")
         if not keep_image:
-            return self._remap(np.ascontiguousarray(img), n_points, timer), None
+            return self._remap(np.ascontiguousarray(img), timer), None
         from ..data.a2d2 import prepare_image
 
         with timer("undistort_resize"):
             small = prepare_image(img, self.cfg.camera, self.spec.image_hw, src)
         return image_input(small, self.spec, timer), small
 
-    def _remap(self, img: np.ndarray, n_points: int, timer: StageTimer) -> np.ndarray:
+    def _remap(self, img: np.ndarray, timer: StageTimer) -> np.ndarray:
         """The fused remap of a raw image into a fresh (1, 3, H, W) input. With the helper thread the rows are
         split: the helper, queued behind this frame's BEV raster, takes the bottom rows, as many as
-        ``_RowSplit`` estimates make both threads finish together. Row blocks are independent, so the values
+        ``RowSplit`` has learned make both threads finish together. Row blocks are independent, so the values
         do not depend on the split. ``remap_normalise`` times this thread's share."""
         cam = self.cfg.camera
         remap = sensor_remap(cam, self.spec.image_hw, tuple(cam.mean), tuple(cam.std))
         h = self.spec.image_hw[0]
         out = np.empty((1, 3, *self.spec.image_hw), np.float32)
-        split = self._split.rows(h, n_points) if self._pool is not None else 0
-        job = self._submit(remap.apply, img, out, (h - split, h)) if split else None
+        split = self._split.rows(h) if self._pool is not None else 0
+        job = self._submit(finished_at, remap.apply, img, out, (h - split, h)) if split else None
         t0 = time.perf_counter()
         try:
             remap.apply(img, out, (0, h - split))
         finally:
-            ms = (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
             if job is not None:
                 wait([job])                    # the helper ran the raster first: its time is in the timer now
-        if job is not None:
-            job.result()
-        timer.add("remap_normalise", ms)
-        self._split.observe(n_points, timer.ms.get("bev_raster"), h - split, ms)
+        helper_end = job.result() if job is not None else t1
+        timer.add("remap_normalise", (t1 - t0) * 1e3)
+        self._split.observe(h, h - split, (t1 - t0) * 1e3, (t1 - helper_end) * 1e3)
         return out
 
     def infer(self, feeds: dict[str, np.ndarray], timer: StageTimer | None = None, backend: Backend | None = None
@@ -262,7 +239,7 @@ class Pipeline:
     def postprocess(self, outputs: dict[str, np.ndarray], timer: StageTimer) -> dict[str, np.ndarray]:
         with timer("postprocess"):
             return decode_outputs(outputs, self.cfg, self.spec.heatmap_activation, self.spec.decode,
-                                  submit=self._submit)
+                                  submit=self._submit, split=self._post_split)
 
     def _submit(self, fn, *args) -> Future:
         """``fn(*args)`` on the helper thread, or right here (an already-finished future) without one."""

@@ -7,6 +7,7 @@ are used as they are (filtered by ``cfg.decode.score_threshold``).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import numpy as np
 
 from ..config import Config
 from ..geometry import decode_detections, sigmoid
+from . import kernels
+from .split import RowSplit, finished_at
 
 
 @dataclass
@@ -72,26 +75,32 @@ def _class_counts(ids: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
 
 
 def decode_outputs(outputs: dict[str, np.ndarray], cfg: Config, heatmap_activation: str = "sigmoid",
-                   decoded_in_graph: bool = False, submit: Callable[..., Future] | None = None
-                   ) -> dict[str, np.ndarray]:
+                   decoded_in_graph: bool = False, submit: Callable[..., Future] | None = None,
+                   split: RowSplit | None = None) -> dict[str, np.ndarray]:
     """Batch-1 outputs -> ``boxes``, ``scores``, ``labels`` and ``semantic`` (uint8 argmax).
 
-    ``submit(fn, *args) -> Future`` (``Pipeline``'s helper thread) runs the semantic argmax of the upper half
-    of the image while the boxes decode and the lower half's argmax run here; the result is the same either
-    way (the argmax is per pixel)."""
+    ``submit(fn, *args) -> Future`` (``Pipeline``'s helper thread) runs the semantic argmax of the upper rows
+    while the boxes decode and the other rows' argmax run here: half of the rows, or as many as ``split``
+    has learned make both threads finish together. The result is the same either way (the argmax is per
+    pixel)."""
     logits = np.asarray(outputs["sem_logits"][0])                      # (n_sem, H, W)
     semantic = np.empty(logits.shape[1:], np.uint8)
-    half = logits.shape[1] // 2 if submit is not None else 0
-    sem_job = submit(argmax_channels, logits[:, :half], semantic[:half]) if half else None
+    h = logits.shape[1]
+    rows = (split.rows(h) if split is not None else h // 2) if submit is not None else 0
+    sem_job = submit(finished_at, argmax_rows, logits, semantic, 0, rows) if rows else None
     try:
         det = _boxes(outputs, cfg, heatmap_activation, decoded_in_graph)
-        argmax_channels(logits[:, half:], semantic[half:])
+        t0 = time.perf_counter()
+        argmax_rows(logits, semantic, rows, h)
+        t1 = time.perf_counter()
     except BaseException:
         if sem_job is not None:
             wait([sem_job])                  # never leave the helper writing into a dropped frame's map
         raise
     if sem_job is not None:
-        sem_job.result()
+        helper_end = sem_job.result()
+        if split is not None:
+            split.observe(h, h - rows, (t1 - t0) * 1e3, (t1 - helper_end) * 1e3)
     det["semantic"] = semantic
     return det
 
@@ -112,14 +121,27 @@ def _boxes(outputs: dict[str, np.ndarray], cfg: Config, heatmap_activation: str,
     if heatmap_activation == "none":
         heat = sigmoid(heat)
     return decode_detections(heat, np.asarray(outputs["bbox_reg"][0], np.float32), cfg.grid,
-                             k=d.max_detections, score_threshold=d.score_threshold, kernel=d.nms_kernel)
+                             k=d.max_detections, score_threshold=d.score_threshold, kernel=d.nms_kernel,
+                             candidates=kernels.peak_candidates if kernels.available() else None)
+
+
+def argmax_rows(logits: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+    """``argmax_channels`` of rows r0..r1 of (C, H, W) ``logits`` into the same rows of (H, W) uint8 ``out``."""
+    if r1 <= r0:
+        return
+    if (kernels.available() and 0 < logits.shape[0] <= 256 and logits.dtype == np.float32
+            and logits.flags.c_contiguous and out.flags.c_contiguous):
+        kernels.kernel("argmax_channels")(logits, out, r0, r1)    # same rules in one pass (runtime.kernels)
+    else:
+        argmax_channels(logits[:, r0:r1], out[r0:r1])
 
 
 def argmax_channels(logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(C, H, W) -> (H, W) uint8 ``argmax`` over C (first max wins, NaN like np.argmax), one pass per channel
     into ``out`` (allocated when None): ~10x faster than ``np.argmax(axis=0)`` on (18, 320, 512) because it
     streams contiguous planes. A NaN anywhere propagates through ``np.maximum`` into ``best``, so one check
-    at the end decides whether np.argmax's NaN rule (the first NaN wins) has to be applied."""
+    at the end decides whether np.argmax's NaN rule (the first NaN wins) has to be applied. The numpy
+    reference of ``runtime.kernels``' compiled argmax (``argmax_rows`` picks)."""
     if out is None:
         out = np.empty(logits.shape[1:], np.uint8)
     if logits.shape[0] > 255:

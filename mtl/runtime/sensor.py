@@ -1,10 +1,12 @@
 """Sensor input: the camera driver's distorted full-resolution RGB pixels -> the model's image input in one
-remap pass (undistort + resize + normalise fused). Torch-free, numpy only.
+remap pass (undistort + resize + normalise fused). Torch-free.
 
 Training prepares an image in two steps: ``mtl.data.a2d2.prepare_image`` (``geometry.RemapTable``: bilinear
 undistort + resize, rounded to a uint8 image) and ``geometry.normalise_image`` ((x / 255 - mean) / std, a
 table lookup). ``SensorRemap`` runs the same float32 operations in the same order for every output pixel,
-so its output is bit-identical to those two steps (tests/test_sensor.py: tolerance 0), but it
+so its output is bit-identical to those two steps (tests/test_stream.py: tolerance 0). With numba installed
+the pass is ``runtime.kernels.remap_normalise`` (one compiled loop over the output pixels); the numpy path
+below, used otherwise,
 
 - reads each output pixel's two source pixel pairs (columns x0, x0 + 1 on rows y0 and y0 + 1) as two
   unaligned 8-byte loads from the interleaved RGB buffer, instead of twelve one-byte gathers;
@@ -14,9 +16,9 @@ so its output is bit-identical to those two steps (tests/test_sensor.py: toleran
 - writes the (1, 3, H, W) float32 model input directly, and can do it in row blocks (``apply(rows=...)``)
   so a pipeline may split one frame over two threads.
 
-Output pixels whose taps were clipped at the image border (there the pair layout does not hold) are
-computed with ``RemapTable``'s per-channel formula; pixels that fall outside the original image are black
-(0 before normalisation), as in training.
+In the numpy path, output pixels whose taps were clipped at the image border (there the pair layout does not
+hold) are computed with ``RemapTable``'s per-channel formula. Pixels that fall outside the original image are
+black (0 before normalisation) in both, as in training.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import threading
 import numpy as np
 
 from ..config import CameraConfig
-from ..geometry import undistort_map
+from ..geometry import normalise_lut, undistort_map
+from . import kernels
 
 
 class _Buffers(threading.local):
@@ -75,6 +78,10 @@ class SensorRemap:
         self.mean = np.asarray(mean, np.float32)[:, None]
         self.std = np.asarray(std, np.float32)[:, None]
         self._bufs = _Buffers()
+        # the compiled kernel's tables (runtime.kernels.remap_normalise)
+        self.t00 = (y0c * w + x0c).ravel().astype(np.uint32)
+        self.flags = ((x1c - x0c) | (y1c - y0c) << 1 | valid.astype(np.int64) << 2).ravel().astype(np.uint8)
+        self.lut = normalise_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
     def apply(self, image: np.ndarray, out: np.ndarray | None = None, rows: tuple[int, int] | None = None
               ) -> np.ndarray:
@@ -86,6 +93,11 @@ class SensorRemap:
         r0, r1 = rows or (0, oh)
         p0, p1 = r0 * ow, r1 * ow
         if p1 <= p0:
+            return out
+        if kernels.available():
+            kernels.kernel("remap_normalise")(np.ascontiguousarray(image).reshape(-1), self.t00, self.w["fx"],
+                                              self.w["fy"], self.flags, self.lut, out[0].reshape(3, -1), r0, r1,
+                                              ow, self.src_hw[1])
             return out
         n = self.src_hw[0] * self.src_hw[1]
         # 8 bytes from every pixel start (3-byte stride): pixel p's RGB and pixel p + 1's RGB
