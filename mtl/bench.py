@@ -61,6 +61,7 @@ from .bench_system import cpu_model, device_state, load_avg, peak_rss_mb, system
 from .contract import OUTPUTS
 from .errors import BackendUnavailableError, DataError, MtlError
 from .export.variants import BENCH_BACKENDS, DEFAULT_COMPARE, FP32, VARIANTS, bench_variant  # import-light
+from .runtime import kernels
 from .runtime.frames import KIND_RAW, RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
 from .runtime.preprocess import ModelSpec, decode_image
@@ -402,7 +403,8 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
         "model_config": {"image_hw": list(cfg.camera.image_hw), "grid": list(cfg.grid.shape),
                          "bev_channels": cfg.grid.n_channels, "n_det": cfg.classes.n_det, "n_sem": cfg.classes.n_sem,
                          "camera_resolution_wh": list(cfg.camera.resolution_wh)},
-        "remap_table_build_ms": remap_ms, **_checkpoint_info(checkpoint, meta), "parity_note": parity_note,
+        "remap_table_build_ms": remap_ms, "stages": kernels.name(), **_checkpoint_info(checkpoint, meta),
+        "parity_note": parity_note,
         "harness": _harness(scenario, serve),
         "system": system, "rows": rows,
     }

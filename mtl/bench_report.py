@@ -73,6 +73,9 @@ def to_markdown(report: dict) -> str:
     notes = [_run_line(report)] + summary_lines(report["system"])
     notes += [f"{r['backend']}: compile {r['compile_s']:.1f} s (first call, not timed)"
               for r in report["rows"] if r.get("compile_s") is not None]
+    if report.get("stages"):
+        notes.append("runtime per-frame stages (remap, raster, argmax, peaks): " + (
+            "compiled numba kernels" if report["stages"] == "numba" else "numpy (numba not installed or disabled)"))
     if report.get("remap_table_build_ms") is not None:
         notes.append(f"the camera's fused remap table was built once before the backends opened: "
                      f"{report['remap_table_build_ms']:.0f} ms (cold start of the raw / sensor path)")

@@ -228,3 +228,20 @@ def test_run_stream_sessions_need_a_backend_that_has_more(art):
         tp.run_stream([], sessions=2)
     with Pipeline.open(art["onnx"], "onnxruntime", threads=1) as pipe, pytest.raises(DataError, match="sessions"):
         pipe.run_stream([], sessions=0)
+
+
+def test_row_split_moves_by_half_the_imbalance_and_stays_in_range():
+    """Hand-worked: 240 rows here in 2.4 ms is 0.01 ms a row; finishing 0.5 ms after the helper moves the split
+    by 0.5 * 0.5 / (2 * 0.01) = 12.5 rows toward the helper; the split never leaves [1, h - 1]."""
+    from mtl.runtime.split import RowSplit
+
+    s = RowSplit(0.25)
+    assert s.rows(320) == 80
+    s.observe(320, 240, 2.4, 0.5)
+    assert s.ms_per_row == pytest.approx(0.01) and s.split == pytest.approx(92.5)
+    s.observe(320, 228, 2.28, -0.2)                  # the helper finished later now: rows move back
+    assert s.split == pytest.approx(92.5 - 5.0)
+    s.observe(320, 200, 2.0, -1000.0)
+    assert s.rows(320) == 1
+    s.observe(320, 319, 3.19, 1000.0)
+    assert s.rows(320) == 319
