@@ -1,21 +1,23 @@
 """Compiled twins of the runtime's per-frame numpy stages (optional: ``pip install "mtl[fast]"``, numba).
 
 Each kernel repeats, for every element, the float32 / float64 operations of its numpy reference in the same
-order, so its output is bit-identical (tests/test_kernels.py compares them with tolerance 0 on random and
-real inputs):
+order, so its output is bit-identical (tests/test_kernels.py and tests/test_stream.py compare them with
+tolerance 0, kernel by kernel and whole frames):
 
     remap_normalise   runtime.sensor.SensorRemap's numpy path (= prepare_image + normalise_image)
     bev_raster        geometry.bev_raster, after dropping the rows with a non-finite value
     argmax_channels   runtime.postprocess.argmax_channels (= np.argmax over channels, NaN rule included)
+    peak_candidates   geometry.peak_candidates (the heatmap peaks above the score cut)
 
-Why: on the 2-core dev VM the numpy versions of these three stages cost about half as much as the network
-itself (docs/BENCH.md); a loop that reads each input once and keeps its temporaries in registers does the
-same arithmetic several times faster. The kernels release the GIL, so ``Pipeline``'s helper thread can run
-one (a row block of the remap, the raster, half of the argmax) while the calling thread runs another.
+Why: on the 2-core dev VM a sensor frame spent 9.8 ms outside the network (19.3 ms) with the numpy stages and
+3.3 ms with these loops, which read each input once, keep their temporaries in registers and prefetch what they
+gather (``benchmarks/bench_kernels.py``, docs/BENCH.md). The kernels release the GIL, so ``Pipeline``'s helper thread
+runs one (a row block of the remap after the raster, a row block of the argmax) while the calling thread runs
+another.
 
-``available()`` says whether they are used: numba importable and ``MTL_KERNELS`` not ``numpy``. Without
-numba the runtime uses the numpy stages, same results. The first use in a process compiles them (cached on
-disk by numba, so later processes load them in well under a second); ``warm_up()`` does it ahead of time.
+``available()`` says whether they are used: numba importable, the kernels compiled here, and ``MTL_KERNELS``
+not ``numpy``. Without numba the runtime uses the numpy stages, same results. The first ``Pipeline`` in a process
+compiles them (about 2 s; numba caches them on disk, so later processes load them in under a second).
 """
 from __future__ import annotations
 
@@ -84,8 +86,11 @@ def _prefetch_intrinsic(numba):
 
 def _define(numba) -> dict:
     jit = functools.partial(numba.njit, cache=True, nogil=True, fastmath=False, error_model="numpy")
-    prefetch = _prefetch_intrinsic(numba)
+    return {"remap_normalise": _remap_kernel(jit, _prefetch_intrinsic(numba)), "bev_raster": _raster_kernel(jit),
+            "argmax_channels": _argmax_kernel(jit), "peak_candidates": _peak_kernel(jit)}
 
+
+def _remap_kernel(jit, prefetch):
     @jit
     def remap_normalise(image, t00, fx, fy, flags, lut, out, r0, r1, ow, w):
         # image (H0 * W0 * 3,) uint8; t00 (P,) uint32 pixel index of the top-left tap; fx / fy (P,) float32
@@ -125,6 +130,10 @@ def _define(numba) -> dict:
                 v = np.int32(np.rint(top * wy0 + bot * wy1))
                 out[ch, p] = lut[ch, np.uint64(min(max(v, 0), 255))]
 
+    return remap_normalise
+
+
+def _raster_kernel(jit):
     @jit
     def bev_raster(points, lo, hi, inv_cell, inv_z, h, w, n_slices, density_lut, out, count, zsum, rsum):
         # points (N, 4) float32; lo / hi (3,) float32 grid bounds (x, y, z); out (C, H * W) float32 zeros;
@@ -168,6 +177,10 @@ def _define(numba) -> dict:
                 out[4, cell] = density_lut[min(c, top)]
         return dropped
 
+    return bev_raster
+
+
+def _argmax_kernel(jit):
     @jit
     def argmax_channels(logits, out, r0, r1):
         # logits (C, H, W) float32 -> out (H, W) uint8 for rows r0..r1, over contiguous channel rows.
@@ -186,6 +199,10 @@ def _define(numba) -> dict:
                         best[j] = v
                         out[i, j] = c
 
+    return argmax_channels
+
+
+def _peak_kernel(jit):
     @jit
     def peak_candidates(heat, score_threshold, kernel):
         # heat (C, H, W) float32 -> scores (n,) float32, flat indices (n,) int64 of the cells equal to the
@@ -214,8 +231,7 @@ def _define(numba) -> dict:
                         n += 1
         return scores[:n].copy(), idx[:n].copy()
 
-    return {"remap_normalise": remap_normalise, "bev_raster": bev_raster, "argmax_channels": argmax_channels,
-            "peak_candidates": peak_candidates}
+    return peak_candidates
 
 
 def available() -> bool:
