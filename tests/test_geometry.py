@@ -255,11 +255,16 @@ def _cloud(rng: np.random.Generator, n: int, grid: GridConfig) -> np.ndarray:
     return np.concatenate([pts, edges]).astype(np.float32)
 
 
-@pytest.mark.parametrize("grid", [
-    GridConfig(),
-    GridConfig(x_min=-10.0, x_max=20.0, y_min=-9.0, y_max=9.0, z_min=-2.5, z_max=1.0, cell=0.3, n_height_slices=0),
-    GridConfig(x_min=0.0, x_max=12.8, y_min=-6.4, y_max=6.4, cell=0.1, n_height_slices=5),
-], ids=["default", "odd-cell-no-slices", "fine-5-slices"])
+GRIDS = [  # raster test grids (tests/test_kernels.py uses them too)
+    pytest.param(GridConfig(), id="default"),
+    pytest.param(GridConfig(x_min=-10.0, x_max=20.0, y_min=-9.0, y_max=9.0, z_min=-2.5, z_max=1.0, cell=0.3,
+                            n_height_slices=0), id="odd-cell-no-slices"),
+    pytest.param(GridConfig(x_min=0.0, x_max=12.8, y_min=-6.4, y_max=6.4, cell=0.1, n_height_slices=5),
+                 id="fine-5-slices"),
+]
+
+
+@pytest.mark.parametrize("grid", GRIDS)
 def test_bev_raster_identical_to_reference(grid):
     rng = np.random.default_rng(3)
     for n in (1, 5000, 30000):

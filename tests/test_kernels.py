@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from test_geometry import GRIDS
+from test_geometry import _cloud as geometry_cloud
 
 from mtl.config import GridConfig
 from mtl.geometry import bev_raster, peak_candidates, select_peaks
@@ -20,27 +22,15 @@ needs_numba = pytest.mark.skipif(not kernels.available(),
 
 
 def _cloud(rng: np.random.Generator, n: int, grid: GridConfig) -> np.ndarray:
-    """Uniform points in a box larger than the grid, reflectance outside [0, 1], many points in one cell (the
-    log-density saturates at 64), exact grid edges and rows with NaN / inf in each column."""
-    pts = np.column_stack([rng.uniform(grid.x_min - 2, grid.x_max + 2, n),
-                           rng.uniform(grid.y_min - 2, grid.y_max + 2, n),
-                           rng.uniform(grid.z_min - 0.5, grid.z_max + 0.5, n), rng.uniform(-0.2, 1.2, n)])
+    """test_geometry's cloud (points beyond the grid, exact edges, NaN / inf coordinates) plus 70 points in one
+    cell (the log-density saturates at 64) and a row whose only non-finite value is its reflectance."""
     crowd = np.tile([[grid.x_min + 0.5 * grid.cell, grid.y_min + 0.5 * grid.cell, grid.z_min + 0.1, 0.3]], (70, 1))
     crowd[:, 2] += rng.uniform(0, grid.z_max - grid.z_min - 0.2, 70)
-    edges = np.array([[grid.x_min, grid.y_min, grid.z_min, 0.5], [grid.x_max, 0.0, 0.0, 0.5],
-                      [np.nextafter(np.float32(grid.x_max), np.float32(0)), grid.y_min, grid.z_max, 0.5],
-                      [grid.x_min + grid.cell, grid.y_max, 0.0, 0.5],
-                      [np.nan, 0.0, 0.0, 0.5], [1.0, np.inf, 0.0, 0.5], [1.0, 1.0, -np.inf, 0.5],
-                      [1.0, 1.0, 0.0, np.nan]])
-    return np.concatenate([pts, crowd, edges]).astype(np.float32)
+    return np.concatenate([geometry_cloud(rng, n, grid), crowd, [[1.0, 1.0, 0.0, np.nan]]]).astype(np.float32)
 
 
 @needs_numba
-@pytest.mark.parametrize("grid", [
-    GridConfig(),
-    GridConfig(x_min=-10.0, x_max=20.0, y_min=-9.0, y_max=9.0, z_min=-2.5, z_max=1.0, cell=0.3, n_height_slices=0),
-    GridConfig(x_min=0.0, x_max=12.8, y_min=-6.4, y_max=6.4, cell=0.1, n_height_slices=5),
-], ids=["default", "odd-cell-no-slices", "fine-5-slices"])
+@pytest.mark.parametrize("grid", GRIDS)
 def test_raster_kernel_equals_bev_raster_of_the_finite_rows(grid):
     rng = np.random.default_rng(5)
     for n in (0, 1, 3000, 40000):
