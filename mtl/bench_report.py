@@ -75,7 +75,9 @@ def to_markdown(report: dict) -> str:
               for r in report["rows"] if r.get("compile_s") is not None]
     if report.get("stages"):
         notes.append("runtime per-frame stages (remap, raster, argmax, peaks): " + (
-            "compiled numba kernels" if report["stages"] == "numba" else "numpy (numba not installed or disabled)"))
+            f"compiled numba kernels, loaded once before the backends opened in {report['stages_load_ms']:.0f} ms "
+            "(numba's cache; the first compile on a machine takes about 2 s)" if report["stages"] == "numba" else
+            "numpy (numba not installed or disabled)"))
     if report.get("remap_table_build_ms") is not None:
         notes.append(f"the camera's fused remap table was built once before the backends opened: "
                      f"{report['remap_table_build_ms']:.0f} ms (cold start of the raw / sensor path)")
