@@ -65,6 +65,7 @@ from .runtime import kernels
 from .runtime.frames import KIND_RAW, RuntimeFrame, iter_frames
 from .runtime.pipeline import Pipeline
 from .runtime.preprocess import ModelSpec, decode_image
+from .runtime.sensor import sensor_remap
 
 BOX_ATOL = 1e-4
 SCENARIOS = ("single-stream", "constant-stream", "offline")
@@ -360,8 +361,11 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     meta = read_onnx_metadata(model)
     cfg = ModelSpec.from_metadata(meta, model).cfg
     frames, no_image = load_frames(data, cfg, n_frames, input_kind)
-    remap_ms = _build_remap(cfg) if any(f.kind == KIND_RAW for f in frames) else None
-    kernels_ms = _load_kernels()
+    # the camera's fused remap table (process-wide cache) and the runtime's numba kernels (compiled or loaded)
+    cam = cfg.camera
+    remap_ms = (_one_off_ms(sensor_remap, cam, tuple(cam.image_hw), tuple(cam.mean), tuple(cam.std))
+                if any(f.kind == KIND_RAW for f in frames) else None)
+    kernels_ms = _one_off_ms(kernels.available)
     # torch runs last: importing it raises the process RSS high-water mark for everything after it
     order = [c for c in compare if c not in ("torch", "torch-compile")] + \
             [c for c in compare if c in ("torch", "torch-compile")]
@@ -417,22 +421,11 @@ def run_bench(model: str | Path, data: str | Path, compare: tuple[str, ...] = DE
     return report
 
 
-def _build_remap(cfg) -> float:
-    """Build the camera's fused remap table (process-wide cache) before any backend opens, so that no
-    backend's first frame pays for it; returns what it took (ms: a one-off of the sensor path's cold start)."""
-    from .runtime.sensor import sensor_remap
-
-    cam = cfg.camera
+def _one_off_ms(fn: Callable[..., object], *args) -> float:
+    """``fn(*args)`` once, before any backend opens (so no backend's open or first frame pays for it); the
+    milliseconds it took (a one-off of the process's cold start, reported on its own)."""
     t0 = time.perf_counter()
-    sensor_remap(cam, tuple(cam.image_hw), tuple(cam.mean), tuple(cam.std))
-    return round((time.perf_counter() - t0) * 1e3, 3)
-
-
-def _load_kernels() -> float:
-    """Load (or compile) the runtime's numba kernels before any backend opens, so that the first backend's open
-    time does not include them; returns what it took (ms: a one-off per process)."""
-    t0 = time.perf_counter()
-    kernels.available()
+    fn(*args)
     return round((time.perf_counter() - t0) * 1e3, 3)
 
 
